@@ -1,0 +1,156 @@
+"""Checkpoints: weights plus everything inference needs, loaded without pickles.
+
+A checkpoint is one ``.safetensors`` file. The tensors are the model's state
+dict; the header's metadata holds a JSON :class:`ModelCard` under the key
+``gigaseg.card``: architecture name and configuration, class names and colours,
+input bands and their normalisation, tile size. Safetensors never executes code
+on load, so a checkpoint from a stranger is data, not a program.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from models.wrapper import SegmentationModel
+
+CARD_KEY = "gigaseg.card"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read as a gigaseg model."""
+
+
+def default_colors(num_classes: int) -> list[tuple[int, int, int]]:
+    """A distinct, stable RGB colour per class (golden-angle hues)."""
+    import colorsys
+
+    colors = []
+    for i in range(num_classes):
+        h = (i * 0.618033988749895) % 1.0
+        r, g, b = colorsys.hsv_to_rgb(h, 0.65, 0.95)
+        colors.append((round(r * 255), round(g * 255), round(b * 255)))
+    return colors
+
+
+@dataclass
+class ModelCard:
+    """What a model needs at inference, beside its weights.
+
+    ``bands`` are 1-based input band indices (``None``: all bands, in order).
+    ``normalization`` is one of ``{"kind": "none"}``, ``{"kind": "scale",
+    "scale": s, "offset": o}`` (x * s + o), ``{"kind": "meanstd", "mean": [...],
+    "std": [...]}`` (per selected band), or ``{"kind": "minmax", "min": [...],
+    "max": [...]}``; the engine applies it per block, identically everywhere.
+    """
+
+    arch: str
+    config: dict[str, Any]
+    class_names: list[str]
+    class_colors: list[tuple[int, int, int]] = field(default_factory=list)
+    bands: list[int] | None = None
+    normalization: dict[str, Any] = field(default_factory=lambda: {"kind": "none"})
+    tile_size: int | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.class_colors:
+            self.class_colors = default_colors(len(self.class_names))
+        self.class_colors = [tuple(int(c) for c in rgb) for rgb in self.class_colors]
+        if len(self.class_colors) != len(self.class_names):
+            raise CheckpointError("class_colors and class_names differ in length")
+        if int(self.config.get("num_classes", len(self.class_names))) != len(self.class_names):
+            raise CheckpointError(
+                f"config says {self.config.get('num_classes')} classes "
+                f"but {len(self.class_names)} class names are given"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        """Number of output classes."""
+        return len(self.class_names)
+
+    @property
+    def in_channels(self) -> int:
+        """Number of input channels the network takes."""
+        return int(self.config["in_channels"])
+
+    def to_json(self) -> str:
+        """The card as JSON (the checkpoint header stores this)."""
+        return json.dumps({"format": FORMAT_VERSION, **asdict(self)}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelCard:
+        """Parse a card written by :meth:`to_json`."""
+        data = json.loads(text)
+        data.pop("format", None)
+        return cls(**data)
+
+
+def card_for(
+    model: SegmentationModel,
+    class_names: Sequence[str] | None = None,
+    **fields: Any,
+) -> ModelCard:
+    """A card describing ``model`` (class names default to ``class_0 …``)."""
+    names = list(class_names) if class_names else [f"class_{i}" for i in range(model.num_classes)]
+    return ModelCard(arch=model.arch, config=dict(model.config), class_names=names, **fields)
+
+
+def save_checkpoint(path: str | os.PathLike[str], model: SegmentationModel, card: ModelCard) -> Path:
+    """Write weights + card to ``path`` atomically (temporary name, then rename)."""
+    path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={CARD_KEY: card.to_json()})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_card(path: str | os.PathLike[str]) -> ModelCard:
+    """Read only the card of a checkpoint (no tensors loaded)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a gigaseg checkpoint ({exc})") from None
+    if CARD_KEY not in meta:
+        raise CheckpointError(f"{path}: safetensors file without a gigaseg model card")
+    try:
+        return ModelCard.from_json(meta[CARD_KEY])
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path}: unreadable model card ({exc})") from None
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> tuple[SegmentationModel, ModelCard]:
+    """Build the architecture named in the card and load the weights (no pickle)."""
+    from models import build
+
+    card = read_card(path)
+    model = build(card.arch, **card.config)
+    try:
+        state = load_file(str(path), device="cpu")
+        model.load_state_dict(state, strict=True)
+    except (SafetensorError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: weights do not fit {card.arch} ({exc})") from None
+    return model.to(device).eval(), card
