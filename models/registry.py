@@ -30,6 +30,10 @@ class ArchSpec:
     own ``in_channels`` and ``num_classes``; ``factory(**config)`` builds the bare
     network, which maps ``(N, in_channels, *size)`` to ``(N, num_classes, *size')``
     for sizes that are multiples of the downsampling factor.
+
+    ``small`` is a narrow configuration with the same topology (overrides on top
+    of ``defaults``): what smoke tests and quick benchmarks build, so every
+    registered architecture is exercised without paper-sized widths.
     """
 
     name: str
@@ -44,6 +48,7 @@ class ArchSpec:
     fully_convolutional: bool = True
     paper_params: int | None = None
     notes: str = ""
+    small: Mapping[str, Any] = field(default_factory=dict)
 
     def resolve_config(self, **overrides: Any) -> dict[str, Any]:
         """The canonical configuration with ``overrides`` applied (``None`` values ignored)."""
@@ -51,8 +56,7 @@ class ArchSpec:
         unknown = {k for k in overrides if k not in config and k not in {"in_channels", "num_classes"}}
         if unknown:
             raise ValueError(
-                f"{self.name}: unknown configuration key(s) {sorted(unknown)}; "
-                f"known: {sorted(config)}"
+                f"{self.name}: unknown configuration key(s) {sorted(unknown)}; known: {sorted(config)}"
             )
         config.update({k: v for k, v in overrides.items() if v is not None})
         return config
@@ -96,9 +100,7 @@ def get_spec(name: str) -> ArchSpec:
         return _REGISTRY[name]
     except KeyError:
         known = ", ".join(sorted(_REGISTRY))
-        raise UnknownArchitectureError(
-            f"unknown architecture {name!r}; registered: {known}"
-        ) from None
+        raise UnknownArchitectureError(f"unknown architecture {name!r}; registered: {known}") from None
 
 
 def names() -> list[str]:

@@ -1,0 +1,1 @@
+"""Orchestration over the library: the `gigaseg` command line and the Prefect flows."""

@@ -1,0 +1,88 @@
+"""The segmentation job's settings: one object shared by the command line and the flows.
+
+Validation happens here, before any work starts, and reports the option by the
+name the user typed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.blending import BLEND_MODES
+from pipeline.errors import InputError
+
+
+@dataclass
+class SegmentConfig:
+    """Everything ``gigaseg segment`` needs; defaults are the documented ones."""
+
+    input: Path
+    model: str
+    output: Path
+    tile: int | None = None
+    """Tile size in pixels; None: the model card's, else the architecture's default."""
+    overlap: float = 0.25
+    blend: str = "gaussian"
+    sigma: float = 0.125
+    block: int = 2048
+    chunk: int = 512
+    batch_size: int = 4
+    device: str = "auto"
+    amp: bool = False
+    probabilities: Path | None = None
+    overwrite: bool = False
+    quiet: bool = False
+    work_dir: Path | None = None
+    keep_work: bool = False
+    num_classes: int | None = None
+    in_channels: int | None = None
+    seed: int = 0
+    threads: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.input = Path(self.input)
+        self.output = Path(self.output)
+        if self.probabilities is not None:
+            self.probabilities = Path(self.probabilities)
+        if self.work_dir is not None:
+            self.work_dir = Path(self.work_dir)
+
+    def validate(self) -> None:
+        """Check every option and the paths; raise :class:`InputError` for the first problem."""
+        if self.tile is not None and self.tile <= 0:
+            raise InputError(f"--tile must be a positive number of pixels, got {self.tile}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise InputError(f"--overlap must be in [0, 1), got {self.overlap}")
+        if self.blend not in BLEND_MODES:
+            raise InputError(f"--blend must be one of {', '.join(BLEND_MODES)}, got {self.blend!r}")
+        if not self.sigma > 0:
+            raise InputError(f"--sigma must be > 0, got {self.sigma}")
+        for name in ("block", "chunk", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.chunk % 16:
+            raise InputError(f"--chunk must be a multiple of 16, got {self.chunk}")
+        if not self.input.exists():
+            raise InputError(f"{self.input}: no such file")
+        outputs = [self.output] + ([self.probabilities] if self.probabilities else [])
+        for out in outputs:
+            if not out.parent.is_dir():
+                raise InputError(f"{out}: folder {out.parent} does not exist")
+            if out.exists() and not self.overwrite:
+                raise InputError(f"{out}: already exists (use --overwrite to replace it)")
+            if out.resolve() == self.input.resolve():
+                raise InputError(f"{out}: output would overwrite the input")
+        if self.probabilities is not None and self.probabilities.resolve() == self.output.resolve():
+            raise InputError(f"{self.probabilities}: same path as the labels output")
+
+    @property
+    def resolved_work_dir(self) -> Path:
+        """Where the scene and output stores live while the job runs (and for resuming)."""
+        return self.work_dir or self.output.with_name(self.output.name + ".gigaseg-work")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able settings (for logs and tracking)."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}

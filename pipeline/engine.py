@@ -1,0 +1,278 @@
+"""The block inference engine: footprint in, blended (and refined) block out.
+
+For one region of interest (a block's *context*) the engine cuts every tile of
+the global grid that meets it out of the already-read footprint, pads tiles that
+run past the scene edge (reflecting the tile's own pixels), runs the model in
+batches under ``torch.inference_mode()``, and accumulates ``weight × softmax``
+and ``weight`` in float32, in the grid's C order. Because tile positions, tile
+contents, padding, weights and the order of accumulation depend only on the
+global grid, a block computed alone equals the same block of a whole-scene pass.
+
+The same function serves the whole-scene in-memory pass (context = scene) used
+as the reference, and 2D and 3D alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models import SegmentationModel
+from pipeline.blending import BlendWindow
+from pipeline.blocks import Block
+from pipeline.device import autocast_dtype
+from pipeline.grid import Region, TileGrid
+
+Refiner = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""(probs (C, *ctx), image (B, *ctx), valid (*ctx)) → refined probs: the CRF hook."""
+
+
+def label_dtype(num_classes: int) -> np.dtype:
+    """uint8 up to 255 classes (255 is nodata), uint16 beyond."""
+    return np.dtype(np.uint8) if num_classes <= 255 else np.dtype(np.uint16)
+
+
+def label_nodata(num_classes: int) -> int:
+    """The label written where there is no data: the dtype's maximum."""
+    return int(np.iinfo(label_dtype(num_classes)).max)
+
+
+class TilePredictor:
+    """Runs a model over batches of tiles: device transfer, AMP, softmax in float32."""
+
+    def __init__(
+        self,
+        model: SegmentationModel,
+        device: torch.device,
+        batch_size: int = 8,
+        amp: bool = False,
+    ):
+        self.model = model.to(device).eval()
+        self.device = device
+        self.batch_size = max(1, int(batch_size))
+        self.amp_dtype = autocast_dtype(device) if amp else None
+        self.tiles_run = 0
+
+    def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
+        """``(N, C, *tile)`` normalised input → ``(N, classes, *tile)`` probabilities (float32)."""
+        ctx = (
+            torch.autocast(self.device.type, dtype=self.amp_dtype)
+            if self.amp_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), ctx:
+            logits = self.model(tiles)
+        self.tiles_run += tiles.shape[0]
+        return torch.softmax(logits.float(), dim=1)
+
+
+@dataclass
+class RegionResult:
+    """Blended output over a context region."""
+
+    probabilities: torch.Tensor
+    """``(classes, *context)`` float32; undefined where ``covered`` is False."""
+    covered: torch.Tensor
+    """``(*context)`` bool: valid pixels that received weight."""
+
+
+def _pad_tile(x: torch.Tensor, tile: Sequence[int]) -> torch.Tensor:
+    """Pad the far side of a ``(C, *size)`` tile up to ``tile`` (reflect, or replicate if too small)."""
+    size = x.shape[1:]
+    pads: list[int] = []
+    for have, want in zip(reversed(size), reversed(tile)):
+        pads.extend([0, want - have])
+    if not any(pads):
+        return x
+    reflect = all(p < h for p, h in zip(pads[1::2], reversed(size)))
+    # F.pad's reflect/replicate need a batch axis for N-D inputs.
+    return F.pad(x.unsqueeze(0), pads, mode="reflect" if reflect else "replicate").squeeze(0)
+
+
+def _local(region: Region, origin: Sequence[int]) -> tuple[slice, ...]:
+    return tuple(slice(a - o, b - o) for (a, b), o in zip(region, origin))
+
+
+def _intersect(a: Region, b: Region) -> Region:
+    return tuple((max(a0, b0), min(a1, b1)) for (a0, a1), (b0, b1) in zip(a, b))
+
+
+def _batched(items: Iterable[tuple[int, ...]], n: int) -> Iterable[list[tuple[int, ...]]]:
+    it = iter(items)
+    while batch := list(itertools.islice(it, n)):
+        yield batch
+
+
+def blend_region(
+    image: torch.Tensor,
+    valid: torch.Tensor,
+    footprint: Region,
+    context: Region,
+    grid: TileGrid,
+    window: BlendWindow,
+    predictor: TilePredictor,
+    on_tiles: Callable[[int], None] | None = None,
+) -> RegionResult:
+    """Blend every tile meeting ``context``.
+
+    ``image`` ``(C, *footprint)`` is the normalised input with nodata set to 0,
+    ``valid`` ``(*footprint)`` its mask; ``footprint`` must contain every tile's
+    in-scene part (``grid.footprint(context)`` does).
+    """
+    device = predictor.device
+    origin = [a for a, _ in footprint]
+    ctx_origin = [a for a, _ in context]
+    ctx_shape = [b - a for a, b in context]
+    scene = tuple((0, s) for s in grid.shape)
+    acc: torch.Tensor | None = None
+    wsum = torch.zeros(ctx_shape, dtype=torch.float32, device=device)
+    valid_f = valid.to(device=device, dtype=torch.float32)
+    weight_cache: dict[tuple, torch.Tensor] = {}
+
+    for batch in _batched(grid.tiles_meeting(context), predictor.batch_size):
+        extents = [_intersect(grid.extent(idx), scene) for idx in batch]
+        tiles = torch.stack(
+            [_pad_tile(image[(slice(None), *_local(ext, origin))], grid.tile) for ext in extents]
+        )
+        probs = predictor(tiles.to(device, non_blocking=True))
+        if acc is None:
+            acc = torch.zeros((probs.shape[1], *ctx_shape), dtype=torch.float32, device=device)
+        for idx, ext, p in zip(batch, extents, probs):
+            key = grid.position_flags(idx) if window.mode == "crop" else ()
+            if key not in weight_cache:
+                weight_cache[key] = torch.from_numpy(np.array(window.weights(idx))).to(device)
+            part = _intersect(ext, context)
+            tile_sl = _local(part, grid.origin(idx))
+            ctx_sl = _local(part, ctx_origin)
+            w = weight_cache[key][tile_sl] * valid_f[_local(part, origin)]
+            acc[(slice(None), *ctx_sl)] += p[(slice(None), *tile_sl)] * w
+            wsum[ctx_sl] += w
+        if on_tiles is not None:
+            on_tiles(len(batch))
+
+    assert acc is not None, "a context region always meets at least one tile"
+    covered = wsum > 0
+    acc /= torch.where(covered, wsum, torch.ones_like(wsum))
+    return RegionResult(acc, covered)
+
+
+@dataclass
+class BlockOutput:
+    """What a block writes: labels and (optionally) probabilities of its own region."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+
+
+def finish_block(
+    result: RegionResult,
+    context: Region,
+    region: Region,
+    num_classes: int,
+    with_probabilities: bool,
+) -> BlockOutput:
+    """Crop a context result to the block, argmax, and mark nodata."""
+    sl = _local(region, [a for a, _ in context])
+    probs = result.probabilities[(slice(None), *sl)]
+    covered = result.covered[sl]
+    labels = probs.argmax(dim=0).cpu().numpy().astype(label_dtype(num_classes))
+    covered_np = covered.cpu().numpy()
+    labels[~covered_np] = label_nodata(num_classes)
+    probs_np = None
+    if with_probabilities:
+        probs_np = probs.cpu().numpy().copy()
+        probs_np[:, ~covered_np] = np.nan
+    return BlockOutput(labels, probs_np)
+
+
+def infer_context(
+    image: np.ndarray,
+    valid: np.ndarray,
+    footprint: Region,
+    context: Region,
+    grid: TileGrid,
+    window: BlendWindow,
+    predictor: TilePredictor,
+    refiner: Refiner | None = None,
+    raw_image: np.ndarray | None = None,
+    on_tiles: Callable[[int], None] | None = None,
+) -> RegionResult:
+    """Blend (and optionally refine) over ``context`` from a normalised footprint array."""
+    device = predictor.device
+    x = torch.from_numpy(np.ascontiguousarray(image))
+    if device.type == "cuda":
+        x = x.pin_memory()
+    x = x.to(device, non_blocking=True)
+    v = torch.from_numpy(np.ascontiguousarray(valid)).to(device)
+    result = blend_region(x, v, footprint, context, grid, window, predictor, on_tiles)
+    if refiner is not None:
+        sl = _local(context, [a for a, _ in footprint])
+        source = raw_image if raw_image is not None else image
+        feats = torch.from_numpy(np.ascontiguousarray(source[(slice(None), *sl)])).to(device)
+        refined = refiner(result.probabilities, feats.float(), result.covered)
+        result = RegionResult(refined, result.covered)
+    return result
+
+
+def prepare_input(
+    raw: np.ndarray, valid: np.ndarray, normalizer: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """Normalise and zero the nodata pixels (so their values never reach the network)."""
+    x = normalizer(raw)
+    x[:, ~valid] = 0.0
+    return x
+
+
+def infer_block(
+    read: Callable[[Region], tuple[np.ndarray, np.ndarray]],
+    block: Block,
+    grid: TileGrid,
+    window: BlendWindow,
+    predictor: TilePredictor,
+    normalizer: Callable[[np.ndarray], np.ndarray],
+    num_classes: int,
+    with_probabilities: bool = False,
+    refiner: Refiner | None = None,
+    on_tiles: Callable[[int], None] | None = None,
+) -> BlockOutput:
+    """Compute one output block: read its footprint, blend, refine, crop."""
+    raw, valid = read(block.footprint)
+    image = prepare_input(raw, valid, normalizer)
+    result = infer_context(
+        image,
+        valid,
+        block.footprint,
+        block.context,
+        grid,
+        window,
+        predictor,
+        refiner=refiner,
+        raw_image=raw,
+        on_tiles=on_tiles,
+    )
+    return finish_block(result, block.context, block.region, num_classes, with_probabilities)
+
+
+def predict_in_memory(
+    raw: np.ndarray,
+    valid: np.ndarray,
+    grid: TileGrid,
+    window: BlendWindow,
+    predictor: TilePredictor,
+    normalizer: Callable[[np.ndarray], np.ndarray],
+    num_classes: int,
+    refiner: Refiner | None = None,
+) -> BlockOutput:
+    """The whole scene in one piece (the reference the blockwise run must equal)."""
+    scene = tuple((0, s) for s in grid.shape)
+    image = prepare_input(raw, valid, normalizer)
+    result = infer_context(
+        image, valid, scene, scene, grid, window, predictor, refiner=refiner, raw_image=raw
+    )
+    return finish_block(result, scene, scene, num_classes, with_probabilities=True)

@@ -1,0 +1,62 @@
+"""Resolving ``-m MODEL``: a checkpoint file written by gigaseg, or ``arch:NAME``.
+
+``arch:NAME`` builds an untrained registered architecture with seeded weights
+(for benchmarks and smoke runs); its card names classes ``class_0 …`` and feeds
+the raw pixel values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from models import SegmentationModel, build, get_spec
+from models.checkpoint import CheckpointError, ModelCard, card_for, load_checkpoint
+from models.registry import UnknownArchitectureError
+from pipeline.errors import InputError
+
+ARCH_PREFIX = "arch:"
+
+
+def load_model(
+    source: str,
+    in_channels: int | None = None,
+    num_classes: int | None = None,
+    seed: int = 0,
+) -> tuple[SegmentationModel, ModelCard]:
+    """The model and its card for ``source``; problems become :class:`InputError`."""
+    if source.startswith(ARCH_PREFIX):
+        name = source[len(ARCH_PREFIX) :]
+        try:
+            spec = get_spec(name)
+        except UnknownArchitectureError as exc:
+            raise InputError(f"-m {source}: {exc}") from None
+        torch.manual_seed(seed)
+        try:
+            model = build(name, in_channels=in_channels, num_classes=num_classes)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"-m {source}: {exc}") from None
+        card = card_for(model, tile_size=spec.default_tile, training={"untrained_seed": seed})
+        return model.eval(), card
+    path = Path(source)
+    if not path.exists():
+        raise InputError(f"{path}: no such model file (give a checkpoint or arch:NAME)")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: model file is empty")
+    try:
+        model, card = load_checkpoint(path)
+    except CheckpointError as exc:
+        raise InputError(str(exc)) from None
+    except UnknownArchitectureError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    return model, card
+
+
+def model_identity(source: str, seed: int, model: SegmentationModel) -> str:
+    """What identifies the weights, for output fingerprints."""
+    if source.startswith(ARCH_PREFIX):
+        return f"{source}|seed={seed}|{sorted(model.config.items())}"
+    from pipeline.ingest import content_id
+
+    return f"checkpoint:{content_id(source)}"

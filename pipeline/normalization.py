@@ -1,0 +1,59 @@
+"""Band selection and intensity normalisation, as the model card prescribes.
+
+Applied per block with fixed parameters (never statistics of the block itself),
+so every block is normalised exactly as a whole-scene pass would be.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import InputError
+
+NORMALIZATION_KINDS = ("none", "scale", "meanstd", "minmax")
+
+
+def select_bands(bands: Sequence[int] | None, num_bands: int, in_channels: int, source: str) -> list[int]:
+    """0-based band indices to feed the model, checked against the scene and the model."""
+    if bands is None:
+        if num_bands != in_channels:
+            raise InputError(f"{source}: has {num_bands} band(s) but the model expects {in_channels}")
+        return list(range(num_bands))
+    chosen = [int(b) for b in bands]
+    bad = [b for b in chosen if not 1 <= b <= num_bands]
+    if bad:
+        raise InputError(f"{source}: the model reads band(s) {bad} but the raster has {num_bands} band(s)")
+    if len(chosen) != in_channels:
+        raise InputError(
+            f"{source}: the model card selects {len(chosen)} band(s) for {in_channels} input channels"
+        )
+    return [b - 1 for b in chosen]
+
+
+def normalize(image: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
+    """``(B, *spatial)`` image → float32 model input according to ``spec``."""
+    kind = spec.get("kind", "none")
+    x = image.astype(np.float32, copy=True)
+    shape = (-1,) + (1,) * (image.ndim - 1)
+    if kind == "none":
+        return x
+    if kind == "scale":
+        x *= np.float32(spec.get("scale", 1.0))
+        x += np.float32(spec.get("offset", 0.0))
+        return x
+    if kind == "meanstd":
+        mean = np.asarray(spec["mean"], dtype=np.float32).reshape(shape)
+        std = np.asarray(spec["std"], dtype=np.float32).reshape(shape)
+        x -= mean
+        x /= np.maximum(std, np.float32(1e-12))
+        return x
+    if kind == "minmax":
+        lo = np.asarray(spec["min"], dtype=np.float32).reshape(shape)
+        hi = np.asarray(spec["max"], dtype=np.float32).reshape(shape)
+        x -= lo
+        x /= np.maximum(hi - lo, np.float32(1e-12))
+        return x
+    raise ValueError(f"unknown normalisation {kind!r}; known: {', '.join(NORMALIZATION_KINDS)}")

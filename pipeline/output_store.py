@@ -1,0 +1,142 @@
+"""The output store: labels (+ optional probabilities) and the done-block record.
+
+Layout::
+
+    output.zarr/
+      labels         (*spatial)           uint8/uint16, nodata = dtype max
+      probabilities  (classes, *spatial)  float32, NaN where nodata (optional)
+      done           (*block counts)      uint8, one chunk per block
+
+Each block owns whole chunks of every array, including its own cell of
+``done``, so workers never share a chunk. A block is marked done only after its
+chunks are written; a rerun skips done blocks. The store records a fingerprint
+of everything that determines its bytes (input identity, model, grid, blending,
+refinement, block plan); a store with another fingerprint is never resumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from pipeline.blocks import Block, BlockPlan
+from pipeline.engine import BlockOutput, label_dtype, label_nodata
+from pipeline.scene_store import COMPRESSORS, region_slices
+
+
+def fingerprint(parts: Mapping[str, Any]) -> str:
+    """Stable digest of the settings that determine an output's bytes."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+class OutputStore:
+    """Opened output store; create with :meth:`open_or_create`."""
+
+    def __init__(self, path: Path, group: zarr.Group):
+        self.path = path
+        self.group = group
+        self.labels = group["labels"]
+        self.probabilities = group.get("probabilities", None)
+        self.done = group["done"]
+        self.nodata = int(group.attrs["nodata"])
+
+    @classmethod
+    def open_or_create(
+        cls,
+        path: str | os.PathLike[str],
+        plan: BlockPlan,
+        num_classes: int,
+        with_probabilities: bool,
+        fingerprint: str,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> OutputStore:
+        """Resume the store at ``path`` if it has this fingerprint, else start it afresh."""
+        path = Path(path)
+        if path.exists():
+            try:
+                group = zarr.open_group(str(path), mode="r+")
+                if group.attrs.get("fingerprint") == fingerprint:
+                    return cls(path, group)
+            except (FileNotFoundError, ValueError, KeyError):
+                pass
+            shutil.rmtree(path)
+        shape = plan.grid.shape
+        chunks = tuple(min(c, s) for c, s in zip(plan.chunk_shape, shape))
+        dims = tuple("zyx"[-len(shape) :])
+        group = zarr.open_group(str(path), mode="w", zarr_format=3)
+        nodata = label_nodata(num_classes)
+        group.create_array(
+            "labels",
+            shape=shape,
+            chunks=chunks,
+            dtype=label_dtype(num_classes),
+            fill_value=nodata,
+            compressors=COMPRESSORS,
+            dimension_names=dims,
+        )
+        if with_probabilities:
+            group.create_array(
+                "probabilities",
+                shape=(num_classes, *shape),
+                chunks=(num_classes, *chunks),
+                dtype="float32",
+                fill_value=np.nan,
+                compressors=COMPRESSORS,
+                dimension_names=("class", *dims),
+            )
+        group.create_array(
+            "done",
+            shape=plan.counts,
+            chunks=(1,) * len(shape),
+            dtype="uint8",
+            fill_value=0,
+        )
+        group.attrs.update(
+            {
+                **(attrs or {}),
+                "fingerprint": fingerprint,
+                "nodata": nodata,
+                "num_classes": num_classes,
+                "block_shape": list(plan.block_shape),
+            }
+        )
+        return cls(path, group)
+
+    def done_mask(self) -> np.ndarray:
+        """Boolean array over the block lattice: which blocks are finished."""
+        return np.asarray(self.done[...], dtype=bool)
+
+    def pending(self, plan: BlockPlan) -> list[Block]:
+        """Blocks not yet done, in lattice order."""
+        done = self.done_mask()
+        return [b for b in plan if not done[b.index]]
+
+    def write_block(self, block: Block, output: BlockOutput) -> None:
+        """Write a block's chunks, then mark it done (the order makes resumption safe)."""
+        sl = region_slices(block.region)
+        self.labels[sl] = output.labels
+        if self.probabilities is not None:
+            if output.probabilities is None:
+                raise ValueError("this store keeps probabilities: the block must carry them")
+            self.probabilities[(slice(None), *sl)] = output.probabilities
+        self.done[tuple(slice(i, i + 1) for i in block.index)] = 1
+
+    def is_complete(self) -> bool:
+        """Whether every block is done."""
+        return bool(self.done_mask().all())
+
+
+def read_labels(path: str | os.PathLike[str], region: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
+    """Labels of a finished store (whole, or one region)."""
+    group = zarr.open_group(str(path), mode="r")
+    arr = group["labels"]
+    return arr[region_slices(region)] if region is not None else arr[...]

@@ -1,0 +1,60 @@
+"""A quick-look PNG: the image (false colour) beside the predicted classes, with a legend."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from PIL import Image, ImageDraw
+
+from pipeline.raster_input import inspect_raster
+
+
+def _stretch(band: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    vals = band[valid]
+    lo, hi = np.percentile(vals, (2, 98)) if vals.size else (0.0, 1.0)
+    return np.clip((band - lo) / max(hi - lo, 1e-9) * 255, 0, 255).astype(np.uint8)
+
+
+def write_preview(
+    image_path: str | os.PathLike[str],
+    labels_path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    class_names: Sequence[str],
+    colors: Sequence[Sequence[int]],
+    max_side: int = 768,
+) -> Path:
+    """Decimated read of both rasters (overview-friendly), side by side, legend below."""
+    info = inspect_raster(image_path)
+    scale = max(info.width, info.height) / max_side
+    shape = (max(1, round(info.height / scale)), max(1, round(info.width / scale)))
+    with rasterio.open(image_path) as src:
+        bands = list(info.bands)
+        pick = [
+            bands[i] for i in ((3, 2, 1) if len(bands) >= 4 else (0, 1, 2) if len(bands) >= 3 else (0, 0, 0))
+        ]
+        img = src.read(pick, out_shape=(3, *shape)).astype(np.float32)
+        valid = src.dataset_mask(out_shape=shape) > 0
+    with rasterio.open(labels_path) as src:
+        labels = src.read(1, out_shape=shape, resampling=rasterio.enums.Resampling.mode)
+    rgb = np.stack([_stretch(b, valid) for b in img], axis=-1)
+    rgb[~valid] = 0
+    palette = np.zeros((65536, 3), dtype=np.uint8)
+    palette[: len(colors)] = np.asarray(colors, dtype=np.uint8)[:, :3]
+    cls = palette[labels]
+    legend_h = 22 * ((len(class_names) + 3) // 4) + 8
+    canvas = Image.new("RGB", (shape[1] * 2 + 8, shape[0] + legend_h), "white")
+    canvas.paste(Image.fromarray(rgb), (0, 0))
+    canvas.paste(Image.fromarray(cls), (shape[1] + 8, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, (name, rgbc) in enumerate(zip(class_names, colors)):
+        x = 8 + (i % 4) * (canvas.width // 4)
+        y = shape[0] + 6 + 22 * (i // 4)
+        draw.rectangle([x, y, x + 14, y + 14], fill=tuple(int(c) for c in rgbc[:3]), outline="black")
+        draw.text((x + 20, y + 1), name, fill="black")
+    out = Path(out)
+    canvas.save(out)
+    return out

@@ -1,0 +1,150 @@
+"""Opening and checking rasters that GDAL reads (GeoTIFF, VRT, plain TIFF, …).
+
+Every problem that is the file's fault becomes an :class:`InputError` naming the
+file and what is wrong, before any work starts where possible.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.enums import ColorInterp
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+from pipeline.errors import InputError
+
+SUPPORTED_DTYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64"}
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What ingest needs to know about a raster, read from its header."""
+
+    path: Path
+    width: int
+    height: int
+    dtype: str
+    bands: tuple[int, ...]
+    """1-based GDAL band numbers that are image data (alpha bands excluded)."""
+    alpha_band: int | None
+    band_names: tuple[str, ...]
+    crs_wkt: str | None
+    transform: tuple[float, ...]
+    nodata: float | None
+    has_mask: bool
+    """Whether some pixels may be invalid (nodata value, alpha, internal mask, or NaN)."""
+    block_shape: tuple[int, int]
+
+    @property
+    def georeferenced(self) -> bool:
+        """Whether the raster has a CRS."""
+        return self.crs_wkt is not None
+
+    def attrs(self) -> dict[str, Any]:
+        """Scene-store attributes describing this raster."""
+        return {
+            "kind": "raster",
+            "spatial_dims": 2,
+            "crs": self.crs_wkt,
+            "transform": list(self.transform),
+            "nodata": None if self.nodata is None or np.isnan(self.nodata) else self.nodata,
+            "nodata_is_nan": self.nodata is not None and bool(np.isnan(self.nodata)),
+            "band_names": list(self.band_names),
+            "source_dtype": self.dtype,
+            "source": str(self.path),
+        }
+
+
+def check_readable_file(path: str | os.PathLike[str]) -> Path:
+    """Fail with a clear message for a missing, non-regular or empty file."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected a raster file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty")
+    return path
+
+
+def _gdal_reason(exc: Exception) -> str:
+    """First line of a GDAL error, without the file path GDAL repeats."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def inspect_raster(path: str | os.PathLike[str]) -> RasterInfo:
+    """Open ``path`` with rasterio and describe it, or raise :class:`InputError`."""
+    path = check_readable_file(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                return _describe(path, src)
+    except RasterioIOError as exc:
+        raise InputError(f"{path}: not a raster GDAL can read ({_gdal_reason(exc)})") from None
+
+
+def _describe(path: Path, src: rasterio.DatasetReader) -> RasterInfo:
+    if src.width == 0 or src.height == 0 or src.count == 0:
+        raise InputError(f"{path}: raster is empty ({src.count} bands of {src.width}×{src.height})")
+    dtypes = set(src.dtypes)
+    if len(dtypes) != 1:
+        raise InputError(f"{path}: bands have different data types {sorted(dtypes)}")
+    dtype = src.dtypes[0]
+    if dtype not in SUPPORTED_DTYPES:
+        raise InputError(
+            f"{path}: unsupported data type {dtype} (supported: {', '.join(sorted(SUPPORTED_DTYPES))})"
+        )
+    interp = list(src.colorinterp)
+    alpha = [i + 1 for i, ci in enumerate(interp) if ci == ColorInterp.alpha]
+    alpha_band = alpha[0] if alpha and src.count > 1 else None
+    bands = tuple(b for b in range(1, src.count + 1) if b != alpha_band)
+    names = tuple(src.descriptions[b - 1] or f"band_{b}" for b in bands)
+    flags = src.mask_flag_enums
+    per_dataset_or_nodata = any(
+        any(f.name in ("nodata", "per_dataset", "alpha") for f in band_flags) for band_flags in flags
+    )
+    is_float = np.issubdtype(np.dtype(dtype), np.floating)
+    has_mask = per_dataset_or_nodata or alpha_band is not None or src.nodata is not None or is_float
+    crs = src.crs.to_wkt() if src.crs else None
+    return RasterInfo(
+        path=path,
+        width=src.width,
+        height=src.height,
+        dtype=dtype,
+        bands=bands,
+        alpha_band=alpha_band,
+        band_names=names,
+        crs_wkt=crs,
+        transform=tuple(src.transform)[:6],
+        nodata=src.nodata,
+        has_mask=has_mask,
+        block_shape=tuple(src.block_shapes[0]),
+    )
+
+
+def read_window(
+    src: rasterio.DatasetReader, info: RasterInfo, rows: tuple[int, int], cols: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read image bands and the valid mask of one window; corrupt data raises InputError."""
+    window = rasterio.windows.Window(cols[0], rows[0], cols[1] - cols[0], rows[1] - rows[0])
+    try:
+        image = src.read(list(info.bands), window=window)
+        valid = None
+        if info.has_mask:
+            valid = src.dataset_mask(window=window) > 0
+            if np.issubdtype(image.dtype, np.floating):
+                valid &= np.isfinite(image).all(axis=0)
+    except RasterioIOError as exc:
+        raise InputError(
+            f"{info.path}: cannot read rows {rows[0]}–{rows[1]}, columns {cols[0]}–{cols[1]} "
+            f"(truncated or corrupt file: {_gdal_reason(exc)})"
+        ) from None
+    return image, valid

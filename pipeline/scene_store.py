@@ -1,0 +1,164 @@
+"""The scene store: one Zarr v3 group per ingested scene.
+
+Layout::
+
+    scene.zarr/
+      image     (C, *spatial)  source dtype, chunked (C, *chunk)
+      valid     (*spatial)     bool, present only when the source has nodata / masks
+      zarr.json attributes: kind, spatial_dims, georeferencing (crs, transform) or
+                volume geometry (affine, spacing), nodata, band names, source
+                identity, and ``complete`` once ingest has finished
+
+The store is written under a temporary name and renamed when complete, so a
+store that exists is a whole one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from pipeline.grid import Region
+
+COMPRESSORS = (BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),)
+
+
+def region_slices(region: Region) -> tuple[slice, ...]:
+    """``(start, stop)`` pairs as slices."""
+    return tuple(slice(a, b) for a, b in region)
+
+
+@dataclass
+class SceneStore:
+    """An opened scene store (read side)."""
+
+    path: Path
+    group: zarr.Group
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> SceneStore:
+        """Open a complete store."""
+        path = Path(path)
+        group = zarr.open_group(str(path), mode="r")
+        if not group.attrs.get("complete"):
+            raise ValueError(f"{path}: scene store is incomplete (ingest did not finish)")
+        return cls(path, group)
+
+    @property
+    def attrs(self) -> Mapping[str, Any]:
+        """All scene metadata."""
+        return self.group.attrs
+
+    @property
+    def image(self) -> zarr.Array:
+        """The ``(C, *spatial)`` image array."""
+        return self.group["image"]
+
+    @property
+    def has_mask(self) -> bool:
+        """Whether some pixels may be nodata."""
+        return "valid" in self.group
+
+    @property
+    def num_bands(self) -> int:
+        """Number of image bands."""
+        return int(self.image.shape[0])
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        """Shape of the spatial axes."""
+        return tuple(self.image.shape[1:])
+
+    @property
+    def chunk_shape(self) -> tuple[int, ...]:
+        """Spatial chunk shape of the image."""
+        return tuple(self.image.chunks[1:])
+
+    def read(self, region: Region, bands: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Image ``(B, *region)`` and valid mask ``(*region)`` of a region.
+
+        ``bands`` are 0-based indices; ``None`` reads all.
+        """
+        sl = region_slices(region)
+        if bands is None:
+            image = self.image[(slice(None), *sl)]
+        else:
+            image = np.stack([self.image[(int(b), *sl)] for b in bands])
+        if self.has_mask:
+            valid = np.asarray(self.group["valid"][sl], dtype=bool)
+        else:
+            valid = np.ones(image.shape[1:], dtype=bool)
+        return image, valid
+
+
+class SceneStoreWriter:
+    """Creates a scene store under a temporary name; :meth:`commit` makes it visible."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        num_bands: int,
+        spatial_shape: Sequence[int],
+        dtype: np.dtype,
+        chunk: Sequence[int],
+        with_mask: bool,
+        attrs: Mapping[str, Any],
+    ):
+        self.path = Path(path)
+        self.tmp_path = self.path.with_name(self.path.name + ".partial")
+        shutil.rmtree(self.tmp_path, ignore_errors=True)
+        self.group = zarr.open_group(str(self.tmp_path), mode="w", zarr_format=3)
+        spatial_shape = tuple(int(s) for s in spatial_shape)
+        chunk = tuple(min(int(c), s) for c, s in zip(chunk, spatial_shape))
+        self.image = self.group.create_array(
+            "image",
+            shape=(num_bands, *spatial_shape),
+            chunks=(num_bands, *chunk),
+            dtype=dtype,
+            compressors=COMPRESSORS,
+            fill_value=0,
+            dimension_names=("band", *("zyx"[-len(spatial_shape) :])),
+        )
+        self.valid = (
+            self.group.create_array(
+                "valid",
+                shape=spatial_shape,
+                chunks=chunk,
+                dtype=bool,
+                compressors=COMPRESSORS,
+                fill_value=False,
+                dimension_names=tuple("zyx"[-len(spatial_shape) :]),
+            )
+            if with_mask
+            else None
+        )
+        self.group.attrs.update({**attrs, "complete": False})
+
+    def write(self, region: Region, image: np.ndarray, valid: np.ndarray | None) -> None:
+        """Write one chunk-aligned region."""
+        sl = region_slices(region)
+        self.image[(slice(None), *sl)] = image
+        if self.valid is not None:
+            if valid is None:
+                raise ValueError("this store has a mask: pass valid")
+            self.valid[sl] = valid
+
+    def commit(self, extra_attrs: Mapping[str, Any] | None = None) -> SceneStore:
+        """Mark complete and move into place (replacing any older store)."""
+        self.group.attrs.update({**(extra_attrs or {}), "complete": True})
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        os.replace(self.tmp_path, self.path)
+        return SceneStore.open(self.path)
+
+    def abort(self) -> None:
+        """Remove the partial store."""
+        shutil.rmtree(self.tmp_path, ignore_errors=True)

@@ -1,0 +1,250 @@
+"""The segmentation job as steps: prepare → run blocks → export.
+
+Each step is a plain function so the Prefect flow can make each one a task and
+the Ray executor can replace :func:`run_blocks_in_process`. ``segment`` chains
+them for in-process use.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models import SegmentationModel
+from models.checkpoint import ModelCard
+from pipeline.blending import BlendWindow
+from pipeline.blocks import Block, BlockPlan
+from pipeline.config import SegmentConfig
+from pipeline.device import select_device
+from pipeline.engine import BlockOutput, TilePredictor, infer_block
+from pipeline.export_cog import Georeference, export_labels_cog, export_probabilities_cog
+from pipeline.grid import Region, TileGrid
+from pipeline.ingest import ingest
+from pipeline.model_source import load_model, model_identity
+from pipeline.normalization import normalize, select_bands
+from pipeline.output_store import OutputStore, fingerprint
+from pipeline.progress import Progress
+from pipeline.raster_input import inspect_raster
+from pipeline.scene_store import SceneStore
+
+log = logging.getLogger("gigaseg")
+
+
+@dataclass
+class Job:
+    """A planned segmentation: model, scene, grid, blocks and the output store."""
+
+    config: SegmentConfig
+    model: SegmentationModel
+    card: ModelCard
+    scene: SceneStore
+    bands: list[int]
+    grid: TileGrid
+    window: BlendWindow
+    plan: BlockPlan
+    store: OutputStore
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        """Classes the model predicts."""
+        return self.card.num_classes
+
+    def read(self, region: Region) -> tuple[np.ndarray, np.ndarray]:
+        """Raw model bands and valid mask of a scene region."""
+        return self.scene.read(region, self.bands)
+
+    def normalizer(self) -> Callable[[np.ndarray], np.ndarray]:
+        """The card's normalisation as a function of a raw block."""
+        return functools.partial(normalize, spec=self.card.normalization)
+
+
+@dataclass
+class SegmentSummary:
+    """What a finished job reports."""
+
+    output: Path
+    probabilities: Path | None
+    pixels: int
+    valid_pixels: int
+    class_fractions: dict[str, float]
+    seconds: float
+    blocks_run: int
+    blocks_skipped: int
+    tiles_run: int
+    timings: dict[str, float]
+
+    @property
+    def mpx_per_s(self) -> float:
+        """Throughput over the whole job."""
+        return self.pixels / 1e6 / max(self.seconds, 1e-9)
+
+    def line(self) -> str:
+        """The one-line summary printed at the end."""
+        top = sorted(self.class_fractions.items(), key=lambda kv: -kv[1])[:4]
+        classes = ", ".join(f"{k} {v:.0%}" for k, v in top)
+        skipped = f", {self.blocks_skipped} block(s) resumed" if self.blocks_skipped else ""
+        return (
+            f"wrote {self.output}: {self.pixels / 1e6:.1f} Mpx, {len(self.class_fractions)} classes "
+            f"({classes}), {self.seconds:.1f} s, {self.mpx_per_s:.2f} Mpx/s{skipped}"
+        )
+
+
+def prepare(config: SegmentConfig) -> Job:
+    """Validate, load the model, ingest the input and plan the blocks (no inference yet)."""
+    config.validate()
+    t0 = time.perf_counter()
+    info = inspect_raster(config.input)
+    model, card = load_model(
+        config.model,
+        in_channels=config.in_channels or len(info.bands),
+        num_classes=config.num_classes,
+        seed=config.seed,
+    )
+    bands = select_bands(card.bands, len(info.bands), card.in_channels, str(config.input))
+    if not model.spec.fully_convolutional:
+        log.warning(
+            "%s is not fully convolutional (global pooling): tiled output depends on the tile size",
+            model.arch,
+        )
+    work = config.resolved_work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    scene = ingest(config.input, work / "scene.zarr", chunk=config.chunk)
+    t_ingest = time.perf_counter() - t0
+
+    tile = config.tile or card.tile_size or model.spec.default_tile
+    grid = TileGrid.create(scene.spatial_shape, tile, config.overlap, align=model.downsampling)
+    window = BlendWindow(grid, config.blend, config.sigma)
+    plan = BlockPlan.create(grid, config.block, config.chunk, reach=0)
+    fp = fingerprint(
+        {
+            "input": scene.attrs.get("source_id"),
+            "model": model_identity(config.model, config.seed, model),
+            "bands": bands,
+            "grid": [grid.tile, grid.stride],
+            "blend": [config.blend, config.sigma],
+            "block": plan.block_shape,
+            "chunk": plan.chunk_shape,
+            "probabilities": config.probabilities is not None,
+        }
+    )
+    store = OutputStore.open_or_create(
+        work / "output.zarr",
+        plan,
+        card.num_classes,
+        config.probabilities is not None,
+        fp,
+        attrs={"class_names": card.class_names},
+    )
+    return Job(config, model, card, scene, bands, grid, window, plan, store, {"ingest": t_ingest})
+
+
+def predictor_for(job: Job, device: torch.device | None = None) -> TilePredictor:
+    """A tile predictor for this job's model on the configured device."""
+    device = device or select_device(job.config.device)
+    return TilePredictor(job.model, device, job.config.batch_size, job.config.amp)
+
+
+def compute_block(
+    job: Job, block: Block, predictor: TilePredictor, on_tiles: Callable[[int], None] | None = None
+) -> BlockOutput:
+    """One block's labels (and probabilities), not yet written."""
+    return infer_block(
+        job.read,
+        block,
+        job.grid,
+        job.window,
+        predictor,
+        job.normalizer(),
+        job.num_classes,
+        with_probabilities=job.store.probabilities is not None,
+        on_tiles=on_tiles,
+    )
+
+
+def run_blocks_in_process(job: Job, progress: Progress | None = None) -> tuple[int, int]:
+    """Compute and write every pending block here; returns (run, skipped)."""
+    if job.config.threads:
+        torch.set_num_threads(job.config.threads)
+    pending = job.store.pending(job.plan)
+    skipped = job.plan.num_blocks - len(pending)
+    predictor = predictor_for(job)
+    t0 = time.perf_counter()
+    for block in pending:
+        output = compute_block(job, block, predictor, progress.tiles_done if progress else None)
+        job.store.write_block(block, output)
+        if progress:
+            progress.block_done(block.num_pixels)
+    job.timings["infer"] = time.perf_counter() - t0
+    job.timings["tiles"] = predictor.tiles_run
+    return len(pending), skipped
+
+
+def export(job: Job) -> tuple[Path, Path | None]:
+    """Write the COG(s) of a finished store."""
+    if not job.store.is_complete():
+        raise RuntimeError("export called before every block is done")
+    t0 = time.perf_counter()
+    attrs = job.scene.attrs
+    geo = Georeference(attrs.get("crs"), attrs["transform"])
+    tags = {"GIGASEG_MODEL": job.config.model, "GIGASEG_ARCH": job.card.arch}
+    out = export_labels_cog(
+        job.store.path, job.config.output, geo, job.card.class_names, job.card.class_colors, tags
+    )
+    probs = None
+    if job.config.probabilities is not None:
+        probs = export_probabilities_cog(job.store.path, job.config.probabilities, geo, job.card.class_names)
+    job.timings["export"] = time.perf_counter() - t0
+    return out, probs
+
+
+def class_fractions(job: Job) -> tuple[dict[str, float], int]:
+    """Fraction of valid pixels per class, read back chunk by chunk; and the valid count."""
+    counts = np.zeros(job.num_classes, dtype=np.int64)
+    for block in job.plan:
+        labels = job.store.labels[tuple(slice(a, b) for a, b in block.region)]
+        counts += np.bincount(labels[labels != job.store.nodata].ravel(), minlength=job.num_classes)[
+            : job.num_classes
+        ]
+    total = int(counts.sum())
+    return {n: float(c) / max(total, 1) for n, c in zip(job.card.class_names, counts)}, total
+
+
+def segment(config: SegmentConfig) -> SegmentSummary:
+    """Run the whole job in this process."""
+    t0 = time.perf_counter()
+    job = prepare(config)
+    done_blocks = int(job.store.done_mask().sum())
+    done_px = sum(b.num_pixels for b in job.plan if job.store.done_mask()[b.index]) if done_blocks else 0
+    total_px = int(np.prod(job.grid.shape))
+    progress = Progress(
+        total_px, job.plan.num_blocks, "segment", config.quiet, done_pixels=done_px, done_blocks=done_blocks
+    )
+    try:
+        run, skipped = run_blocks_in_process(job, progress)
+    finally:
+        progress.close()
+    out, probs = export(job)
+    fractions, valid = class_fractions(job)
+    if not config.keep_work:
+        shutil.rmtree(config.resolved_work_dir, ignore_errors=True)
+    return SegmentSummary(
+        out,
+        probs,
+        total_px,
+        valid,
+        fractions,
+        time.perf_counter() - t0,
+        run,
+        skipped,
+        int(job.timings.get("tiles", 0)),
+        job.timings,
+    )
