@@ -1,0 +1,80 @@
+"""Shared fixtures: small rasters written on the fly, tiny models, the shared data folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from affine import Affine
+from rasterio.crs import CRS
+
+from models import build
+from models.checkpoint import ModelCard, save_checkpoint
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` beside the checkout; tests that need it skip when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real test data not present at {SHARED_DATA} (a plain clone has no ../shared)")
+    return SHARED_DATA
+
+
+def write_raster(
+    path: Path,
+    data: np.ndarray,
+    nodata: float | None = None,
+    crs: str | None = "EPSG:32633",
+    transform: Affine | None = None,
+    **extra,
+) -> Path:
+    """Write a (bands, rows, cols) array as a tiled GeoTIFF."""
+    count, height, width = data.shape
+    profile = {
+        "driver": "GTiff",
+        "height": height,
+        "width": width,
+        "count": count,
+        "dtype": data.dtype,
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": 128,
+        "blockysize": 128,
+        "transform": transform or Affine(10.0, 0, 400_000.0, 0, -10.0, 5_000_000.0),
+        **({"crs": CRS.from_string(crs)} if crs else {}),
+        **extra,
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+@pytest.fixture
+def small_scene(tmp_path: Path) -> Path:
+    """3-band uint16 700×530 GeoTIFF with a nodata corner (value 0)."""
+    rng = np.random.default_rng(1)
+    data = (rng.random((3, 530, 700)) * 3000 + 100).astype(np.uint16)
+    data[:, :60, :90] = 0
+    return write_raster(tmp_path / "scene.tif", data, nodata=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded, untrained small U-Net checkpoint for 3-band input and 4 classes."""
+    torch.manual_seed(0)
+    model = build("unet", in_channels=3, num_classes=4, width=4, depth=2)
+    card = ModelCard(
+        arch="unet",
+        config=model.config,
+        class_names=["water", "forest", "field", "town"],
+        class_colors=[(0, 0, 255), (0, 128, 0), (200, 200, 0), (255, 0, 0)],
+        normalization={"kind": "scale", "scale": 1 / 3000.0, "offset": -0.5},
+        tile_size=64,
+    )
+    path = tmp_path_factory.mktemp("models") / "tiny_unet.safetensors"
+    return save_checkpoint(path, model, card)

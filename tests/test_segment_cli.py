@@ -1,0 +1,120 @@
+"""`gigaseg segment` end to end: the output GeoTIFF is a valid COG aligned with the input."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rio_cogeo.cogeo import cog_validate
+
+from flows.cli import main
+
+ARGS = ["--tile", "64", "--block", "256", "--chunk", "128", "--quiet"]
+
+
+def _segment(scene: Path, model: str, out: Path, *extra: str) -> int:
+    return main(["segment", str(scene), "-m", model, "-o", str(out), *ARGS, *extra])
+
+
+def test_output_cog_matches_input_grid_and_keeps_nodata(small_scene, tiny_checkpoint, tmp_path):
+    out = tmp_path / "classes.tif"
+    probs = tmp_path / "probs.tif"
+    assert _segment(small_scene, str(tiny_checkpoint), out, "--probabilities", str(probs)) == 0
+    with rasterio.open(small_scene) as src, rasterio.open(out) as dst:
+        assert dst.crs == src.crs
+        assert dst.transform == src.transform
+        assert (dst.width, dst.height) == (src.width, src.height)
+        labels = dst.read(1)
+        valid = src.dataset_mask() > 0
+        assert dst.nodata == 255
+        assert (labels[~valid] == 255).all()
+        assert labels[valid].max() < 4
+        assert dst.block_shapes[0] == (512, 512) or dst.height < 512
+        assert dst.profile["compress"].lower() == "deflate"
+        cmap = dst.colormap(1)
+        assert cmap[0][:3] == (0, 0, 255) and cmap[3][:3] == (255, 0, 0)
+        assert json.loads(dst.tags(1)["CLASS_NAMES"]) == ["water", "forest", "field", "town"]
+    ok, errors, warnings = cog_validate(str(out), strict=True)
+    assert ok, (errors, warnings)
+    aux = ET.parse(str(out) + ".aux.xml").getroot()
+    assert [c.text for c in aux.iter("Category")] == ["water", "forest", "field", "town"]
+    with rasterio.open(probs) as p:
+        assert p.count == 4 and p.dtypes[0] == "float32"
+        stack = p.read()
+        np.testing.assert_allclose(stack[:, valid].sum(0), 1.0, atol=1e-5)
+        assert np.isnan(stack[:, ~valid]).all()
+    assert cog_validate(str(probs), strict=True)[0]
+    assert not list(tmp_path.glob(".*")), "temporary files left behind"
+    assert not (tmp_path / "classes.tif.gigaseg-work").exists()
+
+
+def test_large_output_gets_overviews_resampled_by_mode(tmp_path, tiny_checkpoint):
+    from tests.conftest import write_raster
+
+    data = np.zeros((3, 1100, 1300), dtype=np.uint16)
+    data[:, :, 650:] = 3000
+    scene = write_raster(tmp_path / "big.tif", data)
+    out = tmp_path / "big_classes.tif"
+    assert _segment(scene, str(tiny_checkpoint), out, "--block", "512") == 0
+    with rasterio.open(out) as dst:
+        assert dst.overviews(1)[0] == 2
+    assert cog_validate(str(out), strict=True)[0]
+
+
+def test_overviews_take_the_mode_never_an_average(tmp_path):
+    """Columns alternating 0 and 2: an average would invent class 1."""
+    from pipeline.blocks import BlockPlan
+    from pipeline.engine import BlockOutput
+    from pipeline.export_cog import Georeference, export_labels_cog
+    from pipeline.grid import TileGrid
+    from pipeline.output_store import OutputStore
+
+    shape = (1024, 1024)
+    plan = BlockPlan.create(TileGrid.create(shape, 256, 0.0), 1024, 512)
+    store = OutputStore.open_or_create(tmp_path / "o.zarr", plan, 3, False, "x")
+    pattern = np.zeros(shape, dtype=np.uint8)
+    pattern[:, 1::2] = 2
+    store.write_block(next(iter(plan)), BlockOutput(pattern, None))
+    geo = Georeference(rasterio.crs.CRS.from_string("EPSG:32633").to_wkt(), (10.0, 0, 0, 0, -10.0, 0))
+    out = export_labels_cog(tmp_path / "o.zarr", tmp_path / "o.tif", geo, ["a", "b", "c"], [(0, 0, 0)] * 3)
+    with rasterio.open(out) as dst:
+        assert dst.overviews(1) == [2]
+        overview = dst.read(1, out_shape=(512, 512))
+    assert 1 not in np.unique(overview)
+    assert cog_validate(str(out), strict=True)[0]
+
+
+def test_untrained_architecture_runs_with_given_classes(small_scene, tmp_path):
+    out = tmp_path / "c.tif"
+    assert _segment(small_scene, "arch:conv1x1", out, "--num-classes", "3", "--seed", "4") == 0
+    with rasterio.open(out) as dst:
+        assert dst.read(1)[100:, 100:].max() < 3
+
+
+def test_rerun_gives_identical_bytes(small_scene, tiny_checkpoint, tmp_path):
+    a, b = tmp_path / "a.tif", tmp_path / "b.tif"
+    assert _segment(small_scene, str(tiny_checkpoint), a) == 0
+    assert _segment(small_scene, str(tiny_checkpoint), b) == 0
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_summary_line_reports_pixels_classes_seconds_and_throughput(
+    small_scene, tiny_checkpoint, tmp_path, capsys
+):
+    out = tmp_path / "s.tif"
+    args = ["segment", str(small_scene), "-m", str(tiny_checkpoint), "-o", str(out), "--tile", "64"]
+    assert main(args) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "0.4 Mpx" in err[0] and "4 classes" in err[0] and "Mpx/s" in err[0] and " s, " in err[0]
+
+
+@pytest.mark.parametrize("blend", ["constant", "crop"])
+def test_other_blend_modes_produce_valid_output(small_scene, tiny_checkpoint, tmp_path, blend):
+    out = tmp_path / f"{blend}.tif"
+    assert _segment(small_scene, str(tiny_checkpoint), out, "--blend", blend, "--overlap", "0.5") == 0
+    assert cog_validate(str(out), strict=True)[0]
