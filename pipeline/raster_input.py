@@ -88,7 +88,10 @@ def inspect_raster(path: str | os.PathLike[str]) -> RasterInfo:
             with rasterio.open(path) as src:
                 return _describe(path, src)
     except RasterioIOError as exc:
-        raise InputError(f"{path}: not a raster GDAL can read ({_gdal_reason(exc)})") from None
+        reason = _gdal_reason(exc)
+        if "Invalid dataset dimensions" in reason:
+            raise InputError(f"{path}: raster has zero size ({reason})") from None
+        raise InputError(f"{path}: not a raster GDAL can read ({reason})") from None
 
 
 def _describe(path: Path, src: rasterio.DatasetReader) -> RasterInfo:

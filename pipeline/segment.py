@@ -116,8 +116,14 @@ def prepare(config: SegmentConfig) -> Job:
             model.arch,
         )
     work = config.resolved_work_dir
+    fresh = not work.exists()
     work.mkdir(parents=True, exist_ok=True)
-    scene = ingest(config.input, work / "scene.zarr", chunk=config.chunk)
+    try:
+        scene = ingest(config.input, work / "scene.zarr", chunk=config.chunk)
+    except BaseException:
+        if fresh:  # nothing of this run is worth resuming: leave no trace
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     t_ingest = time.perf_counter() - t0
 
     tile = config.tile or card.tile_size or model.spec.default_tile

@@ -1,0 +1,87 @@
+"""Idempotent and resumable: a run killed mid-way and started again skips done blocks
+and writes the same bytes as an undisturbed run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tests.conftest import write_raster
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _command(scene: Path, model: Path, out: Path, work: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "segment",
+        str(scene),
+        "-m",
+        str(model),
+        "-o",
+        str(out),
+        "--tile",
+        "64",
+        "--block",
+        "128",
+        "--chunk",
+        "128",
+        "--work-dir",
+        str(work),
+        "--threads",
+        "1",
+    ]
+
+
+def _done_chunks(work: Path) -> int:
+    done = work / "output.zarr" / "done" / "c"
+    return sum(1 for p in done.rglob("*") if p.is_file()) if done.exists() else 0
+
+
+def test_killed_run_resumes_and_matches_undisturbed_run(tmp_path, tiny_checkpoint):
+    rng = np.random.default_rng(7)
+    scene = write_raster(tmp_path / "scene.tif", (rng.random((3, 1024, 1024)) * 3000).astype(np.uint16))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    reference = tmp_path / "reference.tif"
+    subprocess.run(
+        _command(scene, tiny_checkpoint, reference, tmp_path / "w0"),
+        check=True,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+    )
+
+    out, work = tmp_path / "resumed.tif", tmp_path / "w1"
+    proc = subprocess.Popen(
+        _command(scene, tiny_checkpoint, out, work),
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while _done_chunks(work) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = _done_chunks(work)
+    assert 3 <= killed_at < 64
+    assert not out.exists(), "a killed run must not leave a finished-looking output"
+
+    result = subprocess.run(
+        _command(scene, tiny_checkpoint, out, work), env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    resumed = int(result.stderr.split("block(s) resumed")[0].rsplit(", ", 1)[1])
+    assert resumed >= killed_at
+    assert out.read_bytes() == reference.read_bytes()
