@@ -26,7 +26,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 bench: $(STAMP)
-	$(BIN)/python -m bench.run_all
+	$(BIN)/python -m bench.engine_bench
+	$(BIN)/python -m bench.models_bench
 
 clean:
 	rm -rf demo .pytest_cache .ruff_cache

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -57,9 +57,11 @@ def _windows(shape: Sequence[int]) -> Iterator[tuple[slice, slice]]:
 
 @contextmanager
 def _temporary_sibling(final: Path, suffix: str) -> Iterator[Path]:
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
-    os.close(fd)
-    tmp = Path(name)
+    """A unique hidden name beside ``final`` (same filesystem, so renaming is atomic).
+
+    The file itself is created by whoever writes it, so it gets the user's umask.
+    """
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}")
     try:
         yield tmp
     finally:

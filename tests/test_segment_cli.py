@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -49,6 +50,9 @@ def test_output_cog_matches_input_grid_and_keeps_nodata(small_scene, tiny_checkp
         assert np.isnan(stack[:, ~valid]).all()
     assert cog_validate(str(probs), strict=True)[0]
     assert not list(tmp_path.glob(".*")), "temporary files left behind"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask, "output must get the user's usual permissions"
     assert not (tmp_path / "classes.tif.gigaseg-work").exists()
 
 
