@@ -48,6 +48,9 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in-channels", type=int, help="input channels, for arch:NAME models")
     p.add_argument("--seed", type=int, default=0, help="weight seed, for arch:NAME models")
     p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    p.add_argument("--crf", default="none", help="refinement: none, local (exact blockwise) or dense")
+    p.add_argument("--crf-iterations", type=int, default=5, help="mean-field iterations")
+    p.add_argument("--crf-radius", type=float, default=4.0, help="local CRF window radius (pixels)")
 
 
 def segment_config_from_args(args: argparse.Namespace):  # -> SegmentConfig
@@ -76,6 +79,9 @@ def segment_config_from_args(args: argparse.Namespace):  # -> SegmentConfig
         in_channels=args.in_channels,
         seed=args.seed,
         threads=args.threads,
+        crf=args.crf,
+        crf_iterations=args.crf_iterations,
+        crf_radius=args.crf_radius,
     )
 
 

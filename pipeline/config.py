@@ -40,6 +40,10 @@ class SegmentConfig:
     in_channels: int | None = None
     seed: int = 0
     threads: int | None = None
+    crf: str = "none"
+    """``none``, ``local`` (mean-field in a window, blockwise-exact) or ``dense`` (DenseCRF, 2D)."""
+    crf_iterations: int = 5
+    crf_radius: float = 4.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -63,6 +67,10 @@ class SegmentConfig:
         for name in ("block", "chunk", "batch_size"):
             if getattr(self, name) <= 0:
                 raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.crf not in ("none", "local", "dense"):
+            raise InputError(f"--crf must be none, local or dense, got {self.crf!r}")
+        if self.crf_iterations <= 0 or self.crf_radius <= 0:
+            raise InputError("--crf-iterations and --crf-radius must be positive")
         if self.chunk % 16:
             raise InputError(f"--chunk must be a multiple of 16, got {self.chunk}")
         if not self.input.exists():

@@ -23,6 +23,7 @@ from models.checkpoint import ModelCard
 from pipeline.blending import BlendWindow
 from pipeline.blocks import Block, BlockPlan
 from pipeline.config import SegmentConfig
+from pipeline.crf import CRFParams, band_stats, refine
 from pipeline.device import select_device
 from pipeline.engine import BlockOutput, TilePredictor, infer_block
 from pipeline.export_cog import Georeference, export_labels_cog, export_probabilities_cog
@@ -51,6 +52,7 @@ class Job:
     window: BlendWindow
     plan: BlockPlan
     store: OutputStore
+    crf: CRFParams | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -61,6 +63,12 @@ class Job:
     def read(self, region: Region) -> tuple[np.ndarray, np.ndarray]:
         """Raw model bands and valid mask of a scene region."""
         return self.scene.read(region, self.bands)
+
+    def refiner(self) -> Callable | None:
+        """The CRF as the engine's refinement hook (None without CRF)."""
+        if self.crf is None:
+            return None
+        return functools.partial(_refine, params=self.crf)
 
     def normalizer(self) -> Callable[[np.ndarray], np.ndarray]:
         """The card's normalisation as a function of a raw block."""
@@ -98,6 +106,39 @@ class SegmentSummary:
         )
 
 
+def _refine(probs: torch.Tensor, image: torch.Tensor, valid: torch.Tensor, params: CRFParams) -> torch.Tensor:
+    out = refine(probs, image, valid, params)
+    return out if isinstance(out, torch.Tensor) else torch.from_numpy(out).to(probs.device)
+
+
+def crf_params_for(config: SegmentConfig, scene: SceneStore, bands: list[int]) -> CRFParams | None:
+    """CRF settings with appearance-band scaling from scene-wide statistics (never per block)."""
+    if config.crf == "none":
+        return None
+    shape = scene.spatial_shape
+    step = max(1, int((np.prod(shape) / 1_000_000) ** (1 / len(shape))))
+    sample, valid = (
+        scene.read(tuple((0, s) for s in shape), bands)
+        if step == 1
+        else (
+            np.stack([scene.image[(b, *(slice(None, None, step),) * len(shape))] for b in bands]),
+            np.asarray(scene.group["valid"][(slice(None, None, step),) * len(shape)], dtype=bool)
+            if scene.has_mask
+            else None,
+        )
+    )
+    appearance = tuple(range(min(3, len(bands))))
+    low, high = band_stats(sample, valid, bands=appearance)
+    return CRFParams(
+        mode=config.crf,
+        iterations=config.crf_iterations,
+        radius=config.crf_radius,
+        bands=appearance,
+        band_low=low,
+        band_high=high,
+    )
+
+
 def prepare(config: SegmentConfig) -> Job:
     """Validate, load the model, ingest the input and plan the blocks (no inference yet)."""
     config.validate()
@@ -129,7 +170,9 @@ def prepare(config: SegmentConfig) -> Job:
     tile = config.tile or card.tile_size or model.spec.default_tile
     grid = TileGrid.create(scene.spatial_shape, tile, config.overlap, align=model.downsampling)
     window = BlendWindow(grid, config.blend, config.sigma)
-    plan = BlockPlan.create(grid, config.block, config.chunk, reach=0)
+    crf = crf_params_for(config, scene, bands)
+    reach = crf.reach(len(scene.spatial_shape)) if crf is not None else 0
+    plan = BlockPlan.create(grid, config.block, config.chunk, reach=reach)
     fp = fingerprint(
         {
             "input": scene.attrs.get("source_id"),
@@ -140,6 +183,7 @@ def prepare(config: SegmentConfig) -> Job:
             "block": plan.block_shape,
             "chunk": plan.chunk_shape,
             "probabilities": config.probabilities is not None,
+            "crf": repr(crf),
         }
     )
     store = OutputStore.open_or_create(
@@ -150,7 +194,7 @@ def prepare(config: SegmentConfig) -> Job:
         fp,
         attrs={"class_names": card.class_names},
     )
-    return Job(config, model, card, scene, bands, grid, window, plan, store, {"ingest": t_ingest})
+    return Job(config, model, card, scene, bands, grid, window, plan, store, crf, {"ingest": t_ingest})
 
 
 def predictor_for(job: Job, device: torch.device | None = None) -> TilePredictor:
@@ -172,6 +216,7 @@ def compute_block(
         job.normalizer(),
         job.num_classes,
         with_probabilities=job.store.probabilities is not None,
+        refiner=job.refiner(),
         on_tiles=on_tiles,
     )
 
