@@ -375,7 +375,10 @@ register(
             "width_mult": 1.0,
             "dropout": 0.5,
         },
-        notes="VGG-16 ASPP-L; backbone='resnet101' gives the paper's ResNet model. No CRF.",
+        notes=(
+            "VGG-16 ASPP-L; backbone='resnet101' gives the paper's ResNet model. "
+            "The paper states no count. No CRF (the engine has one)."
+        ),
         small=_SMALL,
     )
 )
