@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from models import build, specs
+from models.backbones import backbone_names
 from models.registry import ArchSpec
 
 COMMAND = "python -m models.table > docs/models.md"
@@ -104,6 +105,28 @@ def render() -> str:
     lines += ["| " + " | ".join(row(spec)) + " |" for spec in all_specs]
     lines += ["", "## Notes", ""]
     lines += [f"- `{s.name}`: {s.notes}" for s in all_specs if s.notes]
+    lines += [
+        "",
+        "## Backbones and pretrained weights",
+        "",
+        "The DeepLab backbones are written here (`models/backbones/`): "
+        + ", ".join(f"`{n}`" for n in backbone_names())
+        + ". They keep the parameter names of the common ImageNet checkpoints",
+        "(torchvision's layout for VGG-16, ResNet and MobileNetV2; the DeepLabv3+",
+        "PyTorch ports' layout for aligned Xception-65), so a downloaded checkpoint",
+        "(safetensors, or a state dict read with `torch.load(weights_only=True)`) loads by name:",
+        "",
+        "```python",
+        "from models import build",
+        "from models.backbones import load_backbone_weights",
+        "",
+        'model = build("deeplabv3plus", backbone="resnet101", num_classes=6)',
+        'load_backbone_weights(model, "resnet101-imagenet.safetensors")  # fc.* is ignored',
+        "```",
+        "",
+        "Missing, unexpected or mis-shaped tensors raise `BackboneWeightsError` naming them",
+        "(for example a checkpoint for 3 input bands into a 4-band model).",
+    ]
     lines += ["", "## Canonical configurations", ""]
     lines += [
         "Keys accepted by `models.build(name, **config)`, with their canonical values;",
