@@ -222,7 +222,8 @@ register(
         notes=(
             "paper states no parameter count; its Fig. 1 layer list gives 31,030,658. "
             'padding="valid" mirror-pads the input internally (overlap-tile), '
-            '"same" zero-pads each convolution.'
+            '"same" zero-pads each convolution. The paper\'s dropout at the end of the '
+            "contracting path (a training regularizer, no parameters) is not included."
         ),
         small={"width": 4},
     )
