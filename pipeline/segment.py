@@ -273,8 +273,9 @@ def segment(config: SegmentConfig) -> SegmentSummary:
     """Run the whole job in this process."""
     t0 = time.perf_counter()
     job = prepare(config)
-    done_blocks = int(job.store.done_mask().sum())
-    done_px = sum(b.num_pixels for b in job.plan if job.store.done_mask()[b.index]) if done_blocks else 0
+    done = job.store.done_mask()
+    done_blocks = int(done.sum())
+    done_px = sum(b.num_pixels for b in job.plan if done[b.index])
     total_px = int(np.prod(job.grid.shape))
     progress = Progress(
         total_px, job.plan.num_blocks, "segment", config.quiet, done_pixels=done_px, done_blocks=done_blocks
