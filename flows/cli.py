@@ -123,6 +123,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         lr=args.lr,
         seed=args.seed,
         log=None if args.quiet else (lambda m: _say(False, f"train: {m}")),
+        backbone_weights=args.backbone_weights,
     )
     _say(
         args.quiet,
@@ -190,16 +191,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    import models
+    """Print the registry: parameters next to the paper's figure, downsampling, reach, default tile."""
+    from models import specs
+    from models.table import row
 
-    rows = []
-    for spec in models.specs():
-        net = models.build(spec.name)
-        params = sum(p.numel() for p in net.parameters())
-        rows.append((spec.name, spec.family, f"{spec.spatial_dims}D", f"{params / 1e6:.2f}M", spec.paper))
-    width = [max(len(r[i]) for r in rows) for i in range(4)]
+    picked = [s for s in specs() if not args.names or s.name in args.names]
+    unknown = sorted(set(args.names) - {s.name for s in picked})
+    if unknown:
+        raise InputError(f"unknown architecture(s): {', '.join(unknown)} (see gigaseg models)")
+    header = ["name", "family", "dims", "params", "paper figure", "diff", "down", "reach", "tile"]
+    rows = [header] + [[c.strip("`") for c in row(s)[: len(header)]] for s in picked]
+    width = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r[:4], width)) + "  " + r[4])
+        print("  ".join(c.ljust(w) for c, w in zip(r, width)).rstrip())
     return 0
 
 
@@ -232,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument(
+        "--backbone-weights",
+        type=Path,
+        help="pretrained encoder weights (.safetensors or .pth state dict, e.g. ImageNet) to start from",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -246,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("models", help="list registered architectures")
+    p.add_argument("names", nargs="*", help="only these architectures")
     p.set_defaults(func=cmd_models)
     return parser
 
