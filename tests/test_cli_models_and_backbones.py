@@ -1,4 +1,4 @@
-"""`gigaseg models` lists the registry; `gigaseg train --backbone-weights` starts from a pretrained encoder."""
+"""`gigaseg models` lists the registry; `gigaseg train --backbone-weights` loads a pretrained encoder."""
 
 from __future__ import annotations
 
