@@ -30,6 +30,22 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", type=Path, help="raster to segment (GeoTIFF or anything GDAL reads)")
     p.add_argument("-m", "--model", required=True, help="checkpoint file, or arch:NAME (untrained)")
     p.add_argument("-o", "--output", required=True, type=Path, help="output label COG (.tif)")
+    add_engine_arguments(p)
+    p.add_argument("--probabilities", type=Path, help="also write per-class probabilities here")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("--work-dir", type=Path, help="where stores live while running (resume point)")
+    p.add_argument("--keep-work", action="store_true", help="keep the work folder after success")
+
+
+ENGINE_OPTIONS = (
+    "tile", "overlap", "blend", "sigma", "block", "chunk", "batch_size", "device", "amp", "num_classes",
+    "in_channels", "seed", "threads", "crf", "crf_iterations", "crf_radius",
+)  # fmt: skip
+
+
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    """How to segment (tiling, blending, device, CRF), shared by ``segment`` and ``watch``."""
     p.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction in [0, 1)")
     p.add_argument("--blend", default="gaussian", help="constant, gaussian or crop")
@@ -39,11 +55,6 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", action="store_true", help="mixed precision on GPU (bf16/fp16)")
-    p.add_argument("--probabilities", type=Path, help="also write per-class probabilities here")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    p.add_argument("--work-dir", type=Path, help="where stores live while running (resume point)")
-    p.add_argument("--keep-work", action="store_true", help="keep the work folder after success")
     p.add_argument("--num-classes", type=int, help="classes, for arch:NAME models")
     p.add_argument("--in-channels", type=int, help="input channels, for arch:NAME models")
     p.add_argument("--seed", type=int, default=0, help="weight seed, for arch:NAME models")
@@ -61,27 +72,12 @@ def segment_config_from_args(args: argparse.Namespace):  # -> SegmentConfig
         input=args.input,
         model=args.model,
         output=args.output,
-        tile=args.tile,
-        overlap=args.overlap,
-        blend=args.blend,
-        sigma=args.sigma,
-        block=args.block,
-        chunk=args.chunk,
-        batch_size=args.batch_size,
-        device=args.device,
-        amp=args.amp,
         probabilities=args.probabilities,
         overwrite=args.overwrite,
         quiet=args.quiet,
         work_dir=args.work_dir,
         keep_work=args.keep_work,
-        num_classes=args.num_classes,
-        in_channels=args.in_channels,
-        seed=args.seed,
-        threads=args.threads,
-        crf=args.crf,
-        crf_iterations=args.crf_iterations,
-        crf_radius=args.crf_radius,
+        **{name: getattr(args, name) for name in ENGINE_OPTIONS},
     )
 
 
@@ -90,6 +86,36 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     summary = segment_scene(segment_config_from_args(args))
     _say(args.quiet, f"gigaseg: {summary.line()}")
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Segment new imagery once (``--once``) or serve the scan on a schedule."""
+    defaults = build_parser().parse_args(["watch", "in", "--output-dir", "out", "-m", "x"])
+    options = {n: getattr(args, n) for n in ENGINE_OPTIONS if getattr(args, n) != getattr(defaults, n)}
+    from flows.watch_imagery import check_watch_arguments, process_new_imagery, segment_options
+
+    check_watch_arguments(args.input, args.output_dir, args.model, segment_options(options))
+    parameters = {
+        "input_url": args.input,
+        "output_dir": str(args.output_dir.resolve()),
+        "model": args.model
+        if "://" in args.model or args.model.startswith(("arch:", "models:/"))
+        else str(Path(args.model).resolve()),
+        "pattern": args.pattern,
+        "max_concurrent": args.max_concurrent,
+        "min_age_seconds": args.min_age,
+        "options": options,
+    }
+    if args.once:
+        report = process_new_imagery(**parameters)
+        for scene, reason in report.failed:
+            print(f"gigaseg: {reason if scene in reason else f'{scene}: {reason}'}", file=sys.stderr)
+        _say(args.quiet, f"gigaseg watch: {report.line()}")
+        return 1 if report.failed else 0
+    schedule = {"cron": args.cron} if args.cron else {"interval": args.every}
+    _say(args.quiet, f"gigaseg watch: serving watch-imagery/{args.name} ({schedule}); Ctrl-C stops")
+    process_new_imagery.serve(name=args.name, parameters=parameters, print_starting_message=False, **schedule)
     return 0
 
 
@@ -207,6 +233,17 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_warnings_as_one_line() -> None:
+    """Our warnings as ``gigaseg: …`` lines; other libraries' loggers keep their own settings."""
+    logger = logging.getLogger("gigaseg")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("gigaseg: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser."""
     parser = argparse.ArgumentParser(
@@ -217,6 +254,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="segment a scene into a label COG")
     add_segment_arguments(p)
     p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("watch", help="segment new or changed scenes of a folder, once or on a schedule")
+    p.add_argument("input", help="folder (or fsspec URL such as s3://bucket/prefix) to scan")
+    p.add_argument("--output-dir", required=True, type=Path, help="where label COGs and the ledger go")
+    p.add_argument("-m", "--model", required=True, help="checkpoint file, or arch:NAME (untrained)")
+    p.add_argument("--pattern", default="*.tif", help="glob of scenes, relative to INPUT (e.g. '**/*.tif')")
+    p.add_argument("--once", action="store_true", help="process what is new, then exit")
+    p.add_argument("--every", type=float, default=600.0, help="seconds between scans when serving")
+    p.add_argument("--cron", help="cron schedule when serving (instead of --every)")
+    p.add_argument("--name", default="scheduled", help="deployment name when serving")
+    p.add_argument("--max-concurrent", type=int, default=1, help="scenes segmented at the same time")
+    p.add_argument("--min-age", type=float, default=0.0, help="skip files modified less than this many s ago")
+    p.add_argument("--quiet", action="store_true")
+    add_engine_arguments(p)
+    p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("sample-scene", help="write a synthetic labelled land-cover scene")
     p.add_argument("out_dir", type=Path)
@@ -262,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gigaseg`` console script."""
-    logging.basicConfig(level=logging.WARNING, format="gigaseg: %(message)s")
+    _log_warnings_as_one_line()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -12,6 +12,7 @@ from typing import Any
 
 from pipeline.blending import BLEND_MODES
 from pipeline.errors import InputError
+from pipeline.model_source import check_model_source
 
 
 @dataclass
@@ -56,6 +57,11 @@ class SegmentConfig:
 
     def validate(self) -> None:
         """Check every option and the paths; raise :class:`InputError` for the first problem."""
+        self.validate_options()
+        self.validate_paths()
+
+    def validate_options(self) -> None:
+        """Check the options that do not depend on the input or output paths."""
         if self.tile is not None and self.tile <= 0:
             raise InputError(f"--tile must be a positive number of pixels, got {self.tile}")
         if not 0.0 <= self.overlap < 1.0:
@@ -73,6 +79,10 @@ class SegmentConfig:
             raise InputError("--crf-iterations and --crf-radius must be positive")
         if self.chunk % 16:
             raise InputError(f"--chunk must be a multiple of 16, got {self.chunk}")
+        check_model_source(self.model)
+
+    def validate_paths(self) -> None:
+        """Check that the input exists and the outputs can be written without losing anything."""
         if not self.input.exists():
             raise InputError(f"{self.input}: no such file")
         outputs = [self.output] + ([self.probabilities] if self.probabilities else [])

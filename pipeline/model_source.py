@@ -19,6 +19,22 @@ from pipeline.errors import InputError
 ARCH_PREFIX = "arch:"
 
 
+def check_model_source(source: str) -> None:
+    """Cheap check of ``-m`` before any work starts: a registered ``arch:NAME`` or an existing file.
+
+    Registry URIs (``models:/…``) are resolved when the model is loaded.
+    """
+    if source.startswith(ARCH_PREFIX):
+        try:
+            get_spec(source[len(ARCH_PREFIX) :])
+        except UnknownArchitectureError as exc:
+            raise InputError(f"-m {source}: {exc}") from None
+    elif "://" not in source and not source.startswith("models:/"):
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(f"{path}: no such model file (give a checkpoint or arch:NAME)")
+
+
 def load_model(
     source: str,
     in_channels: int | None = None,

@@ -139,10 +139,18 @@ def crf_params_for(config: SegmentConfig, scene: SceneStore, bands: list[int]) -
     )
 
 
-def prepare(config: SegmentConfig) -> Job:
-    """Validate, load the model, ingest the input and plan the blocks (no inference yet)."""
+@dataclass
+class CheckedInput:
+    """What :func:`check_inputs` established: the raster is readable and fits the model."""
+
+    model: SegmentationModel
+    card: ModelCard
+    bands: list[int]
+
+
+def check_inputs(config: SegmentConfig) -> CheckedInput:
+    """Validate the options, open the raster's header and load the model (no data is read yet)."""
     config.validate()
-    t0 = time.perf_counter()
     info = inspect_raster(config.input)
     model, card = load_model(
         config.model,
@@ -156,17 +164,25 @@ def prepare(config: SegmentConfig) -> Job:
             "%s is not fully convolutional (global pooling): tiled output depends on the tile size",
             model.arch,
         )
+    return CheckedInput(model, card, bands)
+
+
+def ingest_scene(config: SegmentConfig) -> SceneStore:
+    """Copy the input into the chunked scene store of the work folder (reused when unchanged)."""
     work = config.resolved_work_dir
     fresh = not work.exists()
     work.mkdir(parents=True, exist_ok=True)
     try:
-        scene = ingest(config.input, work / "scene.zarr", chunk=config.chunk)
+        return ingest(config.input, work / "scene.zarr", chunk=config.chunk)
     except BaseException:
         if fresh:  # nothing of this run is worth resuming: leave no trace
             shutil.rmtree(work, ignore_errors=True)
         raise
-    t_ingest = time.perf_counter() - t0
 
+
+def plan_job(config: SegmentConfig, checked: CheckedInput, scene: SceneStore) -> Job:
+    """Tile grid, blending window, CRF settings, blocks, and the output store (new or resumed)."""
+    model, card, bands = checked.model, checked.card, checked.bands
     tile = config.tile or card.tile_size or model.spec.default_tile
     grid = TileGrid.create(scene.spatial_shape, tile, config.overlap, align=model.downsampling)
     window = BlendWindow(grid, config.blend, config.sigma)
@@ -187,14 +203,25 @@ def prepare(config: SegmentConfig) -> Job:
         }
     )
     store = OutputStore.open_or_create(
-        work / "output.zarr",
+        config.resolved_work_dir / "output.zarr",
         plan,
         card.num_classes,
         config.probabilities is not None,
         fp,
         attrs={"class_names": card.class_names},
     )
-    return Job(config, model, card, scene, bands, grid, window, plan, store, crf, {"ingest": t_ingest})
+    return Job(config, model, card, scene, bands, grid, window, plan, store, crf)
+
+
+def prepare(config: SegmentConfig) -> Job:
+    """Validate, load the model, ingest the input and plan the blocks (no inference yet)."""
+    checked = check_inputs(config)
+    t0 = time.perf_counter()
+    scene = ingest_scene(config)
+    t_ingest = time.perf_counter() - t0
+    job = plan_job(config, checked, scene)
+    job.timings["ingest"] = t_ingest
+    return job
 
 
 def predictor_for(job: Job, device: torch.device | None = None) -> TilePredictor:
@@ -269,34 +296,49 @@ def class_fractions(job: Job) -> tuple[dict[str, float], int]:
     return {n: float(c) / max(total, 1) for n, c in zip(job.card.class_names, counts)}, total
 
 
-def segment(config: SegmentConfig) -> SegmentSummary:
-    """Run the whole job in this process."""
-    t0 = time.perf_counter()
-    job = prepare(config)
+def infer(job: Job) -> tuple[int, int]:
+    """Run every pending block with a progress report (blocks, tiles, throughput, ETA); (run, skipped)."""
     done = job.store.done_mask()
-    done_blocks = int(done.sum())
     done_px = sum(b.num_pixels for b in job.plan if done[b.index])
-    total_px = int(np.prod(job.grid.shape))
     progress = Progress(
-        total_px, job.plan.num_blocks, "segment", config.quiet, done_pixels=done_px, done_blocks=done_blocks
+        int(np.prod(job.grid.shape)),
+        job.plan.num_blocks,
+        "segment",
+        job.config.quiet,
+        done_pixels=done_px,
+        done_blocks=int(done.sum()),
     )
     try:
-        run, skipped = run_blocks_in_process(job, progress)
+        return run_blocks_in_process(job, progress)
     finally:
         progress.close()
-    out, probs = export(job)
+
+
+def summarize(
+    job: Job, outputs: tuple[Path, Path | None], counts: tuple[int, int], seconds: float
+) -> SegmentSummary:
+    """Class fractions of the finished output; removes the work folder unless asked to keep it."""
     fractions, valid = class_fractions(job)
-    if not config.keep_work:
-        shutil.rmtree(config.resolved_work_dir, ignore_errors=True)
+    if not job.config.keep_work:
+        shutil.rmtree(job.config.resolved_work_dir, ignore_errors=True)
     return SegmentSummary(
-        out,
-        probs,
-        total_px,
+        outputs[0],
+        outputs[1],
+        int(np.prod(job.grid.shape)),
         valid,
         fractions,
-        time.perf_counter() - t0,
-        run,
-        skipped,
+        seconds,
+        counts[0],
+        counts[1],
         int(job.timings.get("tiles", 0)),
         job.timings,
     )
+
+
+def segment(config: SegmentConfig) -> SegmentSummary:
+    """Run the whole job in this process: prepare → infer → export → summarize."""
+    t0 = time.perf_counter()
+    job = prepare(config)
+    counts = infer(job)
+    outputs = export(job)
+    return summarize(job, outputs, counts, time.perf_counter() - t0)

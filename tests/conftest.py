@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +13,34 @@ import torch
 from affine import Affine
 from rasterio.crs import CRS
 
+import flows  # noqa: F401  (applies the embedded Prefect defaults before Prefect is imported)
 from models import build
 from models.checkpoint import ModelCard, save_checkpoint
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_api() -> Iterator[str]:
+    """One throw-away Prefect API per test process (Prefect's own test harness, SQLite in a temp folder).
+
+    Its URL is exported so that ``gigaseg`` subprocesses started by tests use it
+    instead of starting an ephemeral server each (and never touch ``~/.prefect``).
+    """
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=300):
+        url = PREFECT_API_URL.value()
+        previous = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = url
+        try:
+            yield url
+        finally:
+            if previous is None:
+                os.environ.pop("PREFECT_API_URL", None)
+            else:
+                os.environ["PREFECT_API_URL"] = previous
 
 
 @pytest.fixture(scope="session")
