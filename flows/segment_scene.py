@@ -9,8 +9,6 @@ with the stage named. CRF refinement runs inside each block's inference (it need
 the block's halo), so it is part of the infer stage rather than a pass of its own.
 """
 
-from __future__ import annotations
-
 import sys
 import time
 
@@ -78,7 +76,7 @@ def export_stage(job: Job):  # -> tuple[Path, Path | None]
     return export(job)
 
 
-@flow(name="segment-scene", validate_parameters=False, log_prints=True)
+@flow(name="segment-scene", log_prints=True)
 def segment_scene_flow(config: SegmentConfig) -> SegmentSummary:
     """Segment ``config.input`` into ``config.output``."""
     t0 = time.perf_counter()
