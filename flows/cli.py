@@ -40,7 +40,9 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
 
 ENGINE_OPTIONS = (
     "tile", "overlap", "blend", "sigma", "block", "chunk", "batch_size", "device", "amp", "num_classes",
-    "in_channels", "seed", "threads", "crf", "crf_iterations", "crf_radius",
+    "in_channels", "seed", "threads", "crf", "crf_iterations", "crf_radius", "crf_smooth_weight",
+    "crf_smooth_sigma", "crf_appearance_weight", "crf_appearance_sigma_pos", "crf_appearance_sigma_feat",
+    "crf_bands",
 )  # fmt: skip
 
 
@@ -62,6 +64,18 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crf", default="none", help="refinement: none, local (exact blockwise) or dense")
     p.add_argument("--crf-iterations", type=int, default=5, help="mean-field iterations")
     p.add_argument("--crf-radius", type=float, default=4.0, help="local CRF window radius (pixels)")
+    p.add_argument("--crf-smooth-weight", type=float, default=3.0, help="w2, smoothness kernel weight")
+    p.add_argument("--crf-smooth-sigma", type=float, default=3.0, help="σγ, smoothness width (pixels)")
+    p.add_argument("--crf-appearance-weight", type=float, default=5.0, help="w1, appearance kernel weight")
+    p.add_argument(
+        "--crf-appearance-sigma-pos", type=float, default=50.0, help="σα, appearance position width"
+    )
+    p.add_argument(
+        "--crf-appearance-sigma-feat", type=float, default=5.0, help="σβ, appearance colour width (0–255)"
+    )
+    p.add_argument(
+        "--crf-bands", type=lambda t: tuple(int(b) for b in t.split(",")), help="appearance bands, e.g. 3,2,1"
+    )
 
 
 def segment_config_from_args(args: argparse.Namespace):  # -> SegmentConfig

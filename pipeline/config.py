@@ -45,6 +45,18 @@ class SegmentConfig:
     """``none``, ``local`` (mean-field in a window, blockwise-exact) or ``dense`` (DenseCRF, 2D)."""
     crf_iterations: int = 5
     crf_radius: float = 4.0
+    crf_smooth_weight: float = 3.0
+    """w2, smoothness kernel weight (DeepLab's cross-validated 3)."""
+    crf_smooth_sigma: float = 3.0
+    """σγ, smoothness kernel width in pixels (DeepLab: 3)."""
+    crf_appearance_weight: float = 5.0
+    """w1, appearance (bilateral) kernel weight (DeepLab's range 5–10)."""
+    crf_appearance_sigma_pos: float = 50.0
+    """σα, appearance kernel position width in pixels (DeepLab's range 50–100)."""
+    crf_appearance_sigma_feat: float = 5.0
+    """σβ, appearance kernel colour width on the 0–255 scaled bands (DeepLab's range 3–10)."""
+    crf_bands: tuple[int, ...] | None = None
+    """Appearance bands (0-based, of the model's input bands); None: the first three."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -54,6 +66,8 @@ class SegmentConfig:
             self.probabilities = Path(self.probabilities)
         if self.work_dir is not None:
             self.work_dir = Path(self.work_dir)
+        if self.crf_bands is not None:
+            self.crf_bands = tuple(int(b) for b in self.crf_bands)
 
     def validate(self) -> None:
         """Check every option and the paths; raise :class:`InputError` for the first problem."""
@@ -77,6 +91,14 @@ class SegmentConfig:
             raise InputError(f"--crf must be none, local or dense, got {self.crf!r}")
         if self.crf_iterations <= 0 or self.crf_radius <= 0:
             raise InputError("--crf-iterations and --crf-radius must be positive")
+        for name in ("smooth_weight", "smooth_sigma", "appearance_weight", "appearance_sigma_pos",
+                     "appearance_sigma_feat"):  # fmt: skip
+            if not getattr(self, f"crf_{name}") >= 0:
+                raise InputError(
+                    f"--crf-{name.replace('_', '-')} must be ≥ 0, got {getattr(self, f'crf_{name}')}"
+                )
+        if self.crf_bands is not None and (not self.crf_bands or min(self.crf_bands) < 0):
+            raise InputError(f"--crf-bands must be band indices ≥ 0, got {self.crf_bands}")
         if self.chunk % 16:
             raise InputError(f"--chunk must be a multiple of 16, got {self.chunk}")
         check_model_source(self.model)

@@ -26,6 +26,7 @@ from pipeline.config import SegmentConfig
 from pipeline.crf import CRFParams, band_stats, refine
 from pipeline.device import select_device
 from pipeline.engine import BlockOutput, TilePredictor, infer_block
+from pipeline.errors import InputError
 from pipeline.export_cog import Georeference, export_labels_cog, export_probabilities_cog
 from pipeline.grid import Region, TileGrid
 from pipeline.ingest import ingest
@@ -127,12 +128,19 @@ def crf_params_for(config: SegmentConfig, scene: SceneStore, bands: list[int]) -
             else None,
         )
     )
-    appearance = tuple(range(min(3, len(bands))))
+    appearance = config.crf_bands or tuple(range(min(3, len(bands))))
+    if max(appearance) >= len(bands):
+        raise InputError(f"--crf-bands {list(appearance)}: the model reads only {len(bands)} band(s)")
     low, high = band_stats(sample, valid, bands=appearance)
     return CRFParams(
         mode=config.crf,
         iterations=config.crf_iterations,
         radius=config.crf_radius,
+        smooth_weight=config.crf_smooth_weight,
+        smooth_sigma=config.crf_smooth_sigma,
+        appearance_weight=config.crf_appearance_weight,
+        appearance_sigma_pos=config.crf_appearance_sigma_pos,
+        appearance_sigma_feat=config.crf_appearance_sigma_feat,
         bands=appearance,
         band_low=low,
         band_high=high,
