@@ -28,7 +28,12 @@ def _say(quiet: bool, text: str) -> None:
 def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``gigaseg segment`` (shared with ``flows/segment_scene.py``)."""
     p.add_argument("input", type=Path, help="raster to segment (GeoTIFF or anything GDAL reads)")
-    p.add_argument("-m", "--model", required=True, help="checkpoint file, or arch:NAME (untrained)")
+    p.add_argument(
+        "-m",
+        "--model",
+        required=True,
+        help="checkpoint file, models:/NAME@ALIAS or models:/NAME/VERSION (registry), or arch:NAME",
+    )
     p.add_argument("-o", "--output", required=True, type=Path, help="output label COG (.tif)")
     p.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction in [0, 1)")
