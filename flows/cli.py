@@ -56,6 +56,9 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crf", default="none", help="refinement: none, local (exact blockwise) or dense")
     p.add_argument("--crf-iterations", type=int, default=5, help="mean-field iterations")
     p.add_argument("--crf-radius", type=float, default=4.0, help="local CRF window radius (pixels)")
+    p.add_argument("--labels", type=Path, help="reference label raster: per-region IoU / Dice / accuracy")
+    p.add_argument("--regions", type=Path, help="GeoJSON polygons: metrics per polygon instead of per block")
+    p.add_argument("--no-track", action="store_true", help="no MLflow run (and no per-region metrics)")
 
 
 def segment_config_from_args(args: argparse.Namespace):  # -> SegmentConfig
@@ -93,7 +96,9 @@ def segment_config_from_args(args: argparse.Namespace):  # -> SegmentConfig
 def cmd_segment(args: argparse.Namespace) -> int:
     from flows.segment_scene import segment_scene
 
-    summary = segment_scene(segment_config_from_args(args))
+    summary = segment_scene(
+        segment_config_from_args(args), labels=args.labels, regions=args.regions, track=not args.no_track
+    )
     _say(args.quiet, f"gigaseg: {summary.line()}")
     return 0
 

@@ -44,6 +44,8 @@ class SegmentConfig:
     """``none``, ``local`` (mean-field in a window, blockwise-exact) or ``dense`` (DenseCRF, 2D)."""
     crf_iterations: int = 5
     crf_radius: float = 4.0
+    uncertainty: bool = False
+    """Keep per-pixel confidence and entropy in the output store (for per-region metrics)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

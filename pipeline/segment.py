@@ -184,6 +184,7 @@ def prepare(config: SegmentConfig) -> Job:
             "chunk": plan.chunk_shape,
             "probabilities": config.probabilities is not None,
             "crf": repr(crf),
+            "uncertainty": config.uncertainty,
         }
     )
     store = OutputStore.open_or_create(
@@ -193,6 +194,7 @@ def prepare(config: SegmentConfig) -> Job:
         config.probabilities is not None,
         fp,
         attrs={"class_names": card.class_names},
+        with_uncertainty=config.uncertainty,
     )
     return Job(config, model, card, scene, bands, grid, window, plan, store, crf, {"ingest": t_ingest})
 
@@ -218,6 +220,7 @@ def compute_block(
         with_probabilities=job.store.probabilities is not None,
         refiner=job.refiner(),
         on_tiles=on_tiles,
+        with_uncertainty=job.store.confidence is not None,
     )
 
 
@@ -269,8 +272,12 @@ def class_fractions(job: Job) -> tuple[dict[str, float], int]:
     return {n: float(c) / max(total, 1) for n, c in zip(job.card.class_names, counts)}, total
 
 
-def segment(config: SegmentConfig) -> SegmentSummary:
-    """Run the whole job in this process."""
+def segment(config: SegmentConfig, on_finished: Callable[[Job], None] | None = None) -> SegmentSummary:
+    """Run the whole job in this process.
+
+    ``on_finished(job)`` runs after export, while the stores still exist (e.g.
+    per-region metrics read them), before the work folder is removed.
+    """
     t0 = time.perf_counter()
     job = prepare(config)
     done = job.store.done_mask()
@@ -286,6 +293,8 @@ def segment(config: SegmentConfig) -> SegmentSummary:
         progress.close()
     out, probs = export(job)
     fractions, valid = class_fractions(job)
+    if on_finished is not None:
+        on_finished(job)
     if not config.keep_work:
         shutil.rmtree(config.resolved_work_dir, ignore_errors=True)
     return SegmentSummary(
