@@ -174,6 +174,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_promote(args: argparse.Namespace) -> int:
+    from flows.promote_model import promote_model
+
+    decision = promote_model(
+        args.name,
+        args.version,
+        args.eval_image,
+        args.eval_labels,
+        metric=args.metric,
+        margin=args.margin,
+        force=args.force,
+        rollback_champion=args.rollback,
+        block=args.block,
+    )
+    print(f"gigaseg: {decision.line()} (MLflow run {decision.run_id})", flush=True)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate a scene, train a small U-Net on part of it, segment it all, score it."""
     from flows.segment_scene import segment_scene
@@ -293,6 +311,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("promote", help="move the champion alias to a better version, or roll back")
+    p.add_argument("name", help="registered model name")
+    p.add_argument("--version", type=int, help="candidate version")
+    p.add_argument("--eval-image", type=Path, help="evaluation scene")
+    p.add_argument("--eval-labels", type=Path, help="its reference labels")
+    p.add_argument("--metric", default="miou", help="miou, mdice or accuracy")
+    p.add_argument("--margin", type=float, default=0.0, help="candidate must beat the champion by this")
+    p.add_argument("--force", action="store_true", help="promote regardless of the scores")
+    p.add_argument("--rollback", action="store_true", help="give champion back to the previous version")
+    p.add_argument("--block", type=int, default=2048, help="output block size for the evaluation runs")
+    p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("demo", help="the main job end to end on a generated scene")
     p.add_argument("--workdir", type=Path, default=Path("demo"))
