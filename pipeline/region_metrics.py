@@ -90,8 +90,9 @@ class RegionStats:
             row[f"fraction_{name}"] = float(count / valid) if valid else float("nan")
         if self.confusion is not None:
             cm = self.confusion
-            ious, dices = iou_per_class(cm), dice_per_class(cm)
             truth = cm.sum(1)
+            ious = [v if truth[i] else float("nan") for i, v in enumerate(iou_per_class(cm))]
+            dices = [v if truth[i] else float("nan") for i, v in enumerate(dice_per_class(cm))]
             row["labelled_pixels"] = int(cm.sum())
             row["accuracy"] = float(np.trace(cm) / cm.sum()) if cm.sum() else float("nan")
             row["miou"] = nanmean(ious)

@@ -175,6 +175,12 @@ def _validate(model, scenes, norm, num_classes, device) -> tuple[np.ndarray, dic
     return cm, preview
 
 
+def _present(values: list[float], cm: np.ndarray) -> list[float]:
+    """Per-class scores, NaN for classes absent from the reference (kept out of the means)."""
+    truth = cm.sum(1)
+    return [float(v) if truth[i] > 0 else float("nan") for i, v in enumerate(values)]
+
+
 def _state_key(settings: TrainSettings, scenes: Sequence[LabelledScene], extra: dict[str, Any]) -> str:
     return fingerprint(
         {
@@ -307,8 +313,8 @@ def fit(
             epoch,
             float(np.mean(losses)),
             float(np.trace(cm) / max(cm.sum(), 1)),
-            [float(v) for v in iou_per_class(cm)],
-            [float(v) for v in dice_per_class(cm)],
+            _present(iou_per_class(cm), cm),
+            _present(dice_per_class(cm), cm),
             time.perf_counter() - te,
         )
         history.append(result)

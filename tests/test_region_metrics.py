@@ -69,8 +69,8 @@ def _reference_stats(pred, probs, truth, mask, k):
         pc, tc = (pred == c) & scored, (truth == c) & scored
         tp, fp, fn = (pc & tc).sum(), (pc & ~tc).sum(), (~pc & tc).sum()
         out[f"pixels_{c}"] = int(((pred == c) & valid).sum())
-        out[f"iou_{c}"] = tp / (tp + fp + fn) if tp + fp + fn else np.nan
-        out[f"dice_{c}"] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else np.nan
+        out[f"iou_{c}"] = tp / (tp + fp + fn) if tc.sum() else np.nan  # classes absent from the truth: NaN
+        out[f"dice_{c}"] = 2 * tp / (2 * tp + fp + fn) if tc.sum() else np.nan
         out[f"accuracy_{c}"] = tp / tc.sum() if tc.sum() else np.nan
     out["accuracy"] = float((pred[scored] == truth[scored]).mean()) if scored.any() else np.nan
     return out
