@@ -28,7 +28,12 @@ def _say(quiet: bool, text: str) -> None:
 def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``gigaseg segment`` (shared with ``flows/segment_scene.py``)."""
     p.add_argument("input", type=Path, help="raster to segment (GeoTIFF or anything GDAL reads)")
-    p.add_argument("-m", "--model", required=True, help="checkpoint file, or arch:NAME (untrained)")
+    p.add_argument(
+        "-m",
+        "--model",
+        required=True,
+        help="checkpoint file, models:/NAME@ALIAS or models:/NAME/VERSION (registry), or arch:NAME",
+    )
     p.add_argument("-o", "--output", required=True, type=Path, help="output label COG (.tif)")
     add_engine_arguments(p)
     p.add_argument("--probabilities", type=Path, help="also write per-class probabilities here")
@@ -76,6 +81,9 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--crf-bands", type=lambda t: tuple(int(b) for b in t.split(",")), help="appearance bands, e.g. 3,2,1"
     )
+    p.add_argument("--labels", type=Path, help="reference label raster: per-region IoU / Dice / accuracy")
+    p.add_argument("--regions", type=Path, help="GeoJSON polygons: metrics per polygon instead of per block")
+    p.add_argument("--no-track", action="store_true", help="no MLflow run (and no per-region metrics)")
 
 
 def segment_config_from_args(args: argparse.Namespace):  # -> SegmentConfig
@@ -98,7 +106,9 @@ def segment_config_from_args(args: argparse.Namespace):  # -> SegmentConfig
 def cmd_segment(args: argparse.Namespace) -> int:
     from flows.segment_scene import segment_scene
 
-    summary = segment_scene(segment_config_from_args(args))
+    summary = segment_scene(
+        segment_config_from_args(args), labels=args.labels, regions=args.regions, track=not args.no_track
+    )
     _say(args.quiet, f"gigaseg: {summary.line()}")
     return 0
 
@@ -144,32 +154,82 @@ def cmd_sample_scene(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pipeline.training import train_on_raster
+    import json
 
-    if args.output.exists() and not args.overwrite:
-        raise InputError(f"{args.output}: already exists (use --overwrite to replace it)")
-    if not args.output.parent.is_dir():
-        raise InputError(f"{args.output}: folder {args.output.parent} does not exist")
-    config = {"width": args.width, "depth": args.depth} if args.arch == "unet" else {}
-    result = train_on_raster(
-        args.image,
-        args.labels,
-        args.output,
+    from flows.train_model import train_model
+    from pipeline.trainer import TrainSettings
+
+    if args.model_name is None and args.output is None:
+        raise InputError("give --model-name NAME (register in MLflow) and/or -o CHECKPOINT")
+    if args.output is not None:
+        if args.output.exists() and not args.overwrite:
+            raise InputError(f"{args.output}: already exists (use --overwrite to replace it)")
+        if not args.output.parent.is_dir():
+            raise InputError(f"{args.output}: folder {args.output.parent} does not exist")
+    try:
+        config = json.loads(args.arch_config) if args.arch_config else {}
+    except json.JSONDecodeError as exc:
+        raise InputError(f"--arch-config: not JSON ({exc})") from None
+    for key in ("width", "depth"):
+        if getattr(args, key) is not None:
+            config[key] = getattr(args, key)
+    settings = TrainSettings(
         arch=args.arch,
         arch_config=config,
         tile=args.tile,
         batch_size=args.batch_size,
-        steps=args.steps,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
         lr=args.lr,
+        loss=args.loss,
+        aux_weight=args.aux_weight,
+        balanced=args.balanced,
+        jitter=args.jitter,
+        patience=args.patience,
         seed=args.seed,
-        log=None if args.quiet else (lambda m: _say(False, f"train: {m}")),
-        backbone_weights=args.backbone_weights,
+        device=args.device,
+        amp=args.amp,
+        backbone_weights=None if args.backbone_weights is None else str(args.backbone_weights),
     )
+    report = train_model(
+        [str(i) for i in args.images],
+        [str(lab) for lab in args.labels],
+        args.model_name or args.output.stem,
+        settings,
+        val_fraction=args.val_fraction,
+        val_image=args.val_image,
+        val_labels=args.val_labels,
+        class_names=args.classes.split(",") if args.classes else None,
+        work_dir=args.work_dir,
+        output=args.output,
+        register=args.model_name is not None,
+        log=None if args.quiet else (lambda m: _say(False, f"train: {m}")),
+    )
+    best = report.outcome.best
+    where = f"registered {report.version.uri}" if report.version else f"wrote {args.output}"
     _say(
         args.quiet,
-        f"gigaseg: wrote {result.checkpoint} after {result.steps} steps in {result.seconds:.0f} s; "
-        f"held-out accuracy {result.val_accuracy:.3f}, mIoU {result.val_miou:.3f}",
+        f"gigaseg: {where} (MLflow run {report.run_id}); best epoch {report.outcome.best_epoch}: "
+        f"held-out accuracy {best.accuracy:.3f}, mIoU {best.miou:.3f}, mDice {best.mdice:.3f}",
     )
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from flows.promote_model import promote_model
+
+    decision = promote_model(
+        args.name,
+        args.version,
+        args.eval_image,
+        args.eval_labels,
+        metric=args.metric,
+        margin=args.margin,
+        force=args.force,
+        rollback_champion=args.rollback,
+        block=args.block,
+    )
+    print(f"gigaseg: {decision.line()} (MLflow run {decision.run_id})", flush=True)
     return 0
 
 
@@ -291,14 +351,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_sample_scene)
 
-    p = sub.add_parser("train", help="fit a registered network on a labelled raster")
-    p.add_argument("image", type=Path)
-    p.add_argument("--labels", required=True, type=Path)
-    p.add_argument("-o", "--output", required=True, type=Path, help="checkpoint to write")
-    p.add_argument("--arch", default="unet")
-    p.add_argument("--width", type=int, default=16)
-    p.add_argument("--depth", type=int, default=3)
-    p.add_argument("--steps", type=int, default=300)
+    p = sub.add_parser("train", help="fit a registered network on labelled rasters; register it in MLflow")
+    p.add_argument("images", nargs="+", help="image rasters (a band stack as a.tif,b.tif,…)")
+    p.add_argument("--labels", required=True, nargs="+", type=Path, help="one label raster per image")
+    p.add_argument("--model-name", help="register the result as a new version of this MLflow model")
+    p.add_argument("-o", "--output", type=Path, help="also write the checkpoint here")
+    p.add_argument("--arch", default="unet", help="registered architecture (gigaseg models)")
+    p.add_argument("--arch-config", help="architecture options as JSON, e.g. '{\"width\": 16}'")
+    p.add_argument("--width", type=int, help="shortcut for the width option")
+    p.add_argument("--depth", type=int, help="shortcut for the depth option")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--steps-per-epoch", type=int, default=50)
     p.add_argument("--tile", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -307,10 +370,34 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="pretrained encoder weights (.safetensors or .pth state dict, e.g. ImageNet) to start from",
     )
+    p.add_argument("--loss", default="ce", help="ce, dice or ce+dice")
+    p.add_argument("--aux-weight", type=float, default=0.4, help="weight of auxiliary heads' losses")
+    p.add_argument("--balanced", action="store_true", help="class-balanced tile sampling")
+    p.add_argument("--jitter", type=float, default=0.1, help="intensity jitter (gain, offset)")
+    p.add_argument("--patience", type=int, default=5, help="early stopping: epochs without improvement")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="right-most columns held out")
+    p.add_argument("--val-image", help="separate validation image (instead of --val-fraction)")
+    p.add_argument("--val-labels", help="labels of --val-image")
+    p.add_argument("--classes", help="class names, comma-separated (default: the label raster's tags)")
+    p.add_argument("--work-dir", type=Path, help="stores and resumable state (default .gigaseg/train/NAME)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("promote", help="move the champion alias to a better version, or roll back")
+    p.add_argument("name", help="registered model name")
+    p.add_argument("--version", type=int, help="candidate version")
+    p.add_argument("--eval-image", type=Path, help="evaluation scene")
+    p.add_argument("--eval-labels", type=Path, help="its reference labels")
+    p.add_argument("--metric", default="miou", help="miou, mdice or accuracy")
+    p.add_argument("--margin", type=float, default=0.0, help="candidate must beat the champion by this")
+    p.add_argument("--force", action="store_true", help="promote regardless of the scores")
+    p.add_argument("--rollback", action="store_true", help="give champion back to the previous version")
+    p.add_argument("--block", type=int, default=2048, help="output block size for the evaluation runs")
+    p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("demo", help="the main job end to end on a generated scene")
     p.add_argument("--workdir", type=Path, default=Path("demo"))

@@ -9,8 +9,10 @@ with the stage named. CRF refinement runs inside each block's inference (it need
 the block's halo), so it is part of the infer stage rather than a pass of its own.
 """
 
+import os
 import sys
 import time
+from collections.abc import Callable
 
 from prefect import flow, task
 from prefect.cache_policies import NONE
@@ -76,9 +78,20 @@ def export_stage(job: Job):  # -> tuple[Path, Path | None]
     return export(job)
 
 
-@flow(name="segment-scene", log_prints=True)
-def segment_scene_flow(config: SegmentConfig) -> SegmentSummary:
-    """Segment ``config.input`` into ``config.output``."""
+@task(name="metrics", **STAGE)
+def metrics_stage(
+    job: Job,
+    outputs: tuple,
+    counts: tuple[int, int],
+    seconds: float,
+    on_finished: Callable[[Job], None] | None,
+) -> SegmentSummary:
+    """Class fractions and, when tracked, the per-region table; then the work folder goes."""
+    return summarize(job, outputs, counts, seconds, on_finished)
+
+
+def run_stages(config: SegmentConfig, on_finished: Callable[[Job], None] | None = None) -> SegmentSummary:
+    """The stages as tasks of the current flow run (same signature as :func:`pipeline.segment.segment`)."""
     t0 = time.perf_counter()
     checked = check_stage(config)
     t_ingest = time.perf_counter()
@@ -87,13 +100,44 @@ def segment_scene_flow(config: SegmentConfig) -> SegmentSummary:
     job.timings["ingest"] = time.perf_counter() - t_ingest
     counts = infer_stage(job)
     outputs = export_stage(job)
-    return summarize(job, outputs, counts, time.perf_counter() - t0)
+    return metrics_stage(job, outputs, counts, time.perf_counter() - t0, on_finished)
 
 
-def segment_scene(config: SegmentConfig) -> SegmentSummary:
+@flow(name="segment-scene", log_prints=True)
+def segment_scene_flow(
+    config: SegmentConfig, labels: str | None = None, regions: str | None = None, track: bool = True
+) -> SegmentSummary:
+    """Segment ``config.input`` into ``config.output``.
+
+    ``track``: the run is also an MLflow run with per-region metrics (per block,
+    or per polygon of ``regions``; scored against ``labels`` when given).
+    """
+    if not track:
+        return run_stages(config)
+    from pipeline.segment_tracking import track_segment_run
+
+    return track_segment_run(config, labels=labels, regions=regions, run=run_stages).summary
+
+
+def segment_scene(
+    config: SegmentConfig,
+    labels: str | os.PathLike[str] | None = None,
+    regions: str | os.PathLike[str] | None = None,
+    track: bool = True,
+) -> SegmentSummary:
     """Run the flow; bad options fail here, before Prefect starts anything."""
+    if not track and (labels is not None or regions is not None):
+        raise InputError("--labels and --regions need tracking (drop --no-track)")
+    for path, what in ((labels, "--labels"), (regions, "--regions")):
+        if path is not None and not os.path.isfile(path):
+            raise InputError(f"{path}: no such file ({what})")
     config.validate()
-    return segment_scene_flow(config)
+    return segment_scene_flow(
+        config,
+        labels=None if labels is None else os.fspath(labels),
+        regions=None if regions is None else os.fspath(regions),
+        track=track,
+    )
 
 
 if __name__ == "__main__":

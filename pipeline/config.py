@@ -57,6 +57,8 @@ class SegmentConfig:
     """σβ, appearance kernel colour width on the 0–255 scaled bands (DeepLab's range 3–10)."""
     crf_bands: tuple[int, ...] | None = None
     """Appearance bands (0-based, of the model's input bands); None: the first three."""
+    uncertainty: bool = False
+    """Keep per-pixel confidence and entropy in the output store (for per-region metrics)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -164,10 +164,16 @@ def blend_region(
 
 @dataclass
 class BlockOutput:
-    """What a block writes: labels and (optionally) probabilities of its own region."""
+    """What a block writes: labels and (optionally) probabilities of its own region.
+
+    ``confidence`` (top-class probability) and ``entropy`` (nats) are per-pixel
+    uncertainty maps, kept when region metrics are wanted (NaN where nodata).
+    """
 
     labels: np.ndarray
     probabilities: np.ndarray | None
+    confidence: np.ndarray | None = None
+    entropy: np.ndarray | None = None
 
 
 def finish_block(
@@ -176,8 +182,9 @@ def finish_block(
     region: Region,
     num_classes: int,
     with_probabilities: bool,
+    with_uncertainty: bool = False,
 ) -> BlockOutput:
-    """Crop a context result to the block, argmax, and mark nodata."""
+    """Crop a context result to the block, argmax, and mark nodata (optionally confidence/entropy)."""
     sl = _local(region, [a for a, _ in context])
     probs = result.probabilities[(slice(None), *sl)]
     covered = result.covered[sl]
@@ -188,7 +195,14 @@ def finish_block(
     if with_probabilities:
         probs_np = probs.cpu().numpy().copy()
         probs_np[:, ~covered_np] = np.nan
-    return BlockOutput(labels, probs_np)
+    if not with_uncertainty:
+        return BlockOutput(labels, probs_np)
+    p = probs.float()
+    confidence = p.amax(dim=0).cpu().numpy()
+    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(dim=0).cpu().numpy()
+    confidence[~covered_np] = np.nan
+    entropy[~covered_np] = np.nan
+    return BlockOutput(labels, probs_np, confidence, entropy)
 
 
 def infer_context(
@@ -240,6 +254,7 @@ def infer_block(
     with_probabilities: bool = False,
     refiner: Refiner | None = None,
     on_tiles: Callable[[int], None] | None = None,
+    with_uncertainty: bool = False,
 ) -> BlockOutput:
     """Compute one output block: read its footprint, blend, refine, crop."""
     raw, valid = read(block.footprint)
@@ -256,7 +271,9 @@ def infer_block(
         raw_image=raw,
         on_tiles=on_tiles,
     )
-    return finish_block(result, block.context, block.region, num_classes, with_probabilities)
+    return finish_block(
+        result, block.context, block.region, num_classes, with_probabilities, with_uncertainty
+    )
 
 
 def predict_in_memory(

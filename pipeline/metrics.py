@@ -51,3 +51,17 @@ def evaluate_labels(
         "miou": float(np.mean(present)) if present else float("nan"),
         "pixels": int(cm.sum()),
     }
+
+
+def dice_per_class(cm: np.ndarray) -> list[float]:
+    """Dice (F1) of each class from a confusion matrix (NaN where the class never occurs)."""
+    tp = np.diag(cm).astype(float)
+    denom = cm.sum(0) + cm.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return list(np.where(denom > 0, 2 * tp / denom, np.nan))
+
+
+def nanmean(values: list[float]) -> float:
+    """Mean over the values that are not NaN (NaN when none is)."""
+    present = [v for v in values if not np.isnan(v)]
+    return float(np.mean(present)) if present else float("nan")

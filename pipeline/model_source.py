@@ -1,4 +1,5 @@
-"""Resolving ``-m MODEL``: a checkpoint file written by gigaseg, or ``arch:NAME``.
+"""Resolving ``-m MODEL``: a checkpoint file written by gigaseg, ``arch:NAME``, or a
+registered version ``models:/NAME/VERSION`` / ``models:/NAME@ALIAS`` (MLflow registry).
 
 ``arch:NAME`` builds an untrained registered architecture with seeded weights
 (for benchmarks and smoke runs); its card names classes ``class_0 …`` and feeds
@@ -55,7 +56,12 @@ def load_model(
             raise InputError(f"-m {source}: {exc}") from None
         card = card_for(model, tile_size=spec.default_tile, training={"untrained_seed": seed})
         return model.eval(), card
-    path = Path(source)
+    if source.startswith("models:/"):
+        from pipeline.model_versions import resolve
+
+        path = resolve(source).checkpoint
+    else:
+        path = Path(source)
     if not path.exists():
         raise InputError(f"{path}: no such model file (give a checkpoint or arch:NAME)")
     if path.stat().st_size == 0:
@@ -75,4 +81,9 @@ def model_identity(source: str, seed: int, model: SegmentationModel) -> str:
         return f"{source}|seed={seed}|{sorted(model.config.items())}"
     from pipeline.ingest import content_id
 
+    if source.startswith("models:/"):
+        from pipeline.model_versions import resolve
+
+        found = resolve(source)
+        return f"registry:{found.name}/{found.version}:{content_id(found.checkpoint)}"
     return f"checkpoint:{content_id(source)}"

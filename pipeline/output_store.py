@@ -5,6 +5,8 @@ Layout::
     output.zarr/
       labels         (*spatial)           uint8/uint16, nodata = dtype max
       probabilities  (classes, *spatial)  float32, NaN where nodata (optional)
+      confidence     (*spatial)           float16 top-class probability, NaN nodata (optional)
+      entropy        (*spatial)           float16 entropy of the probabilities (nats) (optional)
       done           (*block counts)      uint8, one chunk per block
 
 Each block owns whole chunks of every array, including its own cell of
@@ -46,6 +48,8 @@ class OutputStore:
         self.group = group
         self.labels = group["labels"]
         self.probabilities = group.get("probabilities", None)
+        self.confidence = group.get("confidence", None)
+        self.entropy = group.get("entropy", None)
         self.done = group["done"]
         self.nodata = int(group.attrs["nodata"])
 
@@ -58,6 +62,7 @@ class OutputStore:
         with_probabilities: bool,
         fingerprint: str,
         attrs: Mapping[str, Any] | None = None,
+        with_uncertainty: bool = False,
     ) -> OutputStore:
         """Resume the store at ``path`` if it has this fingerprint, else start it afresh."""
         path = Path(path)
@@ -92,6 +97,16 @@ class OutputStore:
                 fill_value=np.nan,
                 compressors=COMPRESSORS,
                 dimension_names=("class", *dims),
+            )
+        for name in ("confidence", "entropy") if with_uncertainty else ():
+            group.create_array(
+                name,
+                shape=shape,
+                chunks=chunks,
+                dtype="float16",
+                fill_value=np.nan,
+                compressors=COMPRESSORS,
+                dimension_names=dims,
             )
         group.create_array(
             "done",
@@ -128,6 +143,11 @@ class OutputStore:
             if output.probabilities is None:
                 raise ValueError("this store keeps probabilities: the block must carry them")
             self.probabilities[(slice(None), *sl)] = output.probabilities
+        if self.confidence is not None:
+            if output.confidence is None or output.entropy is None:
+                raise ValueError("this store keeps confidence and entropy: the block must carry them")
+            self.confidence[sl] = output.confidence.astype(np.float16)
+            self.entropy[sl] = output.entropy.astype(np.float16)
         self.done[tuple(slice(i, i + 1) for i in block.index)] = 1
 
     def is_complete(self) -> bool:

@@ -58,3 +58,42 @@ def write_preview(
     out = Path(out)
     canvas.save(out)
     return out
+
+
+def compose_preview(
+    image: np.ndarray,
+    panels: Sequence[np.ndarray],
+    class_names: Sequence[str],
+    colors: Sequence[Sequence[int]],
+    max_side: int = 512,
+) -> Image.Image:
+    """In-memory quick look: the image (C, H, W) in false colour, then each label panel, legend below.
+
+    Label values outside the classes (nodata, ignore) are drawn black.
+    """
+    step = max(1, int(np.ceil(max(image.shape[1:]) / max_side)))
+    img = image[:, ::step, ::step].astype(np.float32)
+    valid = np.isfinite(img).all(0) & np.any(img != 0, axis=0)
+    c = img.shape[0]
+    pick = (3, 2, 1) if c >= 4 else (0, 1, 2) if c >= 3 else (0, 0, 0)
+    rgb = np.stack([_stretch(np.nan_to_num(img[i]), valid) for i in pick], axis=-1)
+    rgb[~valid] = 0
+    palette = np.zeros((len(colors) + 1, 3), dtype=np.uint8)
+    palette[: len(colors)] = np.asarray(colors, dtype=np.uint8)[:, :3]
+    tiles = [rgb]
+    for panel in panels:
+        lab = panel[::step, ::step].astype(np.int64)
+        lab = np.where((lab >= 0) & (lab < len(colors)), lab, len(colors))
+        tiles.append(palette[lab])
+    h, w = rgb.shape[:2]
+    legend_h = 22 * ((len(class_names) + 3) // 4) + 8
+    canvas = Image.new("RGB", (len(tiles) * (w + 8) - 8, h + legend_h), "white")
+    for i, t in enumerate(tiles):
+        canvas.paste(Image.fromarray(np.ascontiguousarray(t)), (i * (w + 8), 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, (name, rgbc) in enumerate(zip(class_names, colors)):
+        x = 8 + (i % 4) * max(canvas.width // 4, 120)
+        y = h + 6 + 22 * (i // 4)
+        draw.rectangle([x, y, x + 14, y + 14], fill=tuple(int(v) for v in rgbc[:3]), outline="black")
+        draw.text((x + 20, y + 1), name, fill="black")
+    return canvas

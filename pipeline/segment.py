@@ -208,6 +208,7 @@ def plan_job(config: SegmentConfig, checked: CheckedInput, scene: SceneStore) ->
             "chunk": plan.chunk_shape,
             "probabilities": config.probabilities is not None,
             "crf": repr(crf),
+            "uncertainty": config.uncertainty,
         }
     )
     store = OutputStore.open_or_create(
@@ -217,6 +218,7 @@ def plan_job(config: SegmentConfig, checked: CheckedInput, scene: SceneStore) ->
         config.probabilities is not None,
         fp,
         attrs={"class_names": card.class_names},
+        with_uncertainty=config.uncertainty,
     )
     return Job(config, model, card, scene, bands, grid, window, plan, store, crf)
 
@@ -253,6 +255,7 @@ def compute_block(
         with_probabilities=job.store.probabilities is not None,
         refiner=job.refiner(),
         on_tiles=on_tiles,
+        with_uncertainty=job.store.confidence is not None,
     )
 
 
@@ -323,10 +326,20 @@ def infer(job: Job) -> tuple[int, int]:
 
 
 def summarize(
-    job: Job, outputs: tuple[Path, Path | None], counts: tuple[int, int], seconds: float
+    job: Job,
+    outputs: tuple[Path, Path | None],
+    counts: tuple[int, int],
+    seconds: float,
+    on_finished: Callable[[Job], None] | None = None,
 ) -> SegmentSummary:
-    """Class fractions of the finished output; removes the work folder unless asked to keep it."""
+    """Class fractions of the finished output; removes the work folder unless asked to keep it.
+
+    ``on_finished(job)`` runs first, while the stores still exist (e.g. per-region
+    metrics read them).
+    """
     fractions, valid = class_fractions(job)
+    if on_finished is not None:
+        on_finished(job)
     if not job.config.keep_work:
         shutil.rmtree(job.config.resolved_work_dir, ignore_errors=True)
     return SegmentSummary(
@@ -343,10 +356,10 @@ def summarize(
     )
 
 
-def segment(config: SegmentConfig) -> SegmentSummary:
-    """Run the whole job in this process: prepare → infer → export → summarize."""
+def segment(config: SegmentConfig, on_finished: Callable[[Job], None] | None = None) -> SegmentSummary:
+    """Run the whole job in this process: prepare → infer → export → summarize (see :func:`summarize`)."""
     t0 = time.perf_counter()
     job = prepare(config)
     counts = infer(job)
     outputs = export(job)
-    return summarize(job, outputs, counts, time.perf_counter() - t0)
+    return summarize(job, outputs, counts, time.perf_counter() - t0, on_finished)

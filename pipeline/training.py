@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from models import build
-from models.backbones import BackboneWeightsError, load_backbone_weights
 from models.checkpoint import ModelCard, save_checkpoint
 from pipeline.errors import InputError
 from pipeline.metrics import confusion, iou_per_class
 from pipeline.raster_input import inspect_raster
+from pipeline.trainer import load_pretrained_backbone
 
 
 @dataclass
@@ -71,18 +71,6 @@ def _read_pair(image_path: Path, label_path: Path) -> tuple[np.ndarray, np.ndarr
     return image, labels, ignore, names
 
 
-def _load_backbone(model: torch.nn.Module, path: Path, log: Callable[[str], None] | None) -> None:
-    """Initialise the encoder from pretrained weights (e.g. ImageNet), as the papers do."""
-    if not path.is_file():
-        raise InputError(f"{path}: no such backbone weights file")
-    try:
-        ignored = load_backbone_weights(model, path)
-    except (BackboneWeightsError, ValueError) as exc:
-        raise InputError(f"{path}: {exc}") from None
-    if log:
-        log(f"backbone initialised from {path.name} ({len(ignored)} classifier keys ignored)")
-
-
 def train_on_raster(
     image_path: str | os.PathLike[str],
     label_path: str | os.PathLike[str],
@@ -122,7 +110,7 @@ def train_on_raster(
     rng = np.random.default_rng(seed)
     model = build(arch, in_channels=image.shape[0], num_classes=num_classes, **(arch_config or {}))
     if backbone_weights is not None:
-        _load_backbone(model, Path(backbone_weights), log)
+        load_pretrained_backbone(model, Path(backbone_weights), log)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     x_all = torch.from_numpy(norm)

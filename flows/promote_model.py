@@ -1,0 +1,41 @@
+"""Promotion flow: evaluate a model version against the champion and move the alias, or roll back.
+
+Runnable as a script with the arguments of ``gigaseg promote``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from prefect import flow
+
+from pipeline.promotion import Decision, promote, rollback
+
+
+@flow(name="promote-model", validate_parameters=False)
+def promote_model(
+    name: str,
+    version: int | None = None,
+    eval_image: str | os.PathLike[str] | None = None,
+    eval_labels: str | os.PathLike[str] | None = None,
+    metric: str = "miou",
+    margin: float = 0.0,
+    force: bool = False,
+    rollback_champion: bool = False,
+    block: int = 2048,
+) -> Decision:
+    """``promote`` ``version`` of ``name`` (or ``rollback`` the champion); the decision is in MLflow."""
+    if rollback_champion:
+        return rollback(name)
+    if version is None:
+        from pipeline.errors import InputError
+
+        raise InputError("give --version V to promote, or --rollback")
+    return promote(name, version, eval_image, eval_labels, metric, margin, force, block)
+
+
+if __name__ == "__main__":
+    from flows.cli import main
+
+    sys.exit(main(["promote", *sys.argv[1:]]))

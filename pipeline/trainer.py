@@ -1,0 +1,385 @@
+"""Fit any registered architecture on labelled scenes: epochs, validation, early stopping, resuming.
+
+Each epoch draws ``steps_per_epoch`` batches of tiles (:class:`TileSampler`,
+optionally class-balanced), normalised with per-band statistics of the training
+pixels, augmented (90° rotations, flips, intensity jitter), and minimises
+cross-entropy and/or Dice (plus auxiliary heads where the network has them).
+After each epoch the held-out regions are predicted whole (window by window)
+for a confusion matrix, per-class IoU and Dice. The best epoch's weights are
+kept; training stops after ``patience`` epochs without improvement.
+
+Resuming: after every epoch the state (weights, optimiser, scheduler, history)
+is written to ``state_dir`` — a rerun with the same data and settings continues
+after the last finished epoch; numbers are drawn from generators seeded by
+(seed, epoch), so a resumed run matches an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models import SegmentationModel, build, get_spec
+from models.backbones import BackboneWeightsError, load_backbone_weights
+from models.checkpoint import ModelCard, default_colors, load_checkpoint, save_checkpoint
+from pipeline.device import autocast_dtype, select_device
+from pipeline.errors import InputError
+from pipeline.losses import LOSSES, segmentation_loss
+from pipeline.metrics import confusion, dice_per_class, iou_per_class, nanmean
+from pipeline.normalization import normalize
+from pipeline.output_store import fingerprint
+from pipeline.training_data import (
+    IGNORE,
+    LabelledScene,
+    TileSampler,
+    augment,
+    band_statistics,
+    region_windows,
+)
+
+
+def load_pretrained_backbone(model: torch.nn.Module, path: Path, log: Callable[[str], None] | None) -> None:
+    """Initialise the encoder from pretrained weights (e.g. ImageNet), as the papers do."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such backbone weights file")
+    try:
+        ignored = load_backbone_weights(model, path)
+    except (BackboneWeightsError, ValueError) as exc:
+        raise InputError(f"{path}: {exc}") from None
+    if log:
+        log(f"backbone initialised from {path.name} ({len(ignored)} classifier keys ignored)")
+
+
+@dataclass
+class TrainSettings:
+    """How to train (everything here is logged as run parameters)."""
+
+    arch: str = "unet"
+    arch_config: dict[str, Any] = field(default_factory=dict)
+    tile: int = 128
+    batch_size: int = 8
+    epochs: int = 10
+    steps_per_epoch: int = 50
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    loss: str = "ce"
+    aux_weight: float = 0.4
+    balanced: bool = False
+    jitter: float = 0.1
+    patience: int = 5
+    min_delta: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    backbone_weights: str | None = None
+    """Pretrained encoder weights (e.g. ImageNet) to start from, as the papers do."""
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` naming the first bad option."""
+        get_spec_or_fail(self.arch)
+        if self.loss not in LOSSES:
+            raise InputError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        for name in ("tile", "batch_size", "epochs", "steps_per_epoch", "patience"):
+            if getattr(self, name) <= 0:
+                raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise InputError(f"--lr must be > 0, got {self.lr}")
+
+
+def get_spec_or_fail(arch: str):  # -> ArchSpec
+    """The registry entry for ``arch`` or a one-line error."""
+    from models.registry import UnknownArchitectureError
+
+    try:
+        return get_spec(arch)
+    except UnknownArchitectureError as exc:
+        raise InputError(f"--arch {arch}: {exc}") from None
+
+
+@dataclass
+class EpochResult:
+    """Metrics of one epoch (training loss; held-out accuracy, IoU, Dice)."""
+
+    epoch: int
+    train_loss: float
+    accuracy: float
+    iou: list[float]
+    dice: list[float]
+    seconds: float
+
+    @property
+    def miou(self) -> float:
+        """Mean IoU over classes present in the held-out part."""
+        return nanmean(self.iou)
+
+    @property
+    def mdice(self) -> float:
+        """Mean Dice over classes present in the held-out part."""
+        return nanmean(self.dice)
+
+
+@dataclass
+class TrainOutcome:
+    """The best model, its card and how training went."""
+
+    model: SegmentationModel
+    card: ModelCard
+    history: list[EpochResult]
+    best_epoch: int
+    confusion: np.ndarray
+    stopped_early: bool
+    resumed_epochs: int
+    preview: dict[str, np.ndarray]
+    seconds: float
+
+    @property
+    def best(self) -> EpochResult:
+        """The epoch whose weights were kept."""
+        return next(h for h in self.history if h.epoch == self.best_epoch)
+
+
+def predict_region(
+    model: SegmentationModel,
+    scene: LabelledScene,
+    region,
+    norm: dict[str, Any],
+    device: torch.device,
+    window: int = 512,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Predicted classes of ``region`` (window by window), with the raw image and the labels."""
+    (r0, r1), (c0, c1) = region
+    pred = np.full((r1 - r0, c1 - c0), IGNORE, dtype=np.int64)
+    labels = np.full_like(pred, IGNORE)
+    raw_all = None
+    model.eval()
+    with torch.inference_mode():
+        for win in region_windows(region, window):
+            raw, valid, lab = scene.read(win)
+            x = normalize(raw, norm)
+            x[:, ~valid] = 0.0
+            logits = model(torch.from_numpy(x)[None].to(device))
+            logits = logits["out"] if isinstance(logits, dict) else logits
+            sl = (slice(win[0][0] - r0, win[0][1] - r0), slice(win[1][0] - c0, win[1][1] - c0))
+            pred[sl] = logits[0].argmax(0).cpu().numpy()
+            labels[sl] = lab
+            if raw_all is None:
+                raw_all = np.zeros((raw.shape[0], r1 - r0, c1 - c0), dtype=np.float32)
+            raw_all[(slice(None), *sl)] = raw
+    pred[labels == IGNORE] = IGNORE
+    return pred, labels, raw_all
+
+
+def _validate(model, scenes, norm, num_classes, device) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    preview: dict[str, np.ndarray] = {}
+    for s in scenes:
+        if s.val is None:
+            continue
+        pred, labels, raw = predict_region(model, s, s.val, norm, device)
+        cm += confusion(pred, labels, num_classes)
+        if not preview:
+            preview = {"image": raw, "labels": labels, "prediction": pred}
+    return cm, preview
+
+
+def _present(values: list[float], cm: np.ndarray) -> list[float]:
+    """Per-class scores, NaN for classes absent from the reference (kept out of the means)."""
+    truth = cm.sum(1)
+    return [float(v) if truth[i] > 0 else float("nan") for i, v in enumerate(values)]
+
+
+def _state_key(settings: TrainSettings, scenes: Sequence[LabelledScene], extra: dict[str, Any]) -> str:
+    return fingerprint(
+        {
+            "settings": asdict(settings),
+            "scenes": [
+                [s.image.attrs.get("source_id"), s.labels.attrs.get("source_id"), s.train, s.val]
+                for s in scenes
+            ],
+            **extra,
+        }
+    )
+
+
+def fit(
+    scenes: list[LabelledScene],
+    settings: TrainSettings,
+    num_classes: int,
+    class_names: Sequence[str] | None = None,
+    class_colors: Sequence[Sequence[int]] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> TrainOutcome:
+    """Train ``settings.arch`` on ``scenes`` (validated on their held-out parts)."""
+    settings.validate()
+    t0 = time.perf_counter()
+    if not any(s.val is not None for s in scenes):
+        raise InputError("training needs a held-out part: give --val-fraction > 0 or a validation pair")
+    names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise InputError(f"{len(names)} class names given for {num_classes} classes")
+    colors = [tuple(c) for c in class_colors] if class_colors else default_colors(num_classes)
+    bands = {s.image.num_bands for s in scenes}
+    if len(bands) != 1:
+        raise InputError(f"training images have different band counts {sorted(bands)}")
+    in_channels = bands.pop()
+    device = select_device(settings.device)
+    amp = autocast_dtype(device) if settings.amp else None
+
+    sampler = TileSampler(scenes, settings.tile, num_classes, settings.balanced)
+    mean, std = band_statistics(scenes)
+    norm = {"kind": "meanstd", "mean": mean, "std": std}
+    torch.manual_seed(settings.seed)
+    model = build(settings.arch, in_channels=in_channels, num_classes=num_classes, **settings.arch_config)
+    if settings.backbone_weights is not None:
+        load_pretrained_backbone(model, Path(settings.backbone_weights), log)
+    model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    total = settings.epochs * settings.steps_per_epoch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=total)
+
+    history: list[EpochResult] = []
+    best_epoch, best_score, bad_epochs, start = 0, -np.inf, 0, 1
+    state_path = best_path = None
+    key = _state_key(settings, scenes, {"classes": num_classes})
+    if state_dir is not None:
+        state_dir = Path(state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        state_path, best_path = state_dir / "last.pt", state_dir / "best.safetensors"
+        if state_path.exists():
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+            if state.get("key") == key:
+                model.load_state_dict(state["model"])
+                opt.load_state_dict(state["optimizer"])
+                sched.load_state_dict(state["scheduler"])
+                history = [EpochResult(**h) for h in json.loads(state["history"])]
+                best_epoch, best_score, bad_epochs = (
+                    state["best_epoch"],
+                    state["best_score"],
+                    state["bad_epochs"],
+                )
+                start = len(history) + 1
+                if log:
+                    log(f"resuming after epoch {start - 1} from {state_path}")
+    resumed = start - 1
+
+    def card_for_model() -> ModelCard:
+        best = next((h for h in history if h.epoch == best_epoch), None)
+        return ModelCard(
+            arch=settings.arch,
+            config=dict(model.config),
+            class_names=names,
+            class_colors=colors,
+            bands=None,
+            normalization=norm,
+            tile_size=max(256, settings.tile),
+            training={
+                "settings": asdict(settings),
+                "images": [s.name for s in scenes],
+                "best_epoch": best_epoch,
+                "val_miou": best.miou if best else None,
+            },
+        )
+
+    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    if best_path is not None and best_path.exists() and resumed:
+        best_state = load_checkpoint(best_path)[0].state_dict()
+    stopped = False
+    for epoch in range(start, settings.epochs + 1):
+        if bad_epochs >= settings.patience:
+            stopped = True
+            break
+        te = time.perf_counter()
+        rng = np.random.default_rng([settings.seed, epoch])
+        torch.manual_seed(settings.seed * 100_003 + epoch)
+        model.train()
+        losses = []
+        for _ in range(settings.steps_per_epoch):
+            xs, ys = [], []
+            for _ in range(settings.batch_size):
+                raw, valid, lab = sampler.sample(rng)
+                x = normalize(raw, norm)
+                x[:, ~valid] = 0.0
+                x, lab = augment(x, lab, rng, settings.jitter)
+                xs.append(x)
+                ys.append(lab)
+            xb = torch.from_numpy(np.stack(xs))
+            yb = torch.from_numpy(np.stack(ys))
+            if device.type == "cuda":
+                xb, yb = xb.pin_memory(), yb.pin_memory()
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                out = model(xb)
+            loss = segmentation_loss(out, yb, settings.loss, settings.aux_weight, ignore_index=IGNORE)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+        cm, _ = _validate(model, scenes, norm, num_classes, device)
+        result = EpochResult(
+            epoch,
+            float(np.mean(losses)),
+            float(np.trace(cm) / max(cm.sum(), 1)),
+            _present(iou_per_class(cm), cm),
+            _present(dice_per_class(cm), cm),
+            time.perf_counter() - te,
+        )
+        history.append(result)
+        score = result.miou if not np.isnan(result.miou) else -np.inf
+        if score > best_score + settings.min_delta:
+            best_epoch, best_score, bad_epochs = epoch, score, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            if best_path is not None:
+                save_checkpoint(best_path, model, card_for_model())
+        else:
+            bad_epochs += 1
+        if state_path is not None:
+            tmp = state_path.with_suffix(".tmp")
+            torch.save(
+                {
+                    "key": key,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "history": json.dumps([asdict(h) for h in history]),
+                    "best_epoch": best_epoch,
+                    "best_score": float(best_score),
+                    "bad_epochs": bad_epochs,
+                },
+                tmp,
+            )
+            os.replace(tmp, state_path)
+        if log:
+            log(
+                f"epoch {epoch}/{settings.epochs}: loss {result.train_loss:.3f}, held-out accuracy "
+                f"{result.accuracy:.3f}, mIoU {result.miou:.3f}, mDice {result.mdice:.3f}"
+            )
+        if on_epoch:
+            on_epoch(result)
+    else:
+        stopped = bad_epochs >= settings.patience and len(history) < settings.epochs
+
+    model.load_state_dict(best_state)
+    model.to("cpu").eval()
+    cm, preview = _validate(model, scenes, norm, num_classes, torch.device("cpu"))
+    return TrainOutcome(
+        model,
+        card_for_model(),
+        history,
+        best_epoch,
+        cm,
+        stopped,
+        resumed,
+        preview,
+        time.perf_counter() - t0,
+    )
