@@ -51,6 +51,15 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crf", default="none", help="refinement: none, local (exact blockwise) or dense")
     p.add_argument("--crf-iterations", type=int, default=5, help="mean-field iterations")
     p.add_argument("--crf-radius", type=float, default=4.0, help="local CRF window radius (pixels)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="Ray actors (default: one per GPU, else one CPU actor per 4 cores; "
+        "env GIGASEG_WORKERS); 0 runs in this process without Ray",
+    )
+    p.add_argument(
+        "--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, a running one, else a local one)"
+    )
 
 
 def segment_config_from_args(args: argparse.Namespace):  # -> SegmentConfig
@@ -82,6 +91,8 @@ def segment_config_from_args(args: argparse.Namespace):  # -> SegmentConfig
         crf=args.crf,
         crf_iterations=args.crf_iterations,
         crf_radius=args.crf_radius,
+        workers=args.workers,
+        ray_address=args.ray_address,
     )
 
 

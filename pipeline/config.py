@@ -44,6 +44,10 @@ class SegmentConfig:
     """``none``, ``local`` (mean-field in a window, blockwise-exact) or ``dense`` (DenseCRF, 2D)."""
     crf_iterations: int = 5
     crf_radius: float = 4.0
+    workers: int | None = None
+    """Ray actors: None = one per GPU (else one CPU actor per 4 cores); 0 = run in this process."""
+    ray_address: str | None = None
+    """Ray cluster to join (else ``RAY_ADDRESS``, else a running local cluster, else a new local one)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -71,6 +75,8 @@ class SegmentConfig:
             raise InputError(f"--crf must be none, local or dense, got {self.crf!r}")
         if self.crf_iterations <= 0 or self.crf_radius <= 0:
             raise InputError("--crf-iterations and --crf-radius must be positive")
+        if self.workers is not None and self.workers < 0:
+            raise InputError(f"--workers must be >= 0 (0: run in this process), got {self.workers}")
         if self.chunk % 16:
             raise InputError(f"--chunk must be a multiple of 16, got {self.chunk}")
         if not self.input.exists():

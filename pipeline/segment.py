@@ -26,6 +26,7 @@ from pipeline.config import SegmentConfig
 from pipeline.crf import CRFParams, band_stats, refine
 from pipeline.device import select_device
 from pipeline.engine import BlockOutput, TilePredictor, infer_block
+from pipeline.errors import InputError
 from pipeline.export_cog import Georeference, export_labels_cog, export_probabilities_cog
 from pipeline.grid import Region, TileGrid
 from pipeline.ingest import ingest
@@ -89,6 +90,7 @@ class SegmentSummary:
     blocks_skipped: int
     tiles_run: int
     timings: dict[str, float]
+    retries: int = 0
 
     @property
     def mpx_per_s(self) -> float:
@@ -100,6 +102,8 @@ class SegmentSummary:
         top = sorted(self.class_fractions.items(), key=lambda kv: -kv[1])[:4]
         classes = ", ".join(f"{k} {v:.0%}" for k, v in top)
         skipped = f", {self.blocks_skipped} block(s) resumed" if self.blocks_skipped else ""
+        if self.retries:
+            skipped += f", {self.retries} block(s) retried"
         return (
             f"wrote {self.output}: {self.pixels / 1e6:.1f} Mpx, {len(self.class_fractions)} classes "
             f"({classes}), {self.seconds:.1f} s, {self.mpx_per_s:.2f} Mpx/s{skipped}"
@@ -166,7 +170,41 @@ def prepare(config: SegmentConfig) -> Job:
             shutil.rmtree(work, ignore_errors=True)
         raise
     t_ingest = time.perf_counter() - t0
+    return _plan_job(config, model, card, scene, bands, {"ingest": t_ingest}, create=True)
 
+
+def attach(config: SegmentConfig) -> Job:
+    """The job :func:`prepare` made, reopened without ingesting or planning anew.
+
+    What a worker (a Ray actor, possibly on another node sharing the work folder)
+    calls: it opens the scene and output stores and loads the model. The output
+    store must carry this configuration's fingerprint; it is never created here.
+    """
+    work = config.resolved_work_dir
+    try:
+        scene = SceneStore.open(work / "scene.zarr")
+    except (FileNotFoundError, ValueError) as exc:
+        raise InputError(f"{work}: no complete scene store to attach to ({exc})") from None
+    model, card = load_model(
+        config.model,
+        in_channels=config.in_channels or scene.num_bands,
+        num_classes=config.num_classes,
+        seed=config.seed,
+    )
+    bands = select_bands(card.bands, scene.num_bands, card.in_channels, str(config.input))
+    return _plan_job(config, model, card, scene, bands, {}, create=False)
+
+
+def _plan_job(
+    config: SegmentConfig,
+    model: SegmentationModel,
+    card: ModelCard,
+    scene: SceneStore,
+    bands: list[int],
+    timings: dict[str, float],
+    create: bool,
+) -> Job:
+    """Grid, blending, CRF, block plan and the output store of an ingested scene."""
     tile = config.tile or card.tile_size or model.spec.default_tile
     grid = TileGrid.create(scene.spatial_shape, tile, config.overlap, align=model.downsampling)
     window = BlendWindow(grid, config.blend, config.sigma)
@@ -186,15 +224,19 @@ def prepare(config: SegmentConfig) -> Job:
             "crf": repr(crf),
         }
     )
-    store = OutputStore.open_or_create(
-        work / "output.zarr",
-        plan,
-        card.num_classes,
-        config.probabilities is not None,
-        fp,
-        attrs={"class_names": card.class_names},
-    )
-    return Job(config, model, card, scene, bands, grid, window, plan, store, crf, {"ingest": t_ingest})
+    path = config.resolved_work_dir / "output.zarr"
+    if create:
+        store = OutputStore.open_or_create(
+            path,
+            plan,
+            card.num_classes,
+            config.probabilities is not None,
+            fp,
+            attrs={"class_names": card.class_names},
+        )
+    else:
+        store = OutputStore.open_existing(path, fp)
+    return Job(config, model, card, scene, bands, grid, window, plan, store, crf, timings)
 
 
 def predictor_for(job: Job, device: torch.device | None = None) -> TilePredictor:
@@ -204,11 +246,18 @@ def predictor_for(job: Job, device: torch.device | None = None) -> TilePredictor
 
 
 def compute_block(
-    job: Job, block: Block, predictor: TilePredictor, on_tiles: Callable[[int], None] | None = None
+    job: Job,
+    block: Block,
+    predictor: TilePredictor,
+    on_tiles: Callable[[int], None] | None = None,
+    read: Callable[[Region], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> BlockOutput:
-    """One block's labels (and probabilities), not yet written."""
+    """One block's labels (and probabilities), not yet written.
+
+    ``read`` replaces the scene read (a worker passes the footprint it prefetched).
+    """
     return infer_block(
-        job.read,
+        read or job.read,
         block,
         job.grid,
         job.window,
@@ -269,8 +318,12 @@ def class_fractions(job: Job) -> tuple[dict[str, float], int]:
     return {n: float(c) / max(total, 1) for n, c in zip(job.card.class_names, counts)}, total
 
 
-def segment(config: SegmentConfig) -> SegmentSummary:
-    """Run the whole job in this process."""
+BlockRunner = Callable[[Job, Progress | None], tuple[int, int]]
+"""Computes and writes a job's pending blocks; returns (run, skipped)."""
+
+
+def segment(config: SegmentConfig, run_blocks: BlockRunner | None = None) -> SegmentSummary:
+    """Prepare, run every pending block (here, unless ``run_blocks`` says where), export."""
     t0 = time.perf_counter()
     job = prepare(config)
     done = job.store.done_mask()
@@ -281,7 +334,7 @@ def segment(config: SegmentConfig) -> SegmentSummary:
         total_px, job.plan.num_blocks, "segment", config.quiet, done_pixels=done_px, done_blocks=done_blocks
     )
     try:
-        run, skipped = run_blocks_in_process(job, progress)
+        run, skipped = (run_blocks or run_blocks_in_process)(job, progress)
     finally:
         progress.close()
     out, probs = export(job)
@@ -299,4 +352,5 @@ def segment(config: SegmentConfig) -> SegmentSummary:
         skipped,
         int(job.timings.get("tiles", 0)),
         job.timings,
+        progress.retries,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,10 @@ from models import build
 from models.checkpoint import ModelCard, save_checkpoint
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# `gigaseg segment` runs on Ray by default; tests of everything else run blocks in
+# process (subprocesses inherit this). Ray tests pass --workers / a runner explicitly.
+os.environ.setdefault("GIGASEG_WORKERS", "0")
 
 
 @pytest.fixture(scope="session")
