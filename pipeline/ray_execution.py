@@ -25,19 +25,18 @@ worker dies :data:`MAX_ATTEMPTS` times fails the run too instead of retrying for
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 import torch
-from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
 from pipeline.blocks import Block
 from pipeline.config import SegmentConfig
@@ -252,6 +251,7 @@ class RayBlockRunner:
 
     After a run, ``actors`` describes where each actor ran, ``block_nodes`` which
     node wrote which block, ``retries`` how many blocks were handed out again.
+    ``on_block`` is called on the driver with each finished block's report.
     """
 
     workers: int | None = None
@@ -263,6 +263,7 @@ class RayBlockRunner:
     block_nodes: dict[BlockIndex, str] = field(default_factory=dict)
     retries: int = 0
     pool: PoolPlan | None = None
+    on_block: Callable[[BlockReport], None] | None = None
 
     def __call__(self, job: Any, progress: Progress | None = None) -> tuple[int, int]:
         """Compute and write every pending block of ``job``; returns (run, skipped)."""
@@ -282,25 +283,14 @@ class RayBlockRunner:
             scheduling_strategy="SPREAD",
         )
         handles = [actor_class.remote(job.config, self.pool.threads) for _ in range(self.pool.actors)]
-        described = [h.describe.remote() for h in handles]
         t0 = time.perf_counter()
         try:
             self._dispatch(job, handles, pending, progress, t0)
-            self.actors = self._descriptions(described)
         finally:
             for h in handles:
                 ray.kill(h, no_restart=True)
         job.timings["infer"] = time.perf_counter() - t0
         return len(pending), skipped
-
-    @staticmethod
-    def _descriptions(refs: list) -> list[dict[str, Any]]:
-        found = []
-        for ref in refs:
-            # An actor lost with its node has nothing to describe.
-            with contextlib.suppress(RayActorError, GetTimeoutError):
-                found.append(ray.get(ref, timeout=10))
-        return found
 
     def _dispatch(
         self, job: Any, handles: list, pending: list[Block], progress: Progress | None, t0: float
@@ -308,10 +298,13 @@ class RayBlockRunner:
         queue = BlockQueue([b.index for b in pending], self.max_attempts)
         pixels = {b.index: b.num_pixels for b in pending}
         load = dict.fromkeys(range(len(handles)), 0)
-        ready = set(range(len(handles)))  # actors we hand blocks to
+        # Blocks go only to actors that answered a ping: a call queued on an actor that
+        # never came up (its node left before it started) would wait forever.
+        ready: set[int] = set()
         dead: set[int] = set()
         in_flight: dict[ray.ObjectRef, tuple[int, BlockIndex]] = {}
-        probes: dict[ray.ObjectRef, int] = {}  # pings to actors that lost a block
+        probes: dict[ray.ObjectRef, int] = {h.describe.remote(): a for a, h in enumerate(handles)}
+        described: dict[int, dict[str, Any]] = {}
         tiles = 0
         idle_since: float | None = None
 
@@ -338,9 +331,13 @@ class RayBlockRunner:
                 if ref in probes:
                     a = probes.pop(ref)
                     try:
-                        ray.get(ref)
+                        described[a] = ray.get(ref)
                         ready.add(a)
-                    except ActorDiedError:
+                    except ActorDiedError as exc:
+                        if exc.actor_init_failed:
+                            raise BlockFailedError(
+                                f"a Ray worker could not start: {_first_line_of_cause(exc)}"
+                            ) from None
                         dead.add(a)  # restarts exhausted: never comes back
                     except RayActorError:
                         probes[handles[a].describe.remote()] = a
@@ -377,7 +374,10 @@ class RayBlockRunner:
                 if progress is not None:
                     progress.tiles_done(report.tiles)
                     progress.block_done(pixels[index])
+                if self.on_block is not None:
+                    self.on_block(report)
         job.timings["tiles"] = tiles
+        self.actors = list(described.values())
 
 
 def run_blocks_on_ray(job: Any, progress: Progress | None = None) -> tuple[int, int]:
