@@ -242,7 +242,9 @@ def _plan_job(
 def predictor_for(job: Job, device: torch.device | None = None) -> TilePredictor:
     """A tile predictor for this job's model on the configured device."""
     device = device or select_device(job.config.device)
-    return TilePredictor(job.model, device, job.config.batch_size, job.config.amp)
+    predictor = TilePredictor(job.model, device, job.config.batch_size, job.config.amp)
+    predictor.fit_to_memory((len(job.bands), *job.grid.tile))
+    return predictor
 
 
 def compute_block(
