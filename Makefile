@@ -28,6 +28,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.engine_bench
 	$(BIN)/python -m bench.models_bench
+	$(BIN)/python -m bench.ray_bench
 
 clean:
 	rm -rf demo .pytest_cache .ruff_cache

@@ -47,7 +47,7 @@ ENGINE_OPTIONS = (
     "tile", "overlap", "blend", "sigma", "block", "chunk", "batch_size", "device", "amp", "num_classes",
     "in_channels", "seed", "threads", "crf", "crf_iterations", "crf_radius", "crf_smooth_weight",
     "crf_smooth_sigma", "crf_appearance_weight", "crf_appearance_sigma_pos", "crf_appearance_sigma_feat",
-    "crf_bands",
+    "crf_bands", "workers", "ray_address",
 )  # fmt: skip
 
 
@@ -84,6 +84,15 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", type=Path, help="reference label raster: per-region IoU / Dice / accuracy")
     p.add_argument("--regions", type=Path, help="GeoJSON polygons: metrics per polygon instead of per block")
     p.add_argument("--no-track", action="store_true", help="no MLflow run (and no per-region metrics)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="Ray actors (default: one per GPU, else one CPU actor per 4 cores; "
+        "env GIGASEG_WORKERS); 0 runs in this process without Ray",
+    )
+    p.add_argument(
+        "--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, a running one, else a local one)"
+    )
 
 
 def segment_config_from_args(args: argparse.Namespace):  # -> SegmentConfig

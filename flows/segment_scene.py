@@ -7,12 +7,15 @@ so the flow's result is the library's result. Tasks retry transient failures
 (I/O hiccups, a lost worker) but never input errors, which fail the run at once
 with the stage named. CRF refinement runs inside each block's inference (it needs
 the block's halo), so it is part of the infer stage rather than a pass of its own.
+
+Blocks run on Ray actors (joining the cluster this runs on, or a local Ray)
+unless ``workers`` is 0 (or ``$GIGASEG_WORKERS`` is 0), which runs them in this process.
 """
 
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from prefect import flow, task
 from prefect.cache_policies import NONE
@@ -21,6 +24,7 @@ from pipeline.config import SegmentConfig
 from pipeline.errors import InputError
 from pipeline.scene_store import SceneStore
 from pipeline.segment import (
+    BlockRunner,
     CheckedInput,
     Job,
     SegmentSummary,
@@ -31,6 +35,27 @@ from pipeline.segment import (
     plan_job,
     summarize,
 )
+
+WORKERS_ENV = "GIGASEG_WORKERS"
+"""Default for ``--workers`` when neither the option nor the config sets it."""
+
+
+def resolved_workers(config: SegmentConfig) -> int | None:
+    """``config.workers``, else ``$GIGASEG_WORKERS``, else None (Ray sizes the pool)."""
+    if config.workers is not None:
+        return config.workers
+    env = os.environ.get(WORKERS_ENV, "").strip()
+    return int(env) if env else None
+
+
+def block_runner(config: SegmentConfig) -> BlockRunner | None:
+    """Where blocks run: a Ray actor pool, or None for this process (0 workers)."""
+    workers = resolved_workers(config)
+    if workers == 0:
+        return None
+    from pipeline.ray_execution import RayBlockRunner
+
+    return RayBlockRunner(workers=workers, address=config.ray_address)
 
 
 def retry_transient(task, task_run, state) -> bool:
@@ -67,9 +92,9 @@ def plan_stage(config: SegmentConfig, checked: CheckedInput, scene: SceneStore) 
 
 
 @task(name="infer", **RETRYING)
-def infer_stage(job: Job) -> tuple[int, int]:
-    """Every pending block (a retry skips the blocks already done)."""
-    return infer(job)
+def infer_stage(job: Job) -> tuple[int, int, int]:
+    """Every pending block, on Ray unless configured otherwise (a retry skips the blocks already done)."""
+    return infer(job, block_runner(job.config))
 
 
 @task(name="export", **RETRYING)
@@ -82,7 +107,7 @@ def export_stage(job: Job):  # -> tuple[Path, Path | None]
 def metrics_stage(
     job: Job,
     outputs: tuple,
-    counts: tuple[int, int],
+    counts: tuple[int, int, int],
     seconds: float,
     on_finished: Callable[[Job], None] | None,
 ) -> SegmentSummary:
@@ -140,7 +165,12 @@ def segment_scene(
     )
 
 
-if __name__ == "__main__":
-    from flows.cli import main
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python flows/segment_scene.py ARGS``: exactly ``gigaseg segment ARGS``."""
+    from flows.cli import main as cli_main
 
-    sys.exit(main(["segment", *sys.argv[1:]]))
+    return cli_main(["segment", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -59,6 +59,10 @@ class SegmentConfig:
     """Appearance bands (0-based, of the model's input bands); None: the first three."""
     uncertainty: bool = False
     """Keep per-pixel confidence and entropy in the output store (for per-region metrics)."""
+    workers: int | None = None
+    """Ray actors: None = one per GPU (else one CPU actor per 4 cores); 0 = run in this process."""
+    ray_address: str | None = None
+    """Ray cluster to join (else ``RAY_ADDRESS``, else a running local cluster, else a new local one)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -101,6 +105,8 @@ class SegmentConfig:
                 )
         if self.crf_bands is not None and (not self.crf_bands or min(self.crf_bands) < 0):
             raise InputError(f"--crf-bands must be band indices ≥ 0, got {self.crf_bands}")
+        if self.workers is not None and self.workers < 0:
+            raise InputError(f"--workers must be >= 0 (0: run in this process), got {self.workers}")
         if self.chunk % 16:
             raise InputError(f"--chunk must be a multiple of 16, got {self.chunk}")
         check_model_source(self.model)

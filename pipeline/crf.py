@@ -257,9 +257,7 @@ def band_stats(
     return tuple(float(v) for v in low), tuple(float(v) for v in high)
 
 
-def appearance_features(
-    image: torch.Tensor, valid: torch.Tensor, params: CRFParams
-) -> torch.Tensor:
+def appearance_features(image: torch.Tensor, valid: torch.Tensor, params: CRFParams) -> torch.Tensor:
     """Chosen bands scaled to 0–255 (clipped) when stats are given; zero under invalid pixels.
 
     Returns ``(F, *spatial)`` in the image's floating dtype (float32 at least).
@@ -341,12 +339,14 @@ def _chunks(shape: Sequence[int], channels: int, itemsize: int) -> list[Region]:
     inner = math.prod(shape[1:])
     if inner <= target or len(shape) == 2:
         step = max(1, target // inner)
-        return [(slice(s, min(s + step, shape[0])), *full[1:])
-                for s in range(0, shape[0], step)]
+        return [(slice(s, min(s + step, shape[0])), *full[1:]) for s in range(0, shape[0], step)]
     # 3D with large slices: split each slice along Y as well.
     step = max(1, target // math.prod(shape[2:]))
-    return [(slice(z, z + 1), slice(y, min(y + step, shape[1])), *full[2:])
-            for z in range(shape[0]) for y in range(0, shape[1], step)]
+    return [
+        (slice(z, z + 1), slice(y, min(y + step, shape[1])), *full[2:])
+        for z in range(shape[0])
+        for y in range(0, shape[1], step)
+    ]
 
 
 class _Kernels:
@@ -405,8 +405,7 @@ class _Kernels:
                 self.app_scale = n_app.reciprocal_().mul_(w1)
         self.cache: list[torch.Tensor | float] | None = None
         if caching:
-            self.cache = [self._weight(k, self.whole, raw[k] if raw else None)
-                          for k in range(len(offsets))]
+            self.cache = [self._weight(k, self.whole, raw[k] if raw else None) for k in range(len(offsets))]
 
     def _app(self, k: int, region: Region) -> torch.Tensor:
         """Unnormalised appearance kernel ``exp(-Δx²/2σα² - Δf²/2σβ²)`` for offset ``k``."""
@@ -415,9 +414,7 @@ class _Kernels:
         dist = (here - there).square_().sum(0).clamp_max_(_MAX_EXPONENT)
         return dist.neg_().exp_().mul_(self.app_pos[k])
 
-    def _weight(
-        self, k: int, region: Region, app: torch.Tensor | None = None
-    ) -> torch.Tensor | float:
+    def _weight(self, k: int, region: Region, app: torch.Tensor | None = None) -> torch.Tensor | float:
         """Combined message weight for offset ``k`` over region: a map, or a constant."""
         scale = self.smooth_scale
         w = scale[region] * self.smooth[k] if isinstance(scale, torch.Tensor) else scale * self.smooth[k]
@@ -488,11 +485,13 @@ def local_crf(
     mu_t = torch.as_tensor(mu, dtype=dtype, device=p.device)
     vmask = v.to(dtype)
     # Cache-sized regions pay off on CPU; a GPU prefers few large kernels. Same values either way.
-    regions = (_chunks(shape, num_classes, torch.finfo(dtype).bits // 8)
-               if p.device.type == "cpu" else [kernels.whole])
+    regions = (
+        _chunks(shape, num_classes, torch.finfo(dtype).bits // 8)
+        if p.device.type == "cpu"
+        else [kernels.whole]
+    )
     # Zero border = hard edge; the interior is rewritten with the masked Q every sweep.
-    q_p = torch.zeros((num_classes, *(n + 2 * r for n, r in zip(shape, pads))),
-                      dtype=dtype, device=p.device)
+    q_p = torch.zeros((num_classes, *(n + 2 * r for n, r in zip(shape, pads))), dtype=dtype, device=p.device)
     interior = _shifted(q_p, pads, (0,) * ndim, kernels.whole)
     msg = torch.empty_like(q)
 
@@ -572,8 +571,9 @@ def dense_crf(
     crf = dcrf.DenseCRF(n, num_classes)
     crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
 
-    yy, xx = np.meshgrid(np.arange(height, dtype=np.float32) * s[0],
-                         np.arange(width, dtype=np.float32) * s[1], indexing="ij")
+    yy, xx = np.meshgrid(
+        np.arange(height, dtype=np.float32) * s[0], np.arange(width, dtype=np.float32) * s[1], indexing="ij"
+    )
     extra = []
     if not vn.all():
         extra = [np.where(vn, 0.0, _NODATA_FEATURE_OFFSET).astype(np.float32)]
@@ -591,8 +591,9 @@ def dense_crf(
         if weight <= 0:
             return
         f = np.ascontiguousarray(np.stack([a.reshape(-1) for a in feats]), dtype=np.float32)
-        crf.addPairwiseEnergy(f, compat=compat(weight), kernel=dcrf.DIAG_KERNEL,
-                              normalization=dcrf.NORMALIZE_SYMMETRIC)
+        crf.addPairwiseEnergy(
+            f, compat=compat(weight), kernel=dcrf.DIAG_KERNEL, normalization=dcrf.NORMALIZE_SYMMETRIC
+        )
 
     add([yy / params.smooth_sigma, xx / params.smooth_sigma, *extra], params.smooth_weight)
     if img is not None:

@@ -30,3 +30,21 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def fit_batch_size(requested: int, bytes_per_tile: int, free_bytes: int, budget: float = 0.5) -> int:
+    """The largest batch ≤ ``requested`` whose tiles fit in ``budget`` × the free device memory.
+
+    Never below 1: a single tile that does not fit is the model's problem, not the batch's.
+    """
+    if bytes_per_tile <= 0:
+        return max(1, requested)
+    return max(1, min(requested, int(free_bytes * budget) // bytes_per_tile))
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Free bytes on a CUDA device; None on CPU (host memory is bounded by the block)."""
+    if device.type != "cuda":
+        return None
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(free)

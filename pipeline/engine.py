@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from models import SegmentationModel
 from pipeline.blending import BlendWindow
 from pipeline.blocks import Block
-from pipeline.device import autocast_dtype
+from pipeline.device import autocast_dtype, fit_batch_size, free_memory
 from pipeline.grid import Region, TileGrid
 
 Refiner = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -58,6 +58,24 @@ class TilePredictor:
         self.batch_size = max(1, int(batch_size))
         self.amp_dtype = autocast_dtype(device) if amp else None
         self.tiles_run = 0
+
+    def fit_to_memory(self, tile_shape: Sequence[int]) -> int:
+        """On CUDA, cap the batch so a batch's activations fit the free memory; returns the batch.
+
+        Peak memory of one ``(1, *tile_shape)`` forward pass is measured, so the cap
+        follows the real model and AMP setting. A no-op on CPU.
+        """
+        free = free_memory(self.device)
+        if free is None:
+            return self.batch_size
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        self(torch.zeros((1, *tile_shape), device=self.device))
+        self.tiles_run -= 1
+        per_tile = torch.cuda.max_memory_allocated(self.device) - base
+        self.batch_size = fit_batch_size(self.batch_size, per_tile, free)
+        return self.batch_size
 
     def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
         """``(N, C, *tile)`` normalised input → ``(N, classes, *tile)`` probabilities (float32)."""

@@ -126,6 +126,15 @@ class OutputStore:
         )
         return cls(path, group)
 
+    @classmethod
+    def open_existing(cls, path: str | os.PathLike[str], fingerprint: str) -> OutputStore:
+        """Open a store another process created; it must carry ``fingerprint`` (never wiped here)."""
+        path = Path(path)
+        group = zarr.open_group(str(path), mode="r+")
+        if group.attrs.get("fingerprint") != fingerprint:
+            raise ValueError(f"{path}: output store was made with other settings (fingerprint differs)")
+        return cls(path, group)
+
     def done_mask(self) -> np.ndarray:
         """Boolean array over the block lattice: which blocks are finished."""
         return np.asarray(self.done[...], dtype=bool)

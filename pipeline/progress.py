@@ -27,6 +27,7 @@ class Progress:
         done_blocks: int = 0,
     ):
         stream = stream or sys.stderr
+        self.stream = stream
         self.enabled = not quiet and stream.isatty()
         self.blocks = done_blocks
         self.total_blocks = total_blocks
@@ -67,7 +68,7 @@ class Progress:
         self.retries += 1
         self._refresh()
         if self.enabled:
-            self._bar.write(f"retrying {what}")
+            self._bar.write(f"retrying {what}", file=self.stream)
 
     def close(self) -> None:
         """Remove the bar."""

@@ -90,6 +90,7 @@ class SegmentSummary:
     blocks_skipped: int
     tiles_run: int
     timings: dict[str, float]
+    retries: int = 0
 
     @property
     def mpx_per_s(self) -> float:
@@ -101,6 +102,8 @@ class SegmentSummary:
         top = sorted(self.class_fractions.items(), key=lambda kv: -kv[1])[:4]
         classes = ", ".join(f"{k} {v:.0%}" for k, v in top)
         skipped = f", {self.blocks_skipped} block(s) resumed" if self.blocks_skipped else ""
+        if self.retries:
+            skipped += f", {self.retries} block(s) retried"
         return (
             f"wrote {self.output}: {self.pixels / 1e6:.1f} Mpx, {len(self.class_fractions)} classes "
             f"({classes}), {self.seconds:.1f} s, {self.mpx_per_s:.2f} Mpx/s{skipped}"
@@ -188,8 +191,12 @@ def ingest_scene(config: SegmentConfig) -> SceneStore:
         raise
 
 
-def plan_job(config: SegmentConfig, checked: CheckedInput, scene: SceneStore) -> Job:
-    """Tile grid, blending window, CRF settings, blocks, and the output store (new or resumed)."""
+def plan_job(config: SegmentConfig, checked: CheckedInput, scene: SceneStore, create: bool = True) -> Job:
+    """Tile grid, blending window, CRF settings, blocks, and the output store.
+
+    ``create``: open or create the store (new or resumed run); otherwise the
+    store must already exist with this configuration's fingerprint (a worker attaching).
+    """
     model, card, bands = checked.model, checked.card, checked.bands
     tile = config.tile or card.tile_size or model.spec.default_tile
     grid = TileGrid.create(scene.spatial_shape, tile, config.overlap, align=model.downsampling)
@@ -211,16 +218,42 @@ def plan_job(config: SegmentConfig, checked: CheckedInput, scene: SceneStore) ->
             "uncertainty": config.uncertainty,
         }
     )
-    store = OutputStore.open_or_create(
-        config.resolved_work_dir / "output.zarr",
-        plan,
-        card.num_classes,
-        config.probabilities is not None,
-        fp,
-        attrs={"class_names": card.class_names},
-        with_uncertainty=config.uncertainty,
-    )
+    path = config.resolved_work_dir / "output.zarr"
+    if not create:
+        store = OutputStore.open_existing(path, fp)
+    else:
+        store = OutputStore.open_or_create(
+            path,
+            plan,
+            card.num_classes,
+            config.probabilities is not None,
+            fp,
+            attrs={"class_names": card.class_names},
+            with_uncertainty=config.uncertainty,
+        )
     return Job(config, model, card, scene, bands, grid, window, plan, store, crf)
+
+
+def attach(config: SegmentConfig) -> Job:
+    """The job :func:`prepare` made, reopened without ingesting or planning anew.
+
+    What a worker (a Ray actor, possibly on another node sharing the work folder)
+    calls: it opens the scene and output stores and loads the model. The output
+    store must carry this configuration's fingerprint; it is never created here.
+    """
+    work = config.resolved_work_dir
+    try:
+        scene = SceneStore.open(work / "scene.zarr")
+    except (FileNotFoundError, ValueError) as exc:
+        raise InputError(f"{work}: no complete scene store to attach to ({exc})") from None
+    model, card = load_model(
+        config.model,
+        in_channels=config.in_channels or scene.num_bands,
+        num_classes=config.num_classes,
+        seed=config.seed,
+    )
+    bands = select_bands(card.bands, scene.num_bands, card.in_channels, str(config.input))
+    return plan_job(config, CheckedInput(model, card, bands), scene, create=False)
 
 
 def prepare(config: SegmentConfig) -> Job:
@@ -237,15 +270,24 @@ def prepare(config: SegmentConfig) -> Job:
 def predictor_for(job: Job, device: torch.device | None = None) -> TilePredictor:
     """A tile predictor for this job's model on the configured device."""
     device = device or select_device(job.config.device)
-    return TilePredictor(job.model, device, job.config.batch_size, job.config.amp)
+    predictor = TilePredictor(job.model, device, job.config.batch_size, job.config.amp)
+    predictor.fit_to_memory((len(job.bands), *job.grid.tile))
+    return predictor
 
 
 def compute_block(
-    job: Job, block: Block, predictor: TilePredictor, on_tiles: Callable[[int], None] | None = None
+    job: Job,
+    block: Block,
+    predictor: TilePredictor,
+    on_tiles: Callable[[int], None] | None = None,
+    read: Callable[[Region], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> BlockOutput:
-    """One block's labels (and probabilities), not yet written."""
+    """One block's labels (and probabilities), not yet written.
+
+    ``read`` replaces the scene read (a worker passes the footprint it prefetched).
+    """
     return infer_block(
-        job.read,
+        read or job.read,
         block,
         job.grid,
         job.window,
@@ -307,8 +349,15 @@ def class_fractions(job: Job) -> tuple[dict[str, float], int]:
     return {n: float(c) / max(total, 1) for n, c in zip(job.card.class_names, counts)}, total
 
 
-def infer(job: Job) -> tuple[int, int]:
-    """Run every pending block with a progress report (blocks, tiles, throughput, ETA); (run, skipped)."""
+BlockRunner = Callable[[Job, Progress | None], tuple[int, int]]
+"""Computes and writes a job's pending blocks (in process, or on Ray actors); returns (run, skipped)."""
+
+
+def infer(job: Job, run_blocks: BlockRunner | None = None) -> tuple[int, int, int]:
+    """Run every pending block with a progress report (blocks, tiles, throughput, ETA).
+
+    ``run_blocks`` says where (default: here). Returns (run, skipped, retried).
+    """
     done = job.store.done_mask()
     done_px = sum(b.num_pixels for b in job.plan if done[b.index])
     progress = Progress(
@@ -320,15 +369,16 @@ def infer(job: Job) -> tuple[int, int]:
         done_blocks=int(done.sum()),
     )
     try:
-        return run_blocks_in_process(job, progress)
+        run, skipped = (run_blocks or run_blocks_in_process)(job, progress)
     finally:
         progress.close()
+    return run, skipped, progress.retries
 
 
 def summarize(
     job: Job,
     outputs: tuple[Path, Path | None],
-    counts: tuple[int, int],
+    counts: tuple[int, int, int],
     seconds: float,
     on_finished: Callable[[Job], None] | None = None,
 ) -> SegmentSummary:
@@ -353,13 +403,18 @@ def summarize(
         counts[1],
         int(job.timings.get("tiles", 0)),
         job.timings,
+        counts[2],
     )
 
 
-def segment(config: SegmentConfig, on_finished: Callable[[Job], None] | None = None) -> SegmentSummary:
-    """Run the whole job in this process: prepare → infer → export → summarize (see :func:`summarize`)."""
+def segment(
+    config: SegmentConfig,
+    on_finished: Callable[[Job], None] | None = None,
+    run_blocks: BlockRunner | None = None,
+) -> SegmentSummary:
+    """Prepare → infer (here, unless ``run_blocks`` says where) → export → summarize."""
     t0 = time.perf_counter()
     job = prepare(config)
-    counts = infer(job)
+    counts = infer(job, run_blocks)
     outputs = export(job)
     return summarize(job, outputs, counts, time.perf_counter() - t0, on_finished)

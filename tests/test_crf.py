@@ -129,8 +129,7 @@ def reference_iteration(
                 continue
             df2 = float(np.sum((image[(slice(None), *i)] - image[(slice(None), *j)]) ** 2))
             k_app = math.exp(
-                -dx2 / (2 * params.appearance_sigma_pos**2)
-                - df2 / (2 * params.appearance_sigma_feat**2)
+                -dx2 / (2 * params.appearance_sigma_pos**2) - df2 / (2 * params.appearance_sigma_feat**2)
             )
             k_smooth = math.exp(-dx2 / (2 * params.smooth_sigma**2))
             m_app += k_app * q0[(slice(None), *j)]
@@ -141,8 +140,7 @@ def reference_iteration(
             m_app /= n_app
             m_smooth /= n_smooth
         message = params.appearance_weight * m_app + params.smooth_weight * m_smooth
-        pairwise = np.array([sum(mu[a, b] * message[b] for b in range(classes))
-                             for a in range(classes)])
+        pairwise = np.array([sum(mu[a, b] * message[b] for b in range(classes)) for a in range(classes)])
         logits = logp[(slice(None), *i)] - pairwise
         e = np.exp(logits - logits.max())
         out[(slice(None), *i)] = e / e.sum()
@@ -154,11 +152,19 @@ def reference_iteration(
     [
         # Window covering the whole 5x6 image: the full dense CRF, Potts, normalised kernels.
         ((5, 6), (1.0, 1.0), 2, {"radius": 8.0}),
-        ((5, 6), (1.0, 1.0), 2, {"radius": 8.0, "normalize_kernels": False,
-                                 "smooth_weight": 0.3, "appearance_weight": 0.5}),
+        (
+            (5, 6),
+            (1.0, 1.0),
+            2,
+            {"radius": 8.0, "normalize_kernels": False, "smooth_weight": 0.3, "appearance_weight": 0.5},
+        ),
         # Truncated windows (ball and box) and a non-Potts compatibility.
-        ((5, 6), (1.0, 1.0), 3, {"radius": 2.0, "window": "box",
-                                 "compatibility": [[0, 1, 2], [1, 0, 0.5], [2, 0.5, 0]]}),
+        (
+            (5, 6),
+            (1.0, 1.0),
+            3,
+            {"radius": 2.0, "window": "box", "compatibility": [[0, 1, 2], [1, 0, 0.5], [2, 0.5, 0]]},
+        ),
         ((5, 6), (1.0, 1.0), 2, {"radius": 2.3}),
         # 3D with anisotropic spacing.
         ((3, 4, 4), (2.0, 1.0, 1.0), 2, {"radius": 3.0, "smooth_sigma": 1.5}),
@@ -168,12 +174,18 @@ def test_one_iteration_equals_pairwise_reference(shape, spacing, classes, kw):
     probs, image, valid = random_problem(shape, classes, seed=len(kw))
     params = CRFParams(iterations=1, appearance_sigma_feat=60.0, appearance_sigma_pos=3.0, **kw)
     expected = reference_iteration(probs, image, valid, params, spacing)
-    got64 = local_crf(torch.from_numpy(probs), torch.from_numpy(image), torch.from_numpy(valid),
-                      params, spacing=spacing)
+    got64 = local_crf(
+        torch.from_numpy(probs), torch.from_numpy(image), torch.from_numpy(valid), params, spacing=spacing
+    )
     assert got64.dtype == torch.float64
     np.testing.assert_allclose(got64.numpy(), expected, rtol=0, atol=1e-12)
-    got32 = local_crf(torch.from_numpy(probs).float(), torch.from_numpy(image).float(),
-                      torch.from_numpy(valid), params, spacing=spacing)
+    got32 = local_crf(
+        torch.from_numpy(probs).float(),
+        torch.from_numpy(image).float(),
+        torch.from_numpy(valid),
+        params,
+        spacing=spacing,
+    )
     np.testing.assert_allclose(got32.numpy(), expected, rtol=0, atol=1e-5)
 
 
@@ -229,16 +241,17 @@ def refine_block(probs, image, valid, params, start, stop, spacing=None):
     lo = [max(0, s - r) for s, r in zip(start, reach)]
     hi = [min(n, e + r) for n, e, r in zip(probs.shape[1:], stop, reach)]
     read = tuple(slice(a, b) for a, b in zip(lo, hi))
-    out = local_crf(probs[(slice(None), *read)], image[(slice(None), *read)], valid[read],
-                    params, spacing=spacing)
+    out = local_crf(
+        probs[(slice(None), *read)], image[(slice(None), *read)], valid[read], params, spacing=spacing
+    )
     crop = tuple(slice(s - a, e - a) for s, e, a in zip(start, stop, lo))
     return out[(slice(None), *crop)]
 
 
 def block_strategy(shape: tuple[int, ...]):
     def one_axis(n: int):
-        return st.integers(0, n - 1).flatmap(
-            lambda s: st.integers(s + 1, n).map(lambda e: (s, e)))
+        return st.integers(0, n - 1).flatmap(lambda s: st.integers(s + 1, n).map(lambda e: (s, e)))
+
     return st.tuples(*(one_axis(n) for n in shape))
 
 
@@ -269,8 +282,7 @@ def test_blockwise_tiling_reassembles_whole_scene_2d(whole_2d, block):
     for y in range(0, 34, block):
         for x in range(0, 40, block):
             start, stop = (y, x), (min(34, y + block), min(40, x + block))
-            out[:, y:stop[0], x:stop[1]] = refine_block(probs, image, valid, PARAMS_2D,
-                                                        start, stop)
+            out[:, y : stop[0], x : stop[1]] = refine_block(probs, image, valid, PARAMS_2D, start, stop)
     torch.testing.assert_close(out, whole, rtol=0, atol=1e-5)
 
 
@@ -283,7 +295,8 @@ def test_blockwise_tiling_reassembles_whole_scene_3d(whole_3d, block):
         lo = [s * b for s, b in zip(start, block)]
         hi = [min(n, a + b) for n, a, b in zip(shape, lo, block)]
         out[(slice(None), *(slice(a, b) for a, b in zip(lo, hi)))] = refine_block(
-            probs, image, valid, PARAMS_3D, lo, hi, spacing=SPACING_3D)
+            probs, image, valid, PARAMS_3D, lo, hi, spacing=SPACING_3D
+        )
     torch.testing.assert_close(out, whole, rtol=0, atol=1e-5)
 
 
@@ -366,13 +379,13 @@ def test_nodata_pixels_do_not_influence_valid_ones(fn):
     image_b[:, ~valid] = rng.uniform(-5, 5, (3, (~valid).sum()))
     probs_b[0, 12, 6] = np.nan
     image_b[1, 15, 7] = np.inf
-    out_b = fn(torch.from_numpy(probs_b), torch.from_numpy(image_b), torch.from_numpy(valid),
-               params)
+    out_b = fn(torch.from_numpy(probs_b), torch.from_numpy(image_b), torch.from_numpy(valid), params)
     atol = 0 if fn is local_crf else 1e-6
     torch.testing.assert_close(out_a[:, valid], out_b[:, valid], rtol=0, atol=atol)
     # Nodata keeps its input.
-    torch.testing.assert_close(out_b[:, ~valid], torch.from_numpy(probs_b)[:, ~valid],
-                               rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(
+        out_b[:, ~valid], torch.from_numpy(probs_b)[:, ~valid], rtol=0, atol=0, equal_nan=True
+    )
 
 
 def test_nodata_strip_acts_like_the_scene_edge():
@@ -432,8 +445,7 @@ def test_3d_anisotropic_volume_is_refined():
     image, truth = piecewise_scene((10, 32, 32), seed=4)
     probs = noisy_probs(truth, 3, flip=0.3, seed=4)
     params = CRFParams(band_low=(0, 0, 0), band_high=(1, 1, 1), radius=3.0, iterations=3)
-    out = local_crf(torch.from_numpy(probs), torch.from_numpy(image), None, params,
-                    spacing=(2.0, 1.0, 1.0))
+    out = local_crf(torch.from_numpy(probs), torch.from_numpy(image), None, params, spacing=(2.0, 1.0, 1.0))
     assert out.shape == probs.shape
     np.testing.assert_allclose(out.sum(0).numpy(), 1.0, atol=1e-5)
     assert mean_iou(out.argmax(0).numpy(), truth, 3) > mean_iou(probs.argmax(0), truth, 3) + 0.2
@@ -443,13 +455,17 @@ def test_3d_anisotropic_volume_is_refined():
 
 
 def test_params_accept_config_lists_and_reject_bad_values():
-    p = CRFParams(compatibility=[[0, 1], [1, 0]], bands=[2, 0], band_low=[0, 0],
-                  band_high=[1, 2])
+    p = CRFParams(compatibility=[[0, 1], [1, 0]], bands=[2, 0], band_low=[0, 0], band_high=[1, 2])
     assert p.compatibility == ((0.0, 1.0), (1.0, 0.0)) and p.bands == (2, 0)
     hash(p)
-    for bad in [{"mode": "crf"}, {"iterations": -1}, {"smooth_sigma": 0},
-                {"band_low": (0,)}, {"compatibility": [[0, 1]]},
-                {"band_low": (1,), "band_high": (1,)}]:
+    for bad in [
+        {"mode": "crf"},
+        {"iterations": -1},
+        {"smooth_sigma": 0},
+        {"band_low": (0,)},
+        {"compatibility": [[0, 1]]},
+        {"band_low": (1,), "band_high": (1,)},
+    ]:
         with pytest.raises(ValueError):
             CRFParams(**bad)
     with pytest.raises(ValueError, match="spacing"):

@@ -1,0 +1,210 @@
+"""Blocks on a real multi-node Ray cluster (``ray.cluster_utils.Cluster``, fake GPUs).
+
+One cluster for the module: a head without CPUs (so actors land on workers), a
+node advertising 2 GPUs and one advertising 1. No CUDA here: actors must stay on
+CPU although Ray assigns them GPU ids. Every run is compared byte for byte with
+the in-process run of the same job.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from pipeline.config import SegmentConfig
+from pipeline.progress import Progress
+from pipeline.ray_execution import BlockFailedError, BlockReport, RayBlockRunner
+from pipeline.segment import export, prepare, segment
+from tests.conftest import write_raster
+
+ROOT = Path(__file__).resolve().parents[1]
+# torch CPU kernels round differently with other thread counts (~1e-7): compare like with like.
+SETTINGS = {"tile": 64, "block": 128, "chunk": 128, "quiet": True, "threads": 1}
+
+
+class TerminalBuffer(io.StringIO):
+    """Captures the progress bar as a terminal would show it."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 0,
+            "include_dashboard": False,
+            "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 4},
+        },
+    )
+    nodes = [c.add_node(num_cpus=2, num_gpus=2), c.add_node(num_cpus=1, num_gpus=1)]
+    c.wait_for_nodes()
+    ray.init(address=c.address, log_to_driver=False, logging_level="ERROR")
+    yield c, nodes
+    ray.shutdown()
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory) -> Path:
+    rng = np.random.default_rng(3)
+    data = (rng.random((3, 512, 512)) * 3000 + 100).astype(np.uint16)
+    data[:, :70, :50] = 0  # a nodata corner
+    return write_raster(tmp_path_factory.mktemp("ray_scene") / "scene.tif", data, nodata=0)
+
+
+def _config(scene: Path, model: Path, out: Path, **kw) -> SegmentConfig:
+    return SegmentConfig(
+        input=scene,
+        model=str(model),
+        output=out,
+        probabilities=out.with_suffix(".p.tif"),
+        **{**SETTINGS, **kw},
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(scene, tiny_checkpoint, tmp_path_factory) -> tuple[bytes, bytes]:
+    out = tmp_path_factory.mktemp("ray_ref") / "reference.tif"
+    segment(_config(scene, tiny_checkpoint, out))
+    return out.read_bytes(), out.with_suffix(".p.tif").read_bytes()
+
+
+def _outputs(out: Path) -> tuple[bytes, bytes]:
+    return out.read_bytes(), out.with_suffix(".p.tif").read_bytes()
+
+
+def _run(config: SegmentConfig, runner: RayBlockRunner) -> tuple[int, int, TerminalBuffer, Progress]:
+    job = prepare(config)
+    stream = TerminalBuffer()
+    progress = Progress(int(np.prod(job.grid.shape)), job.plan.num_blocks, "segment", stream=stream)
+    try:
+        run, skipped = runner(job, progress)
+    finally:
+        progress.close()
+    export(job)
+    return run, skipped, stream, progress
+
+
+def test_actors_spread_over_nodes_with_distinct_gpus_and_match_in_process(
+    cluster, scene, tiny_checkpoint, reference, tmp_path
+):
+    _, nodes = cluster
+    out = tmp_path / "ray.tif"
+    runner = RayBlockRunner()
+    run, skipped, _, progress = _run(_config(scene, tiny_checkpoint, out), runner)
+    assert (run, skipped) == (16, 0)
+    assert runner.pool is not None and runner.pool.uses_gpus and runner.pool.actors == 3
+    assert len(runner.actors) == 3
+    placements = Counter(a["node_id"] for a in runner.actors)
+    assert placements == Counter({nodes[0].node_id: 2, nodes[1].node_id: 1})
+    gpus = {(a["node_id"], tuple(a["gpu_ids"])) for a in runner.actors}
+    assert len(gpus) == 3 and all(len(g) == 1 for _, g in gpus)
+    assert {g for n, g in gpus if n == nodes[0].node_id} == {("0",), ("1",)}
+    for a in runner.actors:
+        assert a["cuda_visible_devices"] == a["gpu_ids"][0]  # Ray pins the actor to its GPU
+        assert a["device"] == "cpu", "no CUDA on this machine: a fake GPU must not select cuda"
+    assert progress.blocks == 16 and progress.retries == 0
+    assert _outputs(out) == reference
+
+
+def test_killed_actor_is_replaced_its_block_redone_and_the_retry_reported(
+    cluster, scene, tiny_checkpoint, reference, tmp_path
+):
+    out = tmp_path / "killed.tif"
+    killed: list[int] = []
+
+    def kill_after_third(report: BlockReport) -> None:
+        if len(killed) == 0 and runner.block_nodes and len(runner.block_nodes) == 3:
+            os.kill(report.pid, signal.SIGKILL)  # it holds its read-ahead block right now
+            killed.append(report.pid)
+
+    runner = RayBlockRunner(workers=2, on_block=kill_after_third)
+    run, _, stream, progress = _run(_config(scene, tiny_checkpoint, out), runner)
+    assert killed and run == 16
+    assert runner.retries >= 1 and progress.retries == runner.retries
+    assert "retrying block" in stream.getvalue()
+    assert f"retries {runner.retries}" in stream.getvalue()
+    assert _outputs(out) == reference
+
+
+def test_unreadable_block_fails_the_run_naming_it_without_retrying(cluster, scene, tiny_checkpoint, tmp_path):
+    config = _config(scene, tiny_checkpoint, tmp_path / "corrupt.tif")
+    job = prepare(config)
+    chunk = job.scene.path / "image" / "c" / "0" / "1" / "2"
+    assert chunk.is_file()
+    chunk.write_bytes(b"not a compressed chunk")
+    runner = RayBlockRunner(workers=2)
+    with pytest.raises(BlockFailedError, match=r"scene.zarr: block \[\d, \d\] \(pixels .*\) cannot be read"):
+        runner(job, None)
+    assert runner.retries == 0
+    assert not job.store.is_complete()
+
+
+def test_driver_killed_mid_run_resumes_from_the_done_record(
+    cluster, scene, tiny_checkpoint, reference, tmp_path
+):
+    c, _ = cluster
+    out, work = tmp_path / "resumed.tif", tmp_path / "work"
+    command = [
+        sys.executable, "-m", "flows.cli", "segment", str(scene), "-m", str(tiny_checkpoint), "-o", str(out),
+        "--probabilities", str(out.with_suffix(".p.tif")), "--tile", "64", "--block", "128", "--chunk", "128",
+        "--work-dir", str(work), "--workers", "2", "--ray-address", c.address, "--threads", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("GIGASEG_WORKERS", None)
+    done = work / "output.zarr" / "done" / "c"
+
+    def done_blocks() -> int:
+        return sum(1 for p in done.rglob("*") if p.is_file()) if done.exists() else 0
+
+    proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while done_blocks() < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = done_blocks()
+    assert 2 <= killed_at < 16 and not out.exists()
+
+    result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    resumed = int(result.stderr.split("block(s) resumed")[0].rsplit(", ", 1)[1])
+    assert resumed >= killed_at
+    assert _outputs(out) == reference
+
+
+def test_node_leaving_mid_run_loses_no_block(cluster, scene, tiny_checkpoint, reference, tmp_path):
+    """Last in the module: it takes a worker node away for good."""
+    c, nodes = cluster
+    out = tmp_path / "node_left.tif"
+    removed: list[str] = []
+
+    def remove_reporting_node(report: BlockReport) -> None:
+        # The reporting actor holds its read-ahead block right now: that block is lost with the node.
+        if not removed and len(runner.block_nodes) == 3:
+            node = next(n for n in nodes if n.node_id == report.node_id)
+            c.remove_node(node, allow_graceful=False)
+            removed.append(node.node_id)
+
+    runner = RayBlockRunner(on_block=remove_reporting_node)
+    run, _, _, _ = _run(_config(scene, tiny_checkpoint, out), runner)
+    assert removed and run == 16
+    assert runner.retries >= 1
+    assert removed[0] in set(runner.block_nodes.values())
+    assert set(runner.block_nodes.values()) - set(removed), "the other node finished the job"
+    assert _outputs(out) == reference

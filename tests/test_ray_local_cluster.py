@@ -1,0 +1,167 @@
+"""The user's own commands: ``ray up`` the local-provider cluster in ``infra/`` over SSH
+on 127.0.0.1, ``ray submit`` it ``flows/segment_scene.py`` on a sample scene, check
+the GeoTIFF, ``ray down``.
+
+sshd (``openssh-server``; ``.ci/run`` installs it) runs for this test only, with a
+key made here, inside its own PID and mount namespaces (``unshare``): the
+``ray stop`` that ``ray up`` / ``ray down`` run on the head then only sees this
+cluster's processes, and the home directory the setup commands edit is a
+temporary folder bind-mounted over the real one.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import yaml
+
+from pipeline.sample_scene import write_sample_scene
+
+ROOT = Path(__file__).resolve().parents[1]
+SSHD = "/usr/sbin/sshd"
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def _missing_tools() -> str | None:
+    if sys.platform != "linux":
+        return "needs Linux namespaces"
+    for tool in (SSHD, "ssh", "ssh-keygen", "rsync", "unshare"):
+        if shutil.which(tool) is None:
+            return f"{tool} not installed (apt-get install -y openssh-server rsync; .ci/run does)"
+    if os.geteuid() != 0:
+        return "needs root to run sshd on port 22 in its own namespaces"
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", 22)) == 0:
+            return "port 22 on 127.0.0.1 is already taken by another sshd"
+    namespaces = ["unshare", "--pid", "--fork", "--mount-proc", "--mount", "true"]
+    probe = subprocess.run(namespaces, capture_output=True)
+    if probe.returncode != 0:
+        return f"cannot create namespaces here: {probe.stderr.decode().strip()}"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def sshd(tmp_path):
+    """sshd on 127.0.0.1:22 accepting a fresh key for the current user; yields the key."""
+    reason = _missing_tools()
+    if reason:
+        pytest.skip(reason)
+    keys = tmp_path / "ssh"
+    keys.mkdir()
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", keys / "id"], check=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", keys / "host"], check=True)
+    (keys / "authorized_keys").write_text((keys / "id.pub").read_text())
+    config = keys / "sshd_config"
+    config.write_text(
+        f"Port 22\nListenAddress 127.0.0.1\nHostKey {keys / 'host'}\n"
+        f"AuthorizedKeysFile {keys / 'authorized_keys'}\nPidFile {keys / 'sshd.pid'}\n"
+        "PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "UsePAM no\nStrictModes no\nSubsystem sftp internal-sftp\n"
+    )
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation folder
+    # The sessions' home: copies of the shell start-up files (the setup commands edit
+    # them), links to everything else in the real home (which may hold the Python).
+    user_home = Path(pwd.getpwuid(os.getuid()).pw_dir)
+    real_home = tmp_path / "real_home"
+    real_home.mkdir()
+    for entry in user_home.iterdir():
+        if entry.name in (".bashrc", ".profile", ".bash_profile", ".bash_login"):
+            shutil.copy(entry, home / entry.name)
+        elif not entry.name.startswith("ray_bootstrap"):
+            (home / entry.name).symlink_to(real_home / entry.name)
+    proc = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", "--mount", "bash", "-c",
+         f"mount --bind {user_home} {real_home} && mount --bind {home} {user_home} "
+         f"&& exec {SSHD} -D -e -f {config}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    ssh = ["ssh", "-i", str(keys / "id"), "-o", "StrictHostKeyChecking=no",
+           "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+           f"{getpass.getuser()}@127.0.0.1"]  # fmt: skip
+    deadline = time.monotonic() + 30
+    while subprocess.run([*ssh, "true"], capture_output=True).returncode != 0:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"sshd did not come up: {proc.stderr.read().decode() if proc.stderr else ''}")
+        time.sleep(0.3)
+    try:
+        yield keys / "id"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the namespace's processes go with its first one
+        proc.wait()
+
+
+def _cluster_config(tmp_path: Path, key: Path, port: int, ray_tmp: str) -> Path:
+    config = yaml.safe_load((ROOT / "infra" / "ray_local_cluster.yaml").read_text())
+    config["cluster_name"] = f"gigaseg-test-{port}"
+    config["auth"] = {"ssh_user": getpass.getuser(), "ssh_private_key": str(key)}
+    # This checkout instead of /opt/gigaseg; its code ahead of the venv's editable install.
+    config["setup_commands"] = [c.replace("/opt/gigaseg", str(ROOT)) for c in config["setup_commands"]] + [
+        f"echo 'export PYTHONPATH={ROOT}' >> ~/.bashrc"
+    ]
+    # A port and temp folder of its own, so nothing else on this machine finds or meets it.
+    # Token auth off for this loopback-only cluster: with a private temp folder the
+    # submitted driver does not find the token Ray generated.
+    config["head_start_ray_commands"] = [
+        c.replace("--port=6379", f"--port={port} --temp-dir={ray_tmp} --num-cpus=2").replace(
+            "ray start", "RAY_AUTH_MODE=disabled ray start"
+        )
+        for c in config["head_start_ray_commands"]
+    ]
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_ray_up_submit_segment_scene_down(sshd, tmp_path):
+    scene = write_sample_scene(tmp_path / "data", 256, seed=1)
+    out = tmp_path / "classes.tif"
+    port = _free_port()
+    ray_tmp = tempfile.mkdtemp(prefix="gsr", dir="/tmp")  # short: Ray's socket paths have a length limit
+    cluster = _cluster_config(tmp_path, sshd, port, ray_tmp)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    run = lambda *args, timeout=240: subprocess.run(  # noqa: E731
+        [RAY, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    try:
+        up = run("up", "-y", "--no-config-cache", str(cluster))
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        submitted = run(
+            "submit", str(cluster), str(ROOT / "flows" / "segment_scene.py"), "--",
+            str(scene.image), "-m", "arch:conv1x1", "--num-classes", "5", "-o", str(out),
+            "--tile", "64", "--block", "128", "--chunk", "128", "--workers", "2",
+            "--ray-address", f"127.0.0.1:{port}",
+        )  # fmt: skip
+        assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+        assert f"gigaseg: wrote {out}" in submitted.stdout + submitted.stderr
+    finally:
+        down = run("down", "-y", str(cluster), timeout=120)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert down.returncode == 0, down.stderr[-2000:]
+    with rasterio.open(scene.image) as src, rasterio.open(out) as dst:
+        assert (dst.crs, dst.transform, dst.shape) == (src.crs, src.transform, src.shape)
+        labels = dst.read(1)
+        valid = src.dataset_mask() > 0
+    assert labels[valid].max() < 5 and (labels[~valid] == 255).all()
+    assert len(np.unique(labels[valid])) >= 1
