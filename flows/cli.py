@@ -243,13 +243,14 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Generate a scene, train a small U-Net on part of it, segment it all, score it."""
+    """Generate a scene, train and register a small U-Net on part of it, segment it all, score it."""
     from flows.segment_scene import segment_scene
+    from flows.train_model import train_model
     from pipeline.config import SegmentConfig
     from pipeline.metrics import evaluate_labels
     from pipeline.preview import write_preview
     from pipeline.sample_scene import CLASS_COLORS, CLASS_NAMES, write_sample_scene
-    from pipeline.training import train_on_raster
+    from pipeline.trainer import TrainSettings
 
     work: Path = args.workdir
     work.mkdir(parents=True, exist_ok=True)
@@ -257,35 +258,46 @@ def cmd_demo(args: argparse.Namespace) -> int:
     say = (lambda m: None) if args.quiet else (lambda m: _say(False, m))
     say(f"demo 1/4: sample scene {args.size}×{args.size} px → {work}")
     scene = write_sample_scene(work, args.size, args.seed)
-    model_path = work / "unet_sample.safetensors"
-    say(f"demo 2/4: training a small U-Net for {args.steps} steps (right 20% of columns held out)")
-    trained = train_on_raster(
-        scene.image,
-        scene.labels,
-        model_path,
+    say(f"demo 2/4: training a small U-Net, {args.epochs} epochs (right 20% of columns held out)")
+    settings = TrainSettings(
         arch="unet",
         arch_config={"width": 16, "depth": 3, "batch_norm": True},
+        tile=128,
+        batch_size=8,
+        epochs=args.epochs,
+        steps_per_epoch=50,
+        seed=args.seed,
+    )
+    report = train_model(
+        [str(scene.image)],
+        [str(scene.labels)],
+        "gigaseg-demo-landcover",
+        settings,
+        val_fraction=0.2,
         class_names=CLASS_NAMES,
         class_colors=CLASS_COLORS,
-        steps=args.steps,
-        seed=args.seed,
+        work_dir=work / "train",
+        output=work / "unet_sample.safetensors",
         log=None if args.quiet else (lambda m: say(f"  train: {m}")),
     )
-    say(f"  held-out accuracy {trained.val_accuracy:.3f}, mIoU {trained.val_miou:.3f}")
+    best = report.outcome.best
+    model = report.version.uri if report.version else str(work / "unet_sample.safetensors")
+    say(f"  held-out accuracy {best.accuracy:.3f}, mIoU {best.miou:.3f}; registered {model}")
     output = work / "sample_classes.tif"
     say(f"demo 3/4: segmenting the whole scene → {output}")
     summary = segment_scene(
         SegmentConfig(
             input=scene.image,
-            model=str(model_path),
+            model=model,
             output=output,
             block=1024,
             probabilities=work / "sample_probabilities.tif",
             overwrite=True,
             quiet=args.quiet,
-        )
+        ),
+        labels=scene.labels,
     )
-    say(f"  {summary.line()}")
+    say(f"  {summary.line()}; per-region metrics in MLflow and beside the output")
     say("demo 4/4: accuracy against the generated labels")
     scores = evaluate_labels(output, scene.labels, len(CLASS_NAMES))
     preview = write_preview(scene.image, output, work / "preview.png", CLASS_NAMES, CLASS_COLORS)
@@ -411,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job end to end on a generated scene")
     p.add_argument("--workdir", type=Path, default=Path("demo"))
     p.add_argument("--size", type=int, default=3072)
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--epochs", type=int, default=6, help="training epochs of 50 steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)

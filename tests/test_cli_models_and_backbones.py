@@ -10,9 +10,10 @@ import torch
 from safetensors.torch import save_file
 
 from flows.cli import main
+from flows.train_model import train_model
 from models import build, names
 from models.checkpoint import load_checkpoint
-from pipeline.training import train_on_raster
+from pipeline.trainer import TrainSettings
 from tests.conftest import write_raster
 
 
@@ -46,18 +47,18 @@ def test_training_starts_from_the_given_backbone_weights(tmp_path: Path, labelle
 
     image, labels = labelled_pair
     out = tmp_path / "model.safetensors"
-    train_on_raster(
-        image,
-        labels,
-        out,
+    settings = TrainSettings(
         arch="deeplabv3plus",
         arch_config={"width_mult": 1 / 16},
         tile=64,
         batch_size=2,
-        steps=1,
+        epochs=1,
+        steps_per_epoch=1,
         lr=1e-12,
-        backbone_weights=tmp_path / "backbone.safetensors",
+        backbone_weights=str(tmp_path / "backbone.safetensors"),
     )
+    work = tmp_path / "w"
+    train_model([str(image)], [str(labels)], "bb", settings, work_dir=work, output=out, register=False)
     model, _ = load_checkpoint(out)
     trained = model.net.backbone.state_dict()
     convs = [k for k in weights if k.endswith("weight") and weights[k].ndim == 4]
@@ -72,7 +73,8 @@ def test_backbone_weights_for_a_model_without_backbone_is_a_user_error(
     save_file({"w": torch.zeros(1)}, tmp_path / "bb.safetensors")
     image, labels = labelled_pair
     out = tmp_path / "m.safetensors"
-    args = ["train", str(image), "--labels", str(labels), "-o", str(out), "--tile", "64", "--steps", "1"]
+    args = ["train", str(image), "--labels", str(labels), "-o", str(out), "--tile", "64", "--epochs", "1"]
+    args += ["--steps-per-epoch", "1", "--work-dir", str(tmp_path / "w")]
     code = main([*args, "--backbone-weights", str(tmp_path / "bb.safetensors"), "--quiet"])
     err = capsys.readouterr().err.strip()
     assert code == 2
