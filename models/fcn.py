@@ -85,7 +85,9 @@ class FixedBilinearUpsampling(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kernel = self.kernel.to(x.dtype)
-        return F.conv_transpose2d(x, kernel, stride=self.factor, padding=self.factor // 2, groups=self.channels)
+        return F.conv_transpose2d(
+            x, kernel, stride=self.factor, padding=self.factor // 2, groups=self.channels
+        )
 
 
 class FCN(nn.Module):
