@@ -56,6 +56,8 @@ def _coarsest_extent(model: models.SegmentationModel, x: torch.Tensor) -> int:
     dims = model.spatial_dims
 
     def hook(_module, _inputs, output):
+        if isinstance(output, tuple) and output:  # (pooled, indices) of an index-keeping pooling
+            output = output[0]
         if isinstance(output, torch.Tensor) and output.ndim == dims + 2:
             spatial = output.shape[2:]
             if any(s > 1 for s in spatial):  # a globally pooled 1×1 map is not a grid level
