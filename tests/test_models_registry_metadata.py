@@ -51,7 +51,7 @@ def test_spec_declares_what_the_engine_needs(name):
 
 
 def _coarsest_extent(model: models.SegmentationModel, x: torch.Tensor) -> int:
-    """Smallest last-axis extent among the network's internal maps (global poolings excluded)."""
+    """Smallest last-axis extent among the network's internal maps (global/pyramid poolings excluded)."""
     extents: list[int] = []
     dims = model.spatial_dims
 
@@ -63,7 +63,14 @@ def _coarsest_extent(model: models.SegmentationModel, x: torch.Tensor) -> int:
             if any(s > 1 for s in spatial):  # a globally pooled 1×1 map is not a grid level
                 extents.append(int(spatial[-1]))
 
-    handles = [m.register_forward_hook(hook) for m in model.net.modules() if m is not model.net]
+    def pools_globally(module: nn.Module) -> bool:  # pyramid / image pooling: fixed-size bins
+        return any(isinstance(m, nn.AdaptiveAvgPool2d | nn.AdaptiveAvgPool3d) for m in module.modules())
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.net.modules()
+        if m is not model.net and not pools_globally(m)
+    ]
     try:
         with torch.no_grad():
             model.net(x)
