@@ -16,6 +16,7 @@ from typing import Any
 # Architecture modules register themselves on import; one module per family.
 from models import (  # noqa: F401
     deeplab,
+    dilatednet,
     enet,
     fcdensenet,
     fcn,

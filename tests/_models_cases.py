@@ -24,6 +24,7 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("deeplabv3", {"output_stride": 8, "backbone": "resnet18", "multi_grid": (1, 2)}),
     ("deeplabv3plus", {"backbone": "resnet50"}),
     ("deeplabv3plus", {"backbone": "mobilenetv2"}),
+    ("dilatednet", {"context": "basic"}),
 ]
 
 
@@ -54,7 +55,8 @@ def connectivity_network(model: nn.Module) -> None:
     of corner taps) underflows. So, keeping every connection: pointwise
     nonlinearities become identities, max-poolings average poolings over the
     same windows (a max-unpooling then spreads to its whole window instead of
-    the argmax), weights become positive (nothing cancels), and after every
+    the argmax), weights become positive (nothing cancels, and taps an
+    identity or zero initialisation left at zero still connect), and after every
     layer the flowing gradient is replaced by its support indicator (nothing
     underflows). Global poolings are cut (zeroed): the declared reach covers the
     local part of the network.
@@ -75,7 +77,7 @@ def connectivity_network(model: nn.Module) -> None:
                 child.register_forward_hook(lambda _m, _i, out: out * 0)
     with torch.no_grad():
         for p in model.parameters():
-            p.abs_()
+            p.abs_().add_(1e-3)  # wiring, not initialisation: zero-initialised taps count too
     for module in model.modules():
         if isinstance(module, nn.modules.conv._ConvNd | nn.modules.batchnorm._BatchNorm):
             module.register_full_backward_hook(
