@@ -20,6 +20,7 @@ from models import (  # noqa: F401
     enet,
     fcdensenet,
     fcn,
+    gcn,
     linknet,
     pspnet,
     segnet,
