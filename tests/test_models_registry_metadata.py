@@ -63,13 +63,15 @@ def _coarsest_extent(model: models.SegmentationModel, x: torch.Tensor) -> int:
             if any(s > 1 for s in spatial):  # a globally pooled 1×1 map is not a grid level
                 extents.append(int(spatial[-1]))
 
-    def pools_globally(module: nn.Module) -> bool:  # pyramid / image pooling: fixed-size bins
-        return any(isinstance(m, nn.AdaptiveAvgPool2d | nn.AdaptiveAvgPool3d) for m in module.modules())
-
+    # Pyramid / image pooling branches (an adaptive pooling and what follows it) give fixed-size bins.
+    pooled: set[int] = set()
+    for parent in model.net.modules():
+        if any(isinstance(c, nn.AdaptiveAvgPool2d | nn.AdaptiveAvgPool3d) for c in parent.children()):
+            pooled.update(id(m) for m in parent.modules())
     handles = [
         m.register_forward_hook(hook)
         for m in model.net.modules()
-        if m is not model.net and not pools_globally(m)
+        if m is not model.net and id(m) not in pooled
     ]
     try:
         with torch.no_grad():
