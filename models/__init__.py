@@ -14,7 +14,20 @@ from __future__ import annotations
 from typing import Any
 
 # Architecture modules register themselves on import; one module per family.
-from models import deeplab, fcdensenet, trivial, unet, unet3d  # noqa: F401
+from models import (  # noqa: F401
+    deeplab,
+    dilatednet,
+    enet,
+    fcdensenet,
+    fcn,
+    gcn,
+    linknet,
+    pspnet,
+    segnet,
+    trivial,
+    unet,
+    unet3d,
+)
 from models.registry import ArchSpec, UnknownArchitectureError, get_spec, names, specs
 from models.wrapper import SegmentationModel
 

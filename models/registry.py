@@ -34,6 +34,13 @@ class ArchSpec:
     ``small`` is a narrow configuration with the same topology (overrides on top
     of ``defaults``): what smoke tests and quick benchmarks build, so every
     registered architecture is exercised without paper-sized widths.
+
+    ``aux_heads`` names the auxiliary (deep-supervision) outputs a network
+    returns in training mode, in order, each with the weight the paper gives
+    its loss. Such a network returns ``{"out": logits, "aux": [logits, ...]}``
+    in training mode (the wrapper brings every entry to the input size) and the
+    logits tensor alone in eval mode; a training loop adds
+    ``weight · loss(aux[i])`` for each head.
     """
 
     name: str
@@ -49,6 +56,7 @@ class ArchSpec:
     paper_params: int | None = None
     notes: str = ""
     small: Mapping[str, Any] = field(default_factory=dict)
+    aux_heads: Mapping[str, float] = field(default_factory=dict)
 
     def resolve_config(self, **overrides: Any) -> dict[str, Any]:
         """The canonical configuration with ``overrides`` applied (``None`` values ignored)."""

@@ -24,6 +24,7 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("deeplabv3", {"output_stride": 8, "backbone": "resnet18", "multi_grid": (1, 2)}),
     ("deeplabv3plus", {"backbone": "resnet50"}),
     ("deeplabv3plus", {"backbone": "mobilenetv2"}),
+    ("dilatednet", {"context": "basic"}),
 ]
 
 
@@ -53,7 +54,9 @@ def connectivity_network(model: nn.Module) -> None:
     along a hundred-layer chain the gradient at the edge of the field (one chain
     of corner taps) underflows. So, keeping every connection: pointwise
     nonlinearities become identities, max-poolings average poolings over the
-    same windows, weights become positive (nothing cancels), and after every
+    same windows (a max-unpooling then spreads to its whole window instead of
+    the argmax), weights become positive (nothing cancels, and taps an
+    identity or zero initialisation left at zero still connect), and after every
     layer the flowing gradient is replaced by its support indicator (nothing
     underflows). Global poolings are cut (zeroed): the declared reach covers the
     local part of the network.
@@ -62,6 +65,10 @@ def connectivity_network(model: nn.Module) -> None:
         for child_name, child in list(module.named_children()):
             if isinstance(child, nn.ReLU | nn.ReLU6):
                 setattr(module, child_name, nn.Identity())
+            elif isinstance(child, nn.MaxPool2d) and child.return_indices:
+                setattr(module, child_name, _AveragePoolKeepingIndices(child))
+            elif isinstance(child, nn.MaxUnpool2d):
+                setattr(module, child_name, _SpreadingUnpool(child))
             elif isinstance(child, nn.MaxPool2d):
                 setattr(module, child_name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding))
             elif isinstance(child, nn.MaxPool3d):
@@ -70,7 +77,7 @@ def connectivity_network(model: nn.Module) -> None:
                 child.register_forward_hook(lambda _m, _i, out: out * 0)
     with torch.no_grad():
         for p in model.parameters():
-            p.abs_()
+            p.abs_().add_(1e-3)  # wiring, not initialisation: zero-initialised taps count too
     for module in model.modules():
         if isinstance(module, nn.modules.conv._ConvNd | nn.modules.batchnorm._BatchNorm):
             module.register_full_backward_hook(
@@ -86,3 +93,32 @@ def support(grad: torch.Tensor, axis: int) -> torch.Tensor:
     nonzero = profile.nonzero().flatten()
     assert len(nonzero) > 0, "the gradient vanished everywhere: the measurement could not fail"
     return nonzero
+
+
+class _AveragePoolKeepingIndices(nn.Module):
+    """Average over a max-pooling's windows, still returning its argmax indices (for unpooling)."""
+
+    def __init__(self, pool: nn.MaxPool2d):
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.pool
+        with torch.no_grad():
+            _, indices = p(x)
+        return nn.functional.avg_pool2d(x, p.kernel_size, p.stride, p.padding), indices
+
+
+class _SpreadingUnpool(nn.Module):
+    """Max-unpooling that copies each value to its whole (non-overlapping) window."""
+
+    def __init__(self, unpool: nn.MaxUnpool2d):
+        super().__init__()
+        self.stride = unpool.stride
+
+    def forward(self, x: torch.Tensor, indices: torch.Tensor, output_size: Any = None) -> torch.Tensor:
+        sy, sx = self.stride
+        y = x.repeat_interleave(sy, dim=2).repeat_interleave(sx, dim=3)
+        if output_size is not None:
+            y = y[..., : output_size[-2], : output_size[-1]]
+        return y

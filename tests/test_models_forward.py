@@ -6,6 +6,8 @@ import pytest
 import torch
 from _models_cases import build_small, case_id, cases
 
+import models
+
 CASES = cases()
 SIZES = {
     2: [(7, 13), (37, 30)],
@@ -40,7 +42,8 @@ def test_backward_reaches_every_parameter(case):
     out = model(torch.randn(2, model.in_channels, *size))
     logits = out["out"] if isinstance(out, dict) else out
     assert logits.shape == (2, model.num_classes, *size)
-    logits.square().mean().backward()
+    aux = out.get("aux", []) if isinstance(out, dict) else []
+    sum((a.square().mean() for a in aux), logits.square().mean()).backward()
     unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not unused, f"{name}: parameters outside the graph: {unused[:5]}"
 
@@ -52,6 +55,20 @@ def test_eval_mode_is_deterministic(case):
     x = torch.randn(1, model.in_channels, *SIZES[model.spatial_dims][0])
     with torch.no_grad():
         assert torch.equal(model(x), model(x))
+
+
+@pytest.mark.parametrize("name", [s.name for s in models.specs() if s.aux_heads])
+def test_auxiliary_heads_come_in_training_mode_only_at_input_size(name):
+    """Deep-supervision outputs for the training loop: one per declared head, none at inference."""
+    model = build_small(name).train()
+    size = (model.downsampling + 3, 2 * model.downsampling - 1)
+    x = torch.randn(2, model.in_channels, *size)
+    out = model(x)
+    assert isinstance(out, dict) and len(out["aux"]) == len(model.spec.aux_heads)
+    for aux in [out["out"], *out["aux"]]:
+        assert aux.shape == (2, model.num_classes, *size)
+    with torch.no_grad():
+        assert isinstance(model.eval()(x), torch.Tensor)
 
 
 def test_batch_items_are_independent_in_eval_mode():

@@ -51,17 +51,28 @@ def test_spec_declares_what_the_engine_needs(name):
 
 
 def _coarsest_extent(model: models.SegmentationModel, x: torch.Tensor) -> int:
-    """Smallest last-axis extent among the network's internal maps (global poolings excluded)."""
+    """Smallest last-axis extent among the network's internal maps (global/pyramid poolings excluded)."""
     extents: list[int] = []
     dims = model.spatial_dims
 
     def hook(_module, _inputs, output):
+        if isinstance(output, tuple) and output:  # (pooled, indices) of an index-keeping pooling
+            output = output[0]
         if isinstance(output, torch.Tensor) and output.ndim == dims + 2:
             spatial = output.shape[2:]
             if any(s > 1 for s in spatial):  # a globally pooled 1×1 map is not a grid level
                 extents.append(int(spatial[-1]))
 
-    handles = [m.register_forward_hook(hook) for m in model.net.modules() if m is not model.net]
+    # Pyramid / image pooling branches (an adaptive pooling and what follows it) give fixed-size bins.
+    pooled: set[int] = set()
+    for parent in model.net.modules():
+        if any(isinstance(c, nn.AdaptiveAvgPool2d | nn.AdaptiveAvgPool3d) for c in parent.children()):
+            pooled.update(id(m) for m in parent.modules())
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.net.modules()
+        if m is not model.net and id(m) not in pooled
+    ]
     try:
         with torch.no_grad():
             model.net(x)

@@ -1,4 +1,4 @@
-"""ResNet-18/34/50/101 (He et al., CVPR 2016) with atrous output strides 8, 16 or 32.
+"""ResNet-18/34/50/101/152 (He et al., CVPR 2016) with atrous output strides 8, 16 or 32.
 
 Parameter names follow the common ImageNet checkpoints (``conv1.weight``,
 ``bn1.running_mean``, ``layer1.0.conv1.weight``, ``layer2.0.downsample.0.weight``
@@ -28,6 +28,7 @@ RESNET_LAYOUTS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     34: ("basic", (3, 4, 6, 3)),
     50: ("bottleneck", (3, 4, 6, 3)),
     101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
 }
 
 
