@@ -149,6 +149,6 @@ register(
             "width_mult": 1.0,
         },
         notes="ResNet-152, k=15; the paper states no count.",
-        small={"width_mult": 1 / 16, "kernel": 7, "backbone": "resnet50"},
+        small={"width_mult": 1 / 16, "kernel": 7, "backbone": "resnet18"},
     )
 )
