@@ -27,9 +27,16 @@ def _say(quiet: bool, text: str) -> None:
 
 def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``gigaseg segment`` (shared with ``flows/segment_scene.py``)."""
-    p.add_argument("input", type=Path, help="raster to segment (GeoTIFF or anything GDAL reads)")
+    p.add_argument(
+        "input",
+        type=Path,
+        help="raster (GeoTIFF or anything GDAL reads) or volume (.nii/.nii.gz, DICOM folder, "
+        "OME-Zarr, TIFF stack with --spacing)",
+    )
     p.add_argument("-m", "--model", required=True, help="checkpoint file, or arch:NAME (untrained)")
-    p.add_argument("-o", "--output", required=True, type=Path, help="output label COG (.tif)")
+    p.add_argument(
+        "-o", "--output", required=True, type=Path, help="labels: .tif (COG), .nii/.nii.gz (NIfTI) or .zarr"
+    )
     p.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction in [0, 1)")
     p.add_argument("--blend", default="gaussian", help="constant, gaussian or crop")
@@ -51,6 +58,11 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crf", default="none", help="refinement: none, local (exact blockwise) or dense")
     p.add_argument("--crf-iterations", type=int, default=5, help="mean-field iterations")
     p.add_argument("--crf-radius", type=float, default=4.0, help="local CRF window radius (pixels)")
+    p.add_argument("--spacing", help="voxel size Z,Y,X in mm (or one number) for a TIFF stack")
+    p.add_argument("--slice-axis", type=int, help="2D model over a volume: axis 0 (z), 1 (y) or 2 (x)")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation (2^D passes per tile)")
+    p.add_argument("--volume-block", type=int, default=128, help="output block side for volumes (voxels)")
+    p.add_argument("--volume-chunk", type=int, default=64, help="store chunk side for volumes (voxels)")
 
 
 def segment_config_from_args(args: argparse.Namespace):  # -> SegmentConfig
@@ -82,6 +94,11 @@ def segment_config_from_args(args: argparse.Namespace):  # -> SegmentConfig
         crf=args.crf,
         crf_iterations=args.crf_iterations,
         crf_radius=args.crf_radius,
+        spacing=args.spacing,
+        slice_axis=args.slice_axis,
+        tta=args.tta,
+        volume_block=args.volume_block,
+        volume_chunk=args.volume_chunk,
     )
 
 

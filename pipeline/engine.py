@@ -52,11 +52,13 @@ class TilePredictor:
         device: torch.device,
         batch_size: int = 8,
         amp: bool = False,
+        tta: bool = False,
     ):
         self.model = model.to(device).eval()
         self.device = device
         self.batch_size = max(1, int(batch_size))
         self.amp_dtype = autocast_dtype(device) if amp else None
+        self.tta = tta
         self.tiles_run = 0
 
     def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
@@ -67,9 +69,28 @@ class TilePredictor:
             else contextlib.nullcontext()
         )
         with torch.inference_mode(), ctx:
-            logits = self.model(tiles)
+            if not self.tta:
+                probs = torch.softmax(self.model(tiles).float(), dim=1)
+            else:
+                probs = self._mirrored_mean(tiles)
         self.tiles_run += tiles.shape[0]
-        return torch.softmax(logits.float(), dim=1)
+        return probs
+
+    def _mirrored_mean(self, tiles: torch.Tensor) -> torch.Tensor:
+        """Flip test-time augmentation: mean softmax over every mirror of the spatial axes (2^D passes)."""
+        spatial = tuple(a for a in range(2, tiles.ndim) if tiles.shape[a] > 1)  # flipping 1 voxel is a no-op
+        total: torch.Tensor | None = None
+        flips = [
+            tuple(a for a, on in zip(spatial, mask) if on)
+            for mask in itertools.product((0, 1), repeat=len(spatial))
+        ]
+        for axes in flips:
+            x = tiles.flip(axes) if axes else tiles
+            p = torch.softmax(self.model(x).float(), dim=1)
+            p = p.flip(axes) if axes else p
+            total = p if total is None else total + p
+        assert total is not None
+        return total / len(flips)
 
 
 @dataclass
@@ -168,6 +189,8 @@ class BlockOutput:
 
     labels: np.ndarray
     probabilities: np.ndarray | None
+    label_stats: np.ndarray | None = None
+    """``(classes, 2)`` float64: voxels per label and the sum of their winning probability."""
 
 
 def finish_block(
@@ -182,13 +205,24 @@ def finish_block(
     probs = result.probabilities[(slice(None), *sl)]
     covered = result.covered[sl]
     labels = probs.argmax(dim=0).cpu().numpy().astype(label_dtype(num_classes))
+    top = probs.amax(dim=0)
     covered_np = covered.cpu().numpy()
     labels[~covered_np] = label_nodata(num_classes)
+    kept = labels[covered_np].astype(np.int64)
+    stats = np.stack(
+        [
+            np.bincount(kept, minlength=num_classes)[:num_classes].astype(np.float64),
+            np.bincount(
+                kept, weights=top.cpu().numpy()[covered_np].astype(np.float64), minlength=num_classes
+            )[:num_classes],
+        ],
+        axis=1,
+    )
     probs_np = None
     if with_probabilities:
         probs_np = probs.cpu().numpy().copy()
         probs_np[:, ~covered_np] = np.nan
-    return BlockOutput(labels, probs_np)
+    return BlockOutput(labels, probs_np, stats)
 
 
 def infer_context(

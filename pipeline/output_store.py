@@ -6,6 +6,8 @@ Layout::
       labels         (*spatial)           uint8/uint16, nodata = dtype max
       probabilities  (classes, *spatial)  float32, NaN where nodata (optional)
       done           (*block counts)      uint8, one chunk per block
+      label_stats    (*block counts, classes, 2)  float64: voxels per label and the sum of
+                                          their winning probability, one chunk per block
 
 Each block owns whole chunks of every array, including its own cell of
 ``done``, so workers never share a chunk. A block is marked done only after its
@@ -94,6 +96,13 @@ class OutputStore:
                 dimension_names=("class", *dims),
             )
         group.create_array(
+            "label_stats",
+            shape=(*plan.counts, num_classes, 2),
+            chunks=(*(1,) * len(shape), num_classes, 2),
+            dtype="float64",
+            fill_value=0.0,
+        )
+        group.create_array(
             "done",
             shape=plan.counts,
             chunks=(1,) * len(shape),
@@ -128,7 +137,16 @@ class OutputStore:
             if output.probabilities is None:
                 raise ValueError("this store keeps probabilities: the block must carry them")
             self.probabilities[(slice(None), *sl)] = output.probabilities
+        if output.label_stats is not None and "label_stats" in self.group:
+            self.group["label_stats"][tuple(slice(i, i + 1) for i in block.index)] = output.label_stats[
+                (None,) * len(block.index)
+            ]
         self.done[tuple(slice(i, i + 1) for i in block.index)] = 1
+
+    def label_stats(self) -> np.ndarray:
+        """``(classes, 2)``: voxels per label and the sum of their winning probability, over all blocks."""
+        stats = np.asarray(self.group["label_stats"][...])
+        return stats.reshape(-1, *stats.shape[-2:]).sum(axis=0)
 
     def is_complete(self) -> bool:
         """Whether every block is done."""

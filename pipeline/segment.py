@@ -26,15 +26,18 @@ from pipeline.config import SegmentConfig
 from pipeline.crf import CRFParams, band_stats, refine
 from pipeline.device import select_device
 from pipeline.engine import BlockOutput, TilePredictor, infer_block
+from pipeline.errors import InputError
 from pipeline.export_cog import Georeference, export_labels_cog, export_probabilities_cog
+from pipeline.formats import describe_input, export_volume_outputs, ingest_input, output_format
 from pipeline.grid import Region, TileGrid
-from pipeline.ingest import ingest
 from pipeline.model_source import load_model, model_identity
 from pipeline.normalization import normalize, select_bands
 from pipeline.output_store import OutputStore, fingerprint
 from pipeline.progress import Progress
-from pipeline.raster_input import inspect_raster
+from pipeline.scene_statistics import resolve_normalization
 from pipeline.scene_store import SceneStore
+from pipeline.slicewise import SliceWiseModel, slice_align, slice_tile
+from pipeline.volume_geometry import VolumeGeometry, is_volume
 
 log = logging.getLogger("gigaseg")
 
@@ -54,6 +57,10 @@ class Job:
     store: OutputStore
     crf: CRFParams | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    normalization: dict | None = None
+    """The card's normalisation with per-scene statistics resolved (None: the card's as is)."""
+    slice_axis: int | None = None
+    """Set when a 2D model runs slice by slice over a volume."""
 
     @property
     def num_classes(self) -> int:
@@ -72,7 +79,7 @@ class Job:
 
     def normalizer(self) -> Callable[[np.ndarray], np.ndarray]:
         """The card's normalisation as a function of a raw block."""
-        return functools.partial(normalize, spec=self.card.normalization)
+        return functools.partial(normalize, spec=self.normalization or self.card.normalization)
 
 
 @dataclass
@@ -89,6 +96,10 @@ class SegmentSummary:
     blocks_skipped: int
     tiles_run: int
     timings: dict[str, float]
+    label_volumes_ml: dict[str, float] = field(default_factory=dict)
+    """Per label: voxels × voxel volume, in millilitres (volumes only)."""
+    label_mean_probability: dict[str, float] = field(default_factory=dict)
+    """Per label: mean winning probability over the voxels given that label."""
 
     @property
     def mpx_per_s(self) -> float:
@@ -100,9 +111,16 @@ class SegmentSummary:
         top = sorted(self.class_fractions.items(), key=lambda kv: -kv[1])[:4]
         classes = ", ".join(f"{k} {v:.0%}" for k, v in top)
         skipped = f", {self.blocks_skipped} block(s) resumed" if self.blocks_skipped else ""
+        volumes = ""
+        if self.label_volumes_ml:
+            top_ml = sorted(self.label_volumes_ml.items(), key=lambda kv: -kv[1])[:4]
+            volumes = "; " + ", ".join(
+                f"{k} {v:.1f} mL (p̄ {self.label_mean_probability.get(k, float('nan')):.2f})"
+                for k, v in top_ml
+            )
         return (
             f"wrote {self.output}: {self.pixels / 1e6:.1f} Mpx, {len(self.class_fractions)} classes "
-            f"({classes}), {self.seconds:.1f} s, {self.mpx_per_s:.2f} Mpx/s{skipped}"
+            f"({classes}), {self.seconds:.1f} s, {self.mpx_per_s:.2f} Mpx/s{skipped}{volumes}"
         )
 
 
@@ -143,14 +161,20 @@ def prepare(config: SegmentConfig) -> Job:
     """Validate, load the model, ingest the input and plan the blocks (no inference yet)."""
     config.validate()
     t0 = time.perf_counter()
-    info = inspect_raster(config.input)
+    info = describe_input(config.input, config.spacing)
+    for out in (config.output, config.probabilities):
+        if out is not None:
+            output_format(out, info.spatial_dims)
     model, card = load_model(
         config.model,
-        in_channels=config.in_channels or len(info.bands),
+        in_channels=config.in_channels or info.num_bands,
         num_classes=config.num_classes,
         seed=config.seed,
     )
-    bands = select_bands(card.bands, len(info.bands), card.in_channels, str(config.input))
+    bands = select_bands(card.bands, info.num_bands, card.in_channels, str(config.input))
+    slice_axis = _slice_axis(config, info.spatial_dims, model, info.volume)
+    chunk = config.chunk if info.spatial_dims == 2 else config.volume_chunk
+    block_size = config.block if info.spatial_dims == 2 else config.volume_block
     if not model.spec.fully_convolutional:
         log.warning(
             "%s is not fully convolutional (global pooling): tiled output depends on the tile size",
@@ -160,7 +184,7 @@ def prepare(config: SegmentConfig) -> Job:
     fresh = not work.exists()
     work.mkdir(parents=True, exist_ok=True)
     try:
-        scene = ingest(config.input, work / "scene.zarr", chunk=config.chunk)
+        scene = ingest_input(info, work / "scene.zarr", chunk=chunk)
     except BaseException:
         if fresh:  # nothing of this run is worth resuming: leave no trace
             shutil.rmtree(work, ignore_errors=True)
@@ -168,11 +192,25 @@ def prepare(config: SegmentConfig) -> Job:
     t_ingest = time.perf_counter() - t0
 
     tile = config.tile or card.tile_size or model.spec.default_tile
-    grid = TileGrid.create(scene.spatial_shape, tile, config.overlap, align=model.downsampling)
+    if slice_axis is None:
+        grid = TileGrid.create(scene.spatial_shape, tile, config.overlap, align=model.downsampling)
+    else:
+        grid = TileGrid.create(
+            scene.spatial_shape,
+            slice_tile(tile, slice_axis),
+            config.overlap,
+            align=slice_align(model.downsampling, slice_axis),
+        )
     window = BlendWindow(grid, config.blend, config.sigma)
     crf = crf_params_for(config, scene, bands)
     reach = crf.reach(len(scene.spatial_shape)) if crf is not None else 0
-    plan = BlockPlan.create(grid, config.block, config.chunk, reach=reach)
+    plan = BlockPlan.create(grid, block_size, chunk, reach=reach)
+    norm = resolve_normalization(
+        card.normalization,
+        functools.partial(scene.read, bands=bands),
+        scene.spatial_shape,
+        scene.chunk_shape[0],
+    )
     fp = fingerprint(
         {
             "input": scene.attrs.get("source_id"),
@@ -184,6 +222,8 @@ def prepare(config: SegmentConfig) -> Job:
             "chunk": plan.chunk_shape,
             "probabilities": config.probabilities is not None,
             "crf": repr(crf),
+            **({"slice_axis": slice_axis} if slice_axis is not None else {}),
+            **({"tta": True} if config.tta else {}),
         }
     )
     store = OutputStore.open_or_create(
@@ -194,13 +234,44 @@ def prepare(config: SegmentConfig) -> Job:
         fp,
         attrs={"class_names": card.class_names},
     )
-    return Job(config, model, card, scene, bands, grid, window, plan, store, crf, {"ingest": t_ingest})
+    return Job(
+        config,
+        model,
+        card,
+        scene,
+        bands,
+        grid,
+        window,
+        plan,
+        store,
+        crf,
+        {"ingest": t_ingest},
+        norm,
+        slice_axis,
+    )
+
+
+def _slice_axis(config: SegmentConfig, scene_dims: int, model: SegmentationModel, volume) -> int | None:
+    """The axis a 2D model runs along over a volume (None when model and scene dims agree)."""
+    if model.spatial_dims == scene_dims:
+        if config.slice_axis is not None and scene_dims == 3:
+            raise InputError(f"--slice-axis is for 2D models over volumes; {model.arch} is 3D")
+        return None
+    if model.spatial_dims == 2 and scene_dims == 3:
+        if config.slice_axis is not None:
+            return config.slice_axis
+        return volume.geometry.slice_axis if volume is not None else 0
+    raise InputError(
+        f"{config.input}: is a {scene_dims}D {'volume' if scene_dims == 3 else 'raster'} "
+        f"but {model.arch} is a {model.spatial_dims}D model"
+    )
 
 
 def predictor_for(job: Job, device: torch.device | None = None) -> TilePredictor:
     """A tile predictor for this job's model on the configured device."""
     device = device or select_device(job.config.device)
-    return TilePredictor(job.model, device, job.config.batch_size, job.config.amp)
+    model = job.model if job.slice_axis is None else SliceWiseModel(job.model, job.slice_axis)
+    return TilePredictor(model, device, job.config.batch_size, job.config.amp, tta=job.config.tta)
 
 
 def compute_block(
@@ -240,11 +311,22 @@ def run_blocks_in_process(job: Job, progress: Progress | None = None) -> tuple[i
 
 
 def export(job: Job) -> tuple[Path, Path | None]:
-    """Write the COG(s) of a finished store."""
+    """Write the outputs of a finished store: COG(s), NIfTI or OME-Zarr, by output name."""
     if not job.store.is_complete():
         raise RuntimeError("export called before every block is done")
     t0 = time.perf_counter()
     attrs = job.scene.attrs
+    if is_volume(attrs) or output_format(job.config.output, len(job.scene.spatial_shape)) != "cog":
+        out, probs = export_volume_outputs(
+            job.store.path,
+            job.scene,
+            job.config.output,
+            job.config.probabilities,
+            job.card.class_names,
+            job.card.class_colors,
+        )
+        job.timings["export"] = time.perf_counter() - t0
+        return out, probs
     geo = Georeference(attrs.get("crs"), attrs["transform"])
     tags = {"GIGASEG_MODEL": job.config.model, "GIGASEG_ARCH": job.card.arch}
     out = export_labels_cog(
@@ -269,6 +351,17 @@ def class_fractions(job: Job) -> tuple[dict[str, float], int]:
     return {n: float(c) / max(total, 1) for n, c in zip(job.card.class_names, counts)}, total
 
 
+def label_metrics(job: Job) -> tuple[dict[str, float], dict[str, float]]:
+    """Per label: volume in mL (volumes only; empty for rasters) and mean winning probability."""
+    stats = job.store.label_stats()
+    names = job.card.class_names
+    mean_p = {n: float(s / c) for n, (c, s) in zip(names, stats) if c > 0}
+    if not is_volume(job.scene.attrs):
+        return {}, mean_p
+    voxel_ml = VolumeGeometry.from_attrs(job.scene.attrs).voxel_volume_mm3 / 1000.0
+    return {n: float(c) * voxel_ml for n, (c, _) in zip(names, stats)}, mean_p
+
+
 def segment(config: SegmentConfig) -> SegmentSummary:
     """Run the whole job in this process."""
     t0 = time.perf_counter()
@@ -286,6 +379,7 @@ def segment(config: SegmentConfig) -> SegmentSummary:
         progress.close()
     out, probs = export(job)
     fractions, valid = class_fractions(job)
+    volumes_ml, mean_probability = label_metrics(job)
     if not config.keep_work:
         shutil.rmtree(config.resolved_work_dir, ignore_errors=True)
     return SegmentSummary(
@@ -299,4 +393,6 @@ def segment(config: SegmentConfig) -> SegmentSummary:
         skipped,
         int(job.timings.get("tiles", 0)),
         job.timings,
+        volumes_ml,
+        mean_probability,
     )
