@@ -118,7 +118,7 @@ def scale_translation_affine(spacing: Sequence[float], origin: Sequence[float] |
     relative to the store order, as for a NIfTI written from this volume).
     """
     sz, sy, sx = (float(s) for s in spacing)
-    oz, oy, ox = (float(o) for o in (origin or (0.0, 0.0, 0.0)))
+    oz, oy, ox = (float(o) for o in (origin if origin is not None else (0.0, 0.0, 0.0)))
     affine = np.zeros((4, 4))
     affine[0, 2], affine[1, 1], affine[2, 0] = sx, sy, sz
     affine[:3, 3] = (ox, oy, oz)
