@@ -137,7 +137,7 @@ def _geometry(folder: Path, slices: list[_SliceHeader]) -> tuple[list[_SliceHead
     lps[:3, 0] = step
     lps[:3, 1] = col_dir * dy
     lps[:3, 2] = row_dir * dx
-    lps[:3, 3] = first.position
+    lps[:3, 3] = slices[0].position  # the first slice along the normal, not the first file
     ras = np.eye(4)
     ras[:3, :] = LPS_TO_RAS @ lps[:3, :]
     return slices, ras

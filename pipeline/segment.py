@@ -171,6 +171,11 @@ def prepare(config: SegmentConfig) -> Job:
         num_classes=config.num_classes,
         seed=config.seed,
     )
+    if info.kind == "nifti" and card.bands is None and info.num_bands != card.in_channels:
+        raise InputError(  # the channel rule, said out loud: a 4D NIfTI's 4th axis holds channels
+            f"{config.input}: has {info.num_bands} channel(s) (a NIfTI's 4th axis is read as channels) "
+            f"but the model expects {card.in_channels}"
+        )
     bands = select_bands(card.bands, info.num_bands, card.in_channels, str(config.input))
     slice_axis = _slice_axis(config, info.spatial_dims, model, info.volume)
     chunk = config.chunk if info.spatial_dims == 2 else config.volume_chunk
