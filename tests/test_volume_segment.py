@@ -168,3 +168,25 @@ def test_label_volumes_in_millilitres(tmp_path, model3d):
         assert volumes[name] == pytest.approx((labels == i).sum() * 12.0 / 1000.0)
     assert sum(volumes.values()) == pytest.approx(20 * 18 * 16 * 12 / 1000)
     assert all(1 / 3 <= p <= 1.0 for p in mean_p.values())
+
+
+@pytest.mark.shared_data
+def test_real_hippocampus_labels_overlay_the_scan(shared_data, tmp_path, model3d):
+    src = shared_data / "medical" / "hippocampus" / "image.nii.gz"
+    out = tmp_path / "hippo_labels.nii.gz"
+    assert main(["segment", str(src), "-m", str(model3d), "-o", str(out), *SMALL]) == 0
+    a, b = nib.load(src), nib.load(out)
+    assert b.shape == a.shape
+    np.testing.assert_array_equal(b.affine, a.affine)
+
+
+def test_raster_to_ome_zarr(small_scene, tiny_checkpoint, tmp_path):
+    out = tmp_path / "scene.zarr"
+    args = ["segment", str(small_scene), "-m", str(tiny_checkpoint), "-o", str(out), "--tile", "64"]
+    assert main([*args, "--block", "256", "--chunk", "128", "--quiet"]) == 0
+    seg = zarr.open_group(str(out), mode="r")["labels/segmentation"]
+    ms = seg.attrs["ome"]["multiscales"][0]
+    assert [a["name"] for a in ms["axes"]] == ["y", "x"]
+    assert seg["0"].shape == (530, 700)
+    np.testing.assert_allclose(ms["datasets"][0]["coordinateTransformations"][0]["scale"], [10.0, 10.0])
+    assert (seg["0"][:60, :90] == 255).all()  # nodata stays nodata
