@@ -147,7 +147,15 @@ def _pixels(h: _SliceHeader) -> np.ndarray:
     try:
         ds = pydicom.dcmread(str(h.path))
         raw = ds.pixel_array
-    except (InvalidDicomError, EOFError, OSError, ValueError, RuntimeError, AttributeError) as exc:
+    except (
+        InvalidDicomError,
+        EOFError,
+        OSError,
+        ValueError,
+        RuntimeError,
+        NotImplementedError,
+        AttributeError,
+    ) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{h.path}: cannot read the pixels ({reason})") from None
     if raw.shape != (h.rows, h.columns):
