@@ -143,7 +143,7 @@ def _geometry(folder: Path, slices: list[_SliceHeader]) -> tuple[list[_SliceHead
     return slices, ras
 
 
-def _pixels(h: _SliceHeader) -> np.ndarray:
+def _raw_pixels(h: _SliceHeader) -> np.ndarray:
     try:
         ds = pydicom.dcmread(str(h.path))
         raw = ds.pixel_array
@@ -160,6 +160,12 @@ def _pixels(h: _SliceHeader) -> np.ndarray:
         raise InputError(f"{h.path}: cannot read the pixels ({reason})") from None
     if raw.shape != (h.rows, h.columns):
         raise InputError(f"{h.path}: pixel data of shape {raw.shape}, expected {(h.rows, h.columns)}")
+    return raw
+
+
+def _pixels(h: _SliceHeader) -> np.ndarray:
+    """One slice with its rescale slope / intercept applied."""
+    raw = _raw_pixels(h)
     if h.slope == 1.0 and h.intercept == 0.0:
         return raw
     return raw * np.float64(h.slope) + np.float64(h.intercept)
@@ -192,7 +198,7 @@ def open_dicom_series(folder: str | Path) -> VolumeSource:
     for h in slices:
         digest.update(h.path.name.encode())
         digest.update(h.path.read_bytes())
-    raw0 = np.asarray(pydicom.dcmread(str(slices[0].path)).pixel_array)
+    raw0 = _raw_pixels(slices[0])
     dtype = _store_dtype(slices, raw0.dtype)
     first = slices[0]
 
