@@ -19,7 +19,7 @@ Gaussian blending, NIfTI out with the input's affine, Dice read back from it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,12 +227,14 @@ def run_demo(
     seed: int = 0,
     quiet: bool = True,
     log: Callable[[str], None] | None = None,
+    names: Sequence[str] | None = None,
+    on_result: Callable[[CaseResult], None] | None = None,
 ) -> list[CaseResult]:
-    """MNI152 (always) and the shared medical cases (when ``shared`` holds them)."""
+    """MNI152 and the shared medical cases (when ``shared`` holds them); ``names`` picks some."""
     workdir.mkdir(parents=True, exist_ok=True)
-    cases = [mni152_case(workdir, resolution)]
+    cases = [mni152_case(workdir, resolution)] if names is None or "mni152" in names else []
     if shared is not None and shared.is_dir():
-        cases += shared_cases(shared, workdir)
+        cases += [c for c in shared_cases(shared, workdir) if names is None or c.name in names]
     results = []
     for case in cases:
         t0 = time.perf_counter()
@@ -241,6 +243,8 @@ def run_demo(
                 f"{case.name}: training a width-4 3D U-Net for {steps} steps, holding out {case.holdout_text}"
             )
         results.append(run_case(case, workdir, steps=steps, seed=seed, quiet=quiet, log=log))
+        if on_result:
+            on_result(results[-1])
         if log:
             dice = ", ".join(f"{k} {v:.3f}" for k, v in results[-1].dice.items())
             log(f"{case.name}: Dice on held-out voxels: {dice} ({time.perf_counter() - t0:.0f} s)")
