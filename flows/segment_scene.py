@@ -80,9 +80,9 @@ def check_stage(config: SegmentConfig) -> CheckedInput:
 
 
 @task(name="ingest", **RETRYING)
-def ingest_stage(config: SegmentConfig) -> SceneStore:
+def ingest_stage(config: SegmentConfig, checked: CheckedInput) -> SceneStore:
     """The chunked scene store; an unchanged input (same content id) is not copied again."""
-    return ingest_scene(config)
+    return ingest_scene(config, checked)
 
 
 @task(name="plan", **STAGE)
@@ -120,7 +120,7 @@ def run_stages(config: SegmentConfig, on_finished: Callable[[Job], None] | None 
     t0 = time.perf_counter()
     checked = check_stage(config)
     t_ingest = time.perf_counter()
-    scene = ingest_stage(config)
+    scene = ingest_stage(config, checked)
     job = plan_stage(config, checked, scene)
     job.timings["ingest"] = time.perf_counter() - t_ingest
     counts = infer_stage(job)

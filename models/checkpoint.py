@@ -50,8 +50,11 @@ class ModelCard:
     ``bands`` are 1-based input band indices (``None``: all bands, in order).
     ``normalization`` is one of ``{"kind": "none"}``, ``{"kind": "scale",
     "scale": s, "offset": o}`` (x * s + o), ``{"kind": "meanstd", "mean": [...],
-    "std": [...]}`` (per selected band), or ``{"kind": "minmax", "min": [...],
-    "max": [...]}``; the engine applies it per block, identically everywhere.
+    "std": [...]}`` (per selected band), ``{"kind": "minmax", "min": [...],
+    "max": [...]}``, ``{"kind": "window", "low": …, "high": …}`` (CT window: clip,
+    map to [0, 1]), or the per-volume ``{"kind": "zscore"}`` / ``{"kind":
+    "percentile", "lower": …, "upper": …}``, resolved once per scene into fixed
+    values; the engine applies it per block, identically everywhere.
     """
 
     arch: str

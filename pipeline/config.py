@@ -63,6 +63,16 @@ class SegmentConfig:
     """Ray actors: None = one per GPU (else one CPU actor per 4 cores); 0 = run in this process."""
     ray_address: str | None = None
     """Ray cluster to join (else ``RAY_ADDRESS``, else a running local cluster, else a new local one)."""
+    spacing: tuple[float, ...] | None = None
+    """Voxel size (z, y, x) in mm for TIFF stacks (which carry none); other inputs bring their own."""
+    slice_axis: int | None = None
+    """For a 2D model over a volume: the store axis (0 = z, 1 = y, 2 = x) to run along; None: the input's."""
+    tta: bool = False
+    """Flip test-time augmentation: mean of the predictions over every mirror of the tile's axes."""
+    volume_block: int = 128
+    """Output block side for volumes (voxels, whole chunks); ``block`` is for 2D rasters."""
+    volume_chunk: int = 64
+    """Store chunk side for volumes (multiple of 16); ``chunk`` is for 2D rasters."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -109,6 +119,17 @@ class SegmentConfig:
             raise InputError(f"--workers must be >= 0 (0: run in this process), got {self.workers}")
         if self.chunk % 16:
             raise InputError(f"--chunk must be a multiple of 16, got {self.chunk}")
+        if self.spacing is not None:
+            from pipeline.tiff_stack_input import parse_spacing
+
+            self.spacing = parse_spacing(self.spacing)
+        if self.slice_axis is not None and self.slice_axis not in (0, 1, 2):
+            raise InputError(f"--slice-axis must be 0 (z), 1 (y) or 2 (x), got {self.slice_axis}")
+        if self.volume_block <= 0 or self.volume_chunk <= 0 or self.volume_chunk % 16:
+            raise InputError(
+                f"--volume-block must be positive and --volume-chunk a positive multiple of 16, "
+                f"got {self.volume_block} and {self.volume_chunk}"
+            )
         check_model_source(self.model)
 
     def validate_paths(self) -> None:

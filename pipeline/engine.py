@@ -52,11 +52,13 @@ class TilePredictor:
         device: torch.device,
         batch_size: int = 8,
         amp: bool = False,
+        tta: bool = False,
     ):
         self.model = model.to(device).eval()
         self.device = device
         self.batch_size = max(1, int(batch_size))
         self.amp_dtype = autocast_dtype(device) if amp else None
+        self.tta = tta
         self.tiles_run = 0
 
     def fit_to_memory(self, tile_shape: Sequence[int]) -> int:
@@ -85,9 +87,28 @@ class TilePredictor:
             else contextlib.nullcontext()
         )
         with torch.inference_mode(), ctx:
-            logits = self.model(tiles)
+            if not self.tta:
+                probs = torch.softmax(self.model(tiles).float(), dim=1)
+            else:
+                probs = self._mirrored_mean(tiles)
         self.tiles_run += tiles.shape[0]
-        return torch.softmax(logits.float(), dim=1)
+        return probs
+
+    def _mirrored_mean(self, tiles: torch.Tensor) -> torch.Tensor:
+        """Flip test-time augmentation: mean softmax over every mirror of the spatial axes (2^D passes)."""
+        spatial = tuple(a for a in range(2, tiles.ndim) if tiles.shape[a] > 1)  # flipping 1 voxel is a no-op
+        total: torch.Tensor | None = None
+        flips = [
+            tuple(a for a, on in zip(spatial, mask) if on)
+            for mask in itertools.product((0, 1), repeat=len(spatial))
+        ]
+        for axes in flips:
+            x = tiles.flip(axes) if axes else tiles
+            p = torch.softmax(self.model(x).float(), dim=1)
+            p = p.flip(axes) if axes else p
+            total = p if total is None else total + p
+        assert total is not None
+        return total / len(flips)
 
 
 @dataclass
@@ -192,6 +213,8 @@ class BlockOutput:
     probabilities: np.ndarray | None
     confidence: np.ndarray | None = None
     entropy: np.ndarray | None = None
+    label_stats: np.ndarray | None = None
+    """``(classes, 2)`` float64: voxels per label and the sum of their winning probability."""
 
 
 def finish_block(
@@ -207,20 +230,31 @@ def finish_block(
     probs = result.probabilities[(slice(None), *sl)]
     covered = result.covered[sl]
     labels = probs.argmax(dim=0).cpu().numpy().astype(label_dtype(num_classes))
+    top = probs.amax(dim=0)
     covered_np = covered.cpu().numpy()
     labels[~covered_np] = label_nodata(num_classes)
+    kept = labels[covered_np].astype(np.int64)
+    stats = np.stack(
+        [
+            np.bincount(kept, minlength=num_classes)[:num_classes].astype(np.float64),
+            np.bincount(
+                kept, weights=top.cpu().numpy()[covered_np].astype(np.float64), minlength=num_classes
+            )[:num_classes],
+        ],
+        axis=1,
+    )
     probs_np = None
     if with_probabilities:
         probs_np = probs.cpu().numpy().copy()
         probs_np[:, ~covered_np] = np.nan
     if not with_uncertainty:
-        return BlockOutput(labels, probs_np)
+        return BlockOutput(labels, probs_np, label_stats=stats)
     p = probs.float()
     confidence = p.amax(dim=0).cpu().numpy()
     entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(dim=0).cpu().numpy()
     confidence[~covered_np] = np.nan
     entropy[~covered_np] = np.nan
-    return BlockOutput(labels, probs_np, confidence, entropy)
+    return BlockOutput(labels, probs_np, confidence, entropy, stats)
 
 
 def infer_context(

@@ -46,26 +46,27 @@ class TileGrid:
         shape: Sequence[int],
         tile: int | Sequence[int],
         overlap: float,
-        align: int = 1,
+        align: int | Sequence[int] = 1,
     ) -> TileGrid:
-        """Build the grid for a scene of ``shape`` (spatial axes only)."""
+        """Build the grid for a scene of ``shape`` (spatial axes only); ``align`` per axis or for all."""
         shape = tuple(int(s) for s in shape)
         if any(s <= 0 for s in shape):
             raise ValueError(f"scene shape must be positive, got {shape}")
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-        if align < 1:
-            raise ValueError(f"alignment must be >= 1, got {align}")
+        aligns = (align,) * len(shape) if isinstance(align, int) else tuple(int(a) for a in align)
+        if len(aligns) != len(shape) or min(aligns) < 1:
+            raise ValueError(f"alignment must be >= 1 per axis, got {align}")
         tiles = (tile,) * len(shape) if isinstance(tile, int) else tuple(tile)
         if len(tiles) != len(shape) or any(int(t) <= 0 for t in tiles):
             raise ValueError(f"tile size must be positive per axis, got {tile}")
         eff_tile = []
         stride = []
-        for size, t in zip(shape, tiles):
-            t = min(_ceil_to(int(t), align), _ceil_to(size, align))
-            s = (t - round(t * overlap)) // align * align
+        for size, t, a in zip(shape, tiles, aligns):
+            t = min(_ceil_to(int(t), a), _ceil_to(size, a))
+            s = (t - round(t * overlap)) // a * a
             eff_tile.append(t)
-            stride.append(max(align, s))
+            stride.append(max(a, s))
         return cls(shape, tuple(eff_tile), tuple(stride))
 
     @property

@@ -13,7 +13,11 @@ import numpy as np
 
 from pipeline.errors import InputError
 
-NORMALIZATION_KINDS = ("none", "scale", "meanstd", "minmax")
+NORMALIZATION_KINDS = ("none", "scale", "meanstd", "minmax", "window", "zscore", "percentile")
+PER_SCENE_KINDS = ("zscore", "percentile")
+"""Kinds whose parameters are statistics of the whole scene: resolved once per scene
+(:func:`pipeline.scene_statistics.resolve_normalization`) into fixed ``meanstd`` /
+``window`` values before any block runs, exactly as training resolved them on its volume."""
 
 
 def select_bands(bands: Sequence[int] | None, num_bands: int, in_channels: int, source: str) -> list[int]:
@@ -56,4 +60,14 @@ def normalize(image: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
         x -= lo
         x /= np.maximum(hi - lo, np.float32(1e-12))
         return x
+    if kind == "window":
+        # CT windowing (HU) or a resolved percentile range: clip to [low, high], map to [0, 1]
+        lo = np.asarray(spec["low"], dtype=np.float32).reshape(shape)
+        hi = np.asarray(spec["high"], dtype=np.float32).reshape(shape)
+        np.clip(x, lo, hi, out=x)
+        x -= lo
+        x /= np.maximum(hi - lo, np.float32(1e-12))
+        return x
+    if kind in PER_SCENE_KINDS:
+        raise ValueError(f"{kind!r} normalisation needs the scene's statistics: resolve it before the blocks")
     raise ValueError(f"unknown normalisation {kind!r}; known: {', '.join(NORMALIZATION_KINDS)}")

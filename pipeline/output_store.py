@@ -8,6 +8,8 @@ Layout::
       confidence     (*spatial)           float16 top-class probability, NaN nodata (optional)
       entropy        (*spatial)           float16 entropy of the probabilities (nats) (optional)
       done           (*block counts)      uint8, one chunk per block
+      label_stats    (*block counts, classes, 2)  float64: voxels per label and the sum of
+                                          their winning probability, one chunk per block
 
 Each block owns whole chunks of every array, including its own cell of
 ``done``, so workers never share a chunk. A block is marked done only after its
@@ -109,6 +111,13 @@ class OutputStore:
                 dimension_names=dims,
             )
         group.create_array(
+            "label_stats",
+            shape=(*plan.counts, num_classes, 2),
+            chunks=(*(1,) * len(shape), num_classes, 2),
+            dtype="float64",
+            fill_value=0.0,
+        )
+        group.create_array(
             "done",
             shape=plan.counts,
             chunks=(1,) * len(shape),
@@ -157,7 +166,16 @@ class OutputStore:
                 raise ValueError("this store keeps confidence and entropy: the block must carry them")
             self.confidence[sl] = output.confidence.astype(np.float16)
             self.entropy[sl] = output.entropy.astype(np.float16)
+        if output.label_stats is not None and "label_stats" in self.group:
+            self.group["label_stats"][tuple(slice(i, i + 1) for i in block.index)] = output.label_stats[
+                (None,) * len(block.index)
+            ]
         self.done[tuple(slice(i, i + 1) for i in block.index)] = 1
+
+    def label_stats(self) -> np.ndarray:
+        """``(classes, 2)``: voxels per label and the sum of their winning probability, over all blocks."""
+        stats = np.asarray(self.group["label_stats"][...])
+        return stats.reshape(-1, *stats.shape[-2:]).sum(axis=0)
 
     def is_complete(self) -> bool:
         """Whether every block is done."""

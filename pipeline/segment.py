@@ -28,14 +28,22 @@ from pipeline.device import select_device
 from pipeline.engine import BlockOutput, TilePredictor, infer_block
 from pipeline.errors import InputError
 from pipeline.export_cog import Georeference, export_labels_cog, export_probabilities_cog
+from pipeline.formats import (
+    InputDescription,
+    describe_input,
+    export_volume_outputs,
+    ingest_input,
+    output_format,
+)
 from pipeline.grid import Region, TileGrid
-from pipeline.ingest import ingest
 from pipeline.model_source import load_model, model_identity
 from pipeline.normalization import normalize, select_bands
 from pipeline.output_store import OutputStore, fingerprint
 from pipeline.progress import Progress
-from pipeline.raster_input import inspect_raster
+from pipeline.scene_statistics import resolve_normalization
 from pipeline.scene_store import SceneStore
+from pipeline.slicewise import SliceWiseModel, slice_align, slice_tile
+from pipeline.volume_geometry import VolumeGeometry, is_volume
 
 log = logging.getLogger("gigaseg")
 
@@ -55,6 +63,10 @@ class Job:
     store: OutputStore
     crf: CRFParams | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    normalization: dict | None = None
+    """The card's normalisation with per-scene statistics resolved (None: the card's as is)."""
+    slice_axis: int | None = None
+    """Set when a 2D model runs slice by slice over a volume."""
 
     @property
     def num_classes(self) -> int:
@@ -73,7 +85,7 @@ class Job:
 
     def normalizer(self) -> Callable[[np.ndarray], np.ndarray]:
         """The card's normalisation as a function of a raw block."""
-        return functools.partial(normalize, spec=self.card.normalization)
+        return functools.partial(normalize, spec=self.normalization or self.card.normalization)
 
 
 @dataclass
@@ -91,6 +103,10 @@ class SegmentSummary:
     tiles_run: int
     timings: dict[str, float]
     retries: int = 0
+    label_volumes_ml: dict[str, float] = field(default_factory=dict)
+    """Per label: voxels × voxel volume, in millilitres (volumes only)."""
+    label_mean_probability: dict[str, float] = field(default_factory=dict)
+    """Per label: mean winning probability over the voxels given that label."""
 
     @property
     def mpx_per_s(self) -> float:
@@ -104,9 +120,16 @@ class SegmentSummary:
         skipped = f", {self.blocks_skipped} block(s) resumed" if self.blocks_skipped else ""
         if self.retries:
             skipped += f", {self.retries} block(s) retried"
+        volumes = ""
+        if self.label_volumes_ml:
+            top_ml = sorted(self.label_volumes_ml.items(), key=lambda kv: -kv[1])[:4]
+            volumes = "; " + ", ".join(
+                f"{k} {v:.1f} mL (p̄ {self.label_mean_probability.get(k, float('nan')):.2f})"
+                for k, v in top_ml
+            )
         return (
             f"wrote {self.output}: {self.pixels / 1e6:.1f} Mpx, {len(self.class_fractions)} classes "
-            f"({classes}), {self.seconds:.1f} s, {self.mpx_per_s:.2f} Mpx/s{skipped}"
+            f"({classes}), {self.seconds:.1f} s, {self.mpx_per_s:.2f} Mpx/s{skipped}{volumes}"
         )
 
 
@@ -152,39 +175,67 @@ def crf_params_for(config: SegmentConfig, scene: SceneStore, bands: list[int]) -
 
 @dataclass
 class CheckedInput:
-    """What :func:`check_inputs` established: the raster is readable and fits the model."""
+    """What :func:`check_inputs` established: the input is readable and fits the model."""
 
     model: SegmentationModel
     card: ModelCard
     bands: list[int]
+    info: InputDescription | None
+    """The input's header (None when a worker reattaches to an ingested scene)."""
+    slice_axis: int | None = None
 
 
 def check_inputs(config: SegmentConfig) -> CheckedInput:
-    """Validate the options, open the raster's header and load the model (no data is read yet)."""
+    """Validate the options, open the input's header and load the model (no data is read yet)."""
     config.validate()
-    info = inspect_raster(config.input)
+    info = describe_input(config.input, config.spacing)
+    for out in (config.output, config.probabilities):
+        if out is not None:
+            output_format(out, info.spatial_dims)
     model, card = load_model(
         config.model,
-        in_channels=config.in_channels or len(info.bands),
+        in_channels=config.in_channels or info.num_bands,
         num_classes=config.num_classes,
         seed=config.seed,
     )
-    bands = select_bands(card.bands, len(info.bands), card.in_channels, str(config.input))
+    if info.kind == "nifti" and card.bands is None and info.num_bands != card.in_channels:
+        raise InputError(  # the channel rule, said out loud: a 4D NIfTI's 4th axis holds channels
+            f"{config.input}: has {info.num_bands} channel(s) (a NIfTI's 4th axis is read as channels) "
+            f"but the model expects {card.in_channels}"
+        )
+    bands = select_bands(card.bands, info.num_bands, card.in_channels, str(config.input))
+    default_axis = info.volume.geometry.slice_axis if info.volume is not None else 0
+    slice_axis = _slice_axis(config, info.spatial_dims, model, default_axis)
     if not model.spec.fully_convolutional:
         log.warning(
             "%s is not fully convolutional (global pooling): tiled output depends on the tile size",
             model.arch,
         )
-    return CheckedInput(model, card, bands)
+    return CheckedInput(model, card, bands, info, slice_axis)
 
 
-def ingest_scene(config: SegmentConfig) -> SceneStore:
+def _slice_axis(config: SegmentConfig, scene_dims: int, model: SegmentationModel, default: int) -> int | None:
+    """The axis a 2D model runs along over a volume (None when model and scene dims agree)."""
+    if model.spatial_dims == scene_dims:
+        if config.slice_axis is not None and scene_dims == 3:
+            raise InputError(f"--slice-axis is for 2D models over volumes; {model.arch} is 3D")
+        return None
+    if model.spatial_dims == 2 and scene_dims == 3:
+        return config.slice_axis if config.slice_axis is not None else default
+    raise InputError(
+        f"{config.input}: is a {scene_dims}D {'volume' if scene_dims == 3 else 'raster'} "
+        f"but {model.arch} is a {model.spatial_dims}D model"
+    )
+
+
+def ingest_scene(config: SegmentConfig, checked: CheckedInput) -> SceneStore:
     """Copy the input into the chunked scene store of the work folder (reused when unchanged)."""
     work = config.resolved_work_dir
     fresh = not work.exists()
     work.mkdir(parents=True, exist_ok=True)
+    chunk = config.chunk if checked.info.spatial_dims == 2 else config.volume_chunk
     try:
-        return ingest(config.input, work / "scene.zarr", chunk=config.chunk)
+        return ingest_input(checked.info, work / "scene.zarr", chunk=chunk)
     except BaseException:
         if fresh:  # nothing of this run is worth resuming: leave no trace
             shutil.rmtree(work, ignore_errors=True)
@@ -192,18 +243,35 @@ def ingest_scene(config: SegmentConfig) -> SceneStore:
 
 
 def plan_job(config: SegmentConfig, checked: CheckedInput, scene: SceneStore, create: bool = True) -> Job:
-    """Tile grid, blending window, CRF settings, blocks, and the output store.
+    """Tile grid, blending window, CRF settings, blocks, scene-wide normalisation, and the output store.
 
     ``create``: open or create the store (new or resumed run); otherwise the
     store must already exist with this configuration's fingerprint (a worker attaching).
     """
-    model, card, bands = checked.model, checked.card, checked.bands
+    model, card, bands, slice_axis = checked.model, checked.card, checked.bands, checked.slice_axis
+    volume = len(scene.spatial_shape) == 3
+    block_size = config.volume_block if volume else config.block
+    chunk = config.volume_chunk if volume else config.chunk
     tile = config.tile or card.tile_size or model.spec.default_tile
-    grid = TileGrid.create(scene.spatial_shape, tile, config.overlap, align=model.downsampling)
+    if slice_axis is None:
+        grid = TileGrid.create(scene.spatial_shape, tile, config.overlap, align=model.downsampling)
+    else:
+        grid = TileGrid.create(
+            scene.spatial_shape,
+            slice_tile(tile, slice_axis),
+            config.overlap,
+            align=slice_align(model.downsampling, slice_axis),
+        )
     window = BlendWindow(grid, config.blend, config.sigma)
     crf = crf_params_for(config, scene, bands)
     reach = crf.reach(len(scene.spatial_shape)) if crf is not None else 0
-    plan = BlockPlan.create(grid, config.block, config.chunk, reach=reach)
+    plan = BlockPlan.create(grid, block_size, chunk, reach=reach)
+    norm = resolve_normalization(
+        card.normalization,
+        functools.partial(scene.read, bands=bands),
+        scene.spatial_shape,
+        scene.chunk_shape[0],
+    )
     fp = fingerprint(
         {
             "input": scene.attrs.get("source_id"),
@@ -216,6 +284,8 @@ def plan_job(config: SegmentConfig, checked: CheckedInput, scene: SceneStore, cr
             "probabilities": config.probabilities is not None,
             "crf": repr(crf),
             "uncertainty": config.uncertainty,
+            **({"slice_axis": slice_axis} if slice_axis is not None else {}),
+            **({"tta": True} if config.tta else {}),
         }
     )
     path = config.resolved_work_dir / "output.zarr"
@@ -231,7 +301,7 @@ def plan_job(config: SegmentConfig, checked: CheckedInput, scene: SceneStore, cr
             attrs={"class_names": card.class_names},
             with_uncertainty=config.uncertainty,
         )
-    return Job(config, model, card, scene, bands, grid, window, plan, store, crf)
+    return Job(config, model, card, scene, bands, grid, window, plan, store, crf, {}, norm, slice_axis)
 
 
 def attach(config: SegmentConfig) -> Job:
@@ -253,14 +323,18 @@ def attach(config: SegmentConfig) -> Job:
         seed=config.seed,
     )
     bands = select_bands(card.bands, scene.num_bands, card.in_channels, str(config.input))
-    return plan_job(config, CheckedInput(model, card, bands), scene, create=False)
+    dims = len(scene.spatial_shape)
+    default_axis = VolumeGeometry.from_attrs(scene.attrs).slice_axis if is_volume(scene.attrs) else 0
+    slice_axis = _slice_axis(config, dims, model, default_axis)
+    checked = CheckedInput(model, card, bands, None, slice_axis)
+    return plan_job(config, checked, scene, create=False)
 
 
 def prepare(config: SegmentConfig) -> Job:
     """Validate, load the model, ingest the input and plan the blocks (no inference yet)."""
     checked = check_inputs(config)
     t0 = time.perf_counter()
-    scene = ingest_scene(config)
+    scene = ingest_scene(config, checked)
     t_ingest = time.perf_counter() - t0
     job = plan_job(config, checked, scene)
     job.timings["ingest"] = t_ingest
@@ -270,7 +344,8 @@ def prepare(config: SegmentConfig) -> Job:
 def predictor_for(job: Job, device: torch.device | None = None) -> TilePredictor:
     """A tile predictor for this job's model on the configured device."""
     device = device or select_device(job.config.device)
-    predictor = TilePredictor(job.model, device, job.config.batch_size, job.config.amp)
+    model = job.model if job.slice_axis is None else SliceWiseModel(job.model, job.slice_axis)
+    predictor = TilePredictor(model, device, job.config.batch_size, job.config.amp, tta=job.config.tta)
     predictor.fit_to_memory((len(job.bands), *job.grid.tile))
     return predictor
 
@@ -320,11 +395,22 @@ def run_blocks_in_process(job: Job, progress: Progress | None = None) -> tuple[i
 
 
 def export(job: Job) -> tuple[Path, Path | None]:
-    """Write the COG(s) of a finished store."""
+    """Write the outputs of a finished store: COG(s), NIfTI or OME-Zarr, by output name."""
     if not job.store.is_complete():
         raise RuntimeError("export called before every block is done")
     t0 = time.perf_counter()
     attrs = job.scene.attrs
+    if is_volume(attrs) or output_format(job.config.output, len(job.scene.spatial_shape)) != "cog":
+        out, probs = export_volume_outputs(
+            job.store.path,
+            job.scene,
+            job.config.output,
+            job.config.probabilities,
+            job.card.class_names,
+            job.card.class_colors,
+        )
+        job.timings["export"] = time.perf_counter() - t0
+        return out, probs
     geo = Georeference(attrs.get("crs"), attrs["transform"])
     tags = {"GIGASEG_MODEL": job.config.model, "GIGASEG_ARCH": job.card.arch}
     out = export_labels_cog(
@@ -347,6 +433,17 @@ def class_fractions(job: Job) -> tuple[dict[str, float], int]:
         ]
     total = int(counts.sum())
     return {n: float(c) / max(total, 1) for n, c in zip(job.card.class_names, counts)}, total
+
+
+def label_metrics(job: Job) -> tuple[dict[str, float], dict[str, float]]:
+    """Per label: volume in mL (volumes only; empty for rasters) and mean winning probability."""
+    stats = job.store.label_stats()
+    names = job.card.class_names
+    mean_p = {n: float(s / c) for n, (c, s) in zip(names, stats) if c > 0}
+    if not is_volume(job.scene.attrs):
+        return {}, mean_p
+    voxel_ml = VolumeGeometry.from_attrs(job.scene.attrs).voxel_volume_mm3 / 1000.0
+    return {n: float(c) * voxel_ml for n, (c, _) in zip(names, stats)}, mean_p
 
 
 BlockRunner = Callable[[Job, Progress | None], tuple[int, int]]
@@ -388,6 +485,7 @@ def summarize(
     metrics read them).
     """
     fractions, valid = class_fractions(job)
+    volumes_ml, mean_probability = label_metrics(job)
     if on_finished is not None:
         on_finished(job)
     if not job.config.keep_work:
@@ -404,6 +502,8 @@ def summarize(
         int(job.timings.get("tiles", 0)),
         job.timings,
         counts[2],
+        volumes_ml,
+        mean_probability,
     )
 
 
