@@ -30,14 +30,15 @@ class TrackedSegment:
 
     summary: SegmentSummary
     run_id: str
-    table: RegionTable
-    regions_csv: Path
-    regions_geojson: Path
+    table: RegionTable | None
+    """None for volumes (their run records per-label volumes instead)."""
+    regions_csv: Path | None
+    regions_geojson: Path | None
 
     @property
     def scene(self) -> dict[str, Any]:
         """Whole-scene statistics (accuracy, mIoU, … when labels were given)."""
-        return self.table.scene_row()
+        return self.table.scene_row() if self.table is not None else {}
 
 
 def region_paths(output: Path) -> tuple[Path, Path]:
@@ -97,8 +98,14 @@ def track_segment_run(
     found: dict[str, Any] = {}
 
     def on_finished(job: Job) -> None:
+        from pipeline.formats import output_format
         from pipeline.raster_input import inspect_raster
+        from pipeline.volume_geometry import is_volume
 
+        found["card"] = job.card
+        dims = len(job.scene.spatial_shape)
+        if is_volume(job.scene.attrs) or output_format(job.config.output, dims) != "cog":
+            return  # per-region tables are for 2D GeoTIFF outputs; a volume's run records per-label mL
         t0 = time.perf_counter()
         found["table"] = compute_region_table(
             job.store,
@@ -122,7 +129,7 @@ def track_segment_run(
         params.pop("extra", None)
         mlflow.log_params(tracking.flat_params({**params, "labels": labels, "regions": regions}))
         summary = run(config, on_finished=on_finished)
-        table: RegionTable = found["table"]
+        table: RegionTable | None = found.get("table")
         card = found["card"]
         metrics = {
             "seconds": summary.seconds,
@@ -134,6 +141,13 @@ def track_segment_run(
             "tiles_run": summary.tiles_run,
             **{f"time_{k}": float(v) for k, v in summary.timings.items() if k != "tiles"},
         }
+        for label, ml in summary.label_volumes_ml.items():
+            metrics[tracking.metric_key(f"volume_ml_{label}")] = ml
+        for label, p in summary.label_mean_probability.items():
+            metrics[tracking.metric_key(f"mean_probability_{label}")] = p
+        if table is None:
+            mlflow.log_metrics(metrics)
+            return TrackedSegment(summary, r.info.run_id, None, None, None)
         metrics |= _scalar_metrics("scene_", table.scene_row())
         mlflow.log_metrics(metrics)
         table.write_csv(csv_path)
