@@ -150,11 +150,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smaller scenes (smoke test of the bench)")
     p.add_argument("--large-side", type=int, default=32768, help="side of the large memory scene")
     p.add_argument("--no-record", action="store_true", help="do not update bench/RESULTS.md")
+    p.add_argument("--memory-only", action="store_true", help="only the peak-memory comparison")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="gigaseg-bench-"))
     rows: list[str] = []
 
-    # 1. Overhead with a compute-heavy model.
+    if not args.memory_only:
+        overhead_and_io_rows(args, tmp, rows)
+    memory_rows(args, tmp, rows)
+    header = ["| measurement | numbers | ratio |", "|---|---|---|"]
+    table = "\n".join(header + rows)
+    print(table)
+    if not args.no_record:
+        cmd = (
+            "python -m bench.engine_bench"
+            + (" --quick" if args.quick else "")
+            + (" --memory-only" if args.memory_only else "")
+            + (f" --large-side {args.large_side}" if args.large_side != 32768 else "")
+        )
+        write_section(
+            "Core engine: memory" if args.memory_only else "Core engine",
+            f"Command: `{cmd}`  \nDate: {dt.date.today()}  \nMachine: {platform.machine()}, "
+            f"{os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}\n\n{table}\n",
+        )
+    return 0
+
+
+def overhead_and_io_rows(args: argparse.Namespace, tmp: Path, rows: list[str]) -> None:
+    """1. overhead with a compute-heavy model; 2. I/O-bound throughput against a plain copy."""
     side = 1024 if args.quick else 2048
     cfg = {"width": 32, "depth": 4}
     scene = write_scene(tmp / "rgb.tif", 3, side)
@@ -219,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         f"**{cp / io_s:.2f}** of the copy's speed |"
     )
 
-    # 3. Peak memory: 16 Mpx vs a large scene, same settings.
+
+def memory_rows(args: argparse.Namespace, tmp: Path, rows: list[str]) -> None:
+    """3. Peak memory: 16 Mpx vs a large scene, same settings."""
     mem = {}
     for label, s in (("16 Mpx", 4096), (f"{args.large_side**2 / 1e9:.2f} Gpx", args.large_side)):
         if args.quick and s > 4096:
@@ -249,22 +274,6 @@ def main(argv: list[str] | None = None) -> int:
         f"{large_label}: {large_rss / 2**20:.0f} MiB ({large_s:.0f} s) | "
         f"**{large_rss / small_rss:.2f}×** (target ≤ 1.25) |"
     )
-
-    header = ["| measurement | numbers | ratio |", "|---|---|---|"]
-    table = "\n".join(header + rows)
-    print(table)
-    if not args.no_record:
-        cmd = (
-            "python -m bench.engine_bench"
-            + (" --quick" if args.quick else "")
-            + (f" --large-side {args.large_side}" if args.large_side != 32768 else "")
-        )
-        write_section(
-            "Core engine",
-            f"Command: `{cmd}`  \nDate: {dt.date.today()}  \nMachine: {platform.machine()}, "
-            f"{os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}\n\n{table}\n",
-        )
-    return 0
 
 
 if __name__ == "__main__":

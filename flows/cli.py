@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -481,6 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gigaseg`` console script."""
     _log_warnings_as_one_line()
+    # GDAL's block cache defaults to 5% of RAM and grows with the file: bound it so memory stays flat
+    os.environ.setdefault("GDAL_CACHEMAX", "256")
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
