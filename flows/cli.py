@@ -95,7 +95,7 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers",
         type=int,
-        help="Ray actors (default: one per GPU, else one CPU actor per 4 cores; "
+        help="Ray actors (default: one per GPU, else one single-threaded CPU actor per core; "
         "env GIGASEG_WORKERS); 0 runs in this process without Ray",
     )
     p.add_argument(

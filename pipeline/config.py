@@ -60,7 +60,7 @@ class SegmentConfig:
     uncertainty: bool = False
     """Keep per-pixel confidence and entropy in the output store (for per-region metrics)."""
     workers: int | None = None
-    """Ray actors: None = one per GPU (else one CPU actor per 4 cores); 0 = run in this process."""
+    """Ray actors: None = one per GPU (else one 1-thread CPU actor per core); 0 = in this process."""
     ray_address: str | None = None
     """Ray cluster to join (else ``RAY_ADDRESS``, else a running local cluster, else a new local one)."""
     spacing: tuple[float, ...] | None = None

@@ -50,8 +50,10 @@ IN_FLIGHT_PER_ACTOR = 2
 """Blocks handed to one actor at a time: one computing, one reading ahead."""
 MAX_ATTEMPTS = 3
 """Times a block may lose its worker before the run gives up on it."""
-CORES_PER_CPU_ACTOR = 4
-"""Default CPU pool: one actor per this many cores (each using that many torch threads)."""
+CORES_PER_CPU_ACTOR = 1
+"""Default CPU pool: one actor per this many cores, each with that many torch threads. Measured on
+2 cores (bench/RESULTS.md): two 1-thread actors match the in-process engine; one 2-thread actor
+is 1.7× slower."""
 MAX_RESTARTS = 4
 STALL_TIMEOUT_S = 600.0
 """With no worker alive and nothing in flight for this long, the run fails."""
