@@ -35,6 +35,7 @@ from pipeline.segment import (
     plan_job,
     summarize,
 )
+from pipeline.segment_tracking import check_reference_files
 
 WORKERS_ENV = "GIGASEG_WORKERS"
 """Default for ``--workers`` when neither the option nor the config sets it."""
@@ -153,9 +154,7 @@ def segment_scene(
     """Run the flow; bad options fail here, before Prefect starts anything."""
     if not track and (labels is not None or regions is not None):
         raise InputError("--labels and --regions need tracking (drop --no-track)")
-    for path, what in ((labels, "--labels"), (regions, "--regions")):
-        if path is not None and not os.path.isfile(path):
-            raise InputError(f"{path}: no such file ({what})")
+    check_reference_files(labels, regions)
     config.validate()
     return segment_scene_flow(
         config,

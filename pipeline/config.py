@@ -147,6 +147,12 @@ class SegmentConfig:
         if self.probabilities is not None and self.probabilities.resolve() == self.output.resolve():
             raise InputError(f"{self.probabilities}: same path as the labels output")
 
+    def block_and_chunk(self, spatial_dims: int) -> tuple[int, int]:
+        """Output block and store chunk sides: ``block``/``chunk`` for rasters, ``volume_*`` for volumes."""
+        if spatial_dims == 3:
+            return self.volume_block, self.volume_chunk
+        return self.block, self.chunk
+
     @property
     def resolved_work_dir(self) -> Path:
         """Where the scene and output stores live while the job runs (and for resuming)."""

@@ -233,7 +233,7 @@ def ingest_scene(config: SegmentConfig, checked: CheckedInput) -> SceneStore:
     work = config.resolved_work_dir
     fresh = not work.exists()
     work.mkdir(parents=True, exist_ok=True)
-    chunk = config.chunk if checked.info.spatial_dims == 2 else config.volume_chunk
+    _, chunk = config.block_and_chunk(checked.info.spatial_dims)
     try:
         return ingest_input(checked.info, work / "scene.zarr", chunk=chunk)
     except BaseException:
@@ -249,9 +249,7 @@ def plan_job(config: SegmentConfig, checked: CheckedInput, scene: SceneStore, cr
     store must already exist with this configuration's fingerprint (a worker attaching).
     """
     model, card, bands, slice_axis = checked.model, checked.card, checked.bands, checked.slice_axis
-    volume = len(scene.spatial_shape) == 3
-    block_size = config.volume_block if volume else config.block
-    chunk = config.volume_chunk if volume else config.chunk
+    block_size, chunk = config.block_and_chunk(len(scene.spatial_shape))
     tile = config.tile or card.tile_size or model.spec.default_tile
     if slice_axis is None:
         grid = TileGrid.create(scene.spatial_shape, tile, config.overlap, align=model.downsampling)

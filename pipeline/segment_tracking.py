@@ -70,6 +70,15 @@ def _scalar_metrics(prefix: str, row: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def check_reference_files(
+    labels: str | os.PathLike[str] | None, regions: str | os.PathLike[str] | None
+) -> None:
+    """``--labels`` and ``--regions`` must be existing files (checked before any work starts)."""
+    for path, what in ((labels, "--labels"), (regions, "--regions")):
+        if path is not None and not Path(path).is_file():
+            raise InputError(f"{path}: no such file ({what})")
+
+
 def track_segment_run(
     config: SegmentConfig,
     labels: str | os.PathLike[str] | None = None,
@@ -85,9 +94,7 @@ def track_segment_run(
     ``run`` is the segmentation entry point (in-process :func:`segment` by
     default; any callable with its signature, e.g. a Ray executor's).
     """
-    for path, what in ((labels, "--labels"), (regions, "--regions")):
-        if path is not None and not Path(path).is_file():
-            raise InputError(f"{path}: no such file ({what})")
+    check_reference_files(labels, regions)
     csv_path, geojson_path = region_paths(config.output)
     for out in (csv_path, geojson_path):
         if out.exists() and not config.overwrite:

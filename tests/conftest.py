@@ -50,8 +50,6 @@ def prefect_api() -> Iterator[str]:
 @pytest.fixture(scope="session", autouse=True)
 def _mlflow_store(tmp_path_factory: pytest.TempPathFactory):
     """Every test session tracks into its own SQLite MLflow store, never the checkout's ``mlflow.db``."""
-    import os
-
     folder = tmp_path_factory.mktemp("mlflow")
     old = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
