@@ -34,9 +34,11 @@ class Progress:
         self.tiles = 0
         self.retries = 0
         self.started = time.perf_counter()
+        self._total_pixels = total_pixels
+        self._done_pixels = min(done_pixels, total_pixels)
         self._bar = tqdm(
-            total=round(total_pixels / 1e6, 3),
-            initial=round(done_pixels / 1e6, 3),
+            total=total_pixels / 1e6,
+            initial=min(done_pixels, total_pixels) / 1e6,
             unit="Mpx",
             desc=desc,
             file=stream,
@@ -61,7 +63,9 @@ class Progress:
         """Note one finished block of ``pixels`` pixels."""
         self.blocks += 1
         self._refresh()
-        self._bar.update(round(pixels / 1e6, 6))
+        # Exact pixel count, so rounding never carries the bar past its total.
+        self._done_pixels = min(self._done_pixels + pixels, self._total_pixels)
+        self._bar.update(self._done_pixels / 1e6 - self._bar.n)
 
     def retry(self, what: str) -> None:
         """Note a retried block (shown in the bar and written as a line)."""
