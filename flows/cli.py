@@ -12,8 +12,11 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+
+from rasterio.errors import NotGeoreferencedWarning
 
 from pipeline.errors import InputError
 
@@ -482,6 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gigaseg`` console script."""
     _log_warnings_as_one_line()
+    # Said once, in one line, by check_inputs; rasterio would repeat it at every open.
+    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
     # GDAL's block cache defaults to 5% of RAM and grows with the file: bound it so memory stays flat
     os.environ.setdefault("GDAL_CACHEMAX", "256")
     args = build_parser().parse_args(argv)

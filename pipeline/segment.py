@@ -206,6 +206,8 @@ def check_inputs(config: SegmentConfig) -> CheckedInput:
     bands = select_bands(card.bands, info.num_bands, card.in_channels, str(config.input))
     default_axis = info.volume.geometry.slice_axis if info.volume is not None else 0
     slice_axis = _slice_axis(config, info.spatial_dims, model, default_axis)
+    if info.raster is not None and not info.raster.georeferenced:
+        log.warning("%s: not georeferenced; the output has pixel coordinates only", config.input)
     if not model.spec.fully_convolutional:
         log.warning(
             "%s is not fully convolutional (global pooling): tiled output depends on the tile size",

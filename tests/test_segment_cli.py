@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
+from rasterio.errors import NotGeoreferencedWarning
 from rio_cogeo.cogeo import cog_validate
 
 from flows.cli import main
@@ -122,3 +125,30 @@ def test_other_blend_modes_produce_valid_output(small_scene, tiny_checkpoint, tm
     out = tmp_path / f"{blend}.tif"
     assert _segment(small_scene, str(tiny_checkpoint), out, "--blend", blend, "--overlap", "0.5") == 0
     assert cog_validate(str(out), strict=True)[0]
+
+
+def test_image_without_georeferencing_is_segmented_with_one_warning_line(tmp_path):
+    scene = tmp_path / "photo.png"
+    rng = np.random.default_rng(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(scene, "w", driver="PNG", width=300, height=200, count=3, dtype="uint8") as dst:
+            dst.write((rng.random((3, 200, 300)) * 255).astype(np.uint8))
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("gigaseg")
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = tmp_path / "photo.labels.tif"
+            assert _segment(scene, "arch:conv1x1", out, "--num-classes", "2") == 0
+    finally:
+        logger.removeHandler(handler)
+    assert [line for line in lines if "not georeferenced" in line] == [
+        f"{scene}: not georeferenced; the output has pixel coordinates only"
+    ]
+    assert not [w for w in caught if issubclass(w.category, NotGeoreferencedWarning)]
+    with rasterio.open(out) as dst:
+        assert (dst.width, dst.height) == (300, 200) and dst.crs is None
