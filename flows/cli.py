@@ -138,10 +138,16 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _engine_options_given(args: argparse.Namespace) -> dict[str, object]:
+    """Engine options that differ from their defaults: all a watch passes on (defaults stay in one place)."""
+    reference = argparse.ArgumentParser(add_help=False)
+    add_engine_arguments(reference)
+    return {n: getattr(args, n) for n in ENGINE_OPTIONS if getattr(args, n) != reference.get_default(n)}
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     """Segment new imagery once (``--once``) or serve the scan on a schedule."""
-    defaults = build_parser().parse_args(["watch", "in", "--output-dir", "out", "-m", "x"])
-    options = {n: getattr(args, n) for n in ENGINE_OPTIONS if getattr(args, n) != getattr(defaults, n)}
+    options = _engine_options_given(args)
     from flows.watch_imagery import check_watch_arguments, process_new_imagery, segment_options
 
     check_watch_arguments(args.input, args.output_dir, args.model, segment_options(options))
