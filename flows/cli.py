@@ -221,6 +221,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         amp=args.amp,
         backbone_weights=None if args.backbone_weights is None else str(args.backbone_weights),
+        normalization=args.normalization,
     )
     report = train_model(
         [str(i) for i in args.images],
@@ -234,6 +235,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         work_dir=args.work_dir,
         output=args.output,
         register=args.model_name is not None,
+        spacing=args.spacing,
         log=None if args.quiet else (lambda m: _say(False, f"train: {m}")),
     )
     best = report.outcome.best
@@ -415,9 +417,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_sample_scene)
 
-    p = sub.add_parser("train", help="fit a registered network on labelled rasters; register it in MLflow")
-    p.add_argument("images", nargs="+", help="image rasters (a band stack as a.tif,b.tif,…)")
-    p.add_argument("--labels", required=True, nargs="+", type=Path, help="one label raster per image")
+    p = sub.add_parser(
+        "train", help="fit a registered network on labelled rasters or volumes; register it in MLflow"
+    )
+    p.add_argument(
+        "images",
+        nargs="+",
+        help="image rasters (a band stack as a.tif,b.tif,…) or volumes (NIfTI, DICOM folder, OME-Zarr, "
+        "TIFF stack with --spacing) for a 3D network",
+    )
+    p.add_argument("--labels", required=True, nargs="+", type=Path, help="one label image per image")
     p.add_argument("--model-name", help="register the result as a new version of this MLflow model")
     p.add_argument("-o", "--output", type=Path, help="also write the checkpoint here")
     p.add_argument("--arch", default="unet", help="registered architecture (gigaseg models)")
@@ -439,7 +448,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--balanced", action="store_true", help="class-balanced tile sampling")
     p.add_argument("--jitter", type=float, default=0.1, help="intensity jitter (gain, offset)")
     p.add_argument("--patience", type=int, default=5, help="early stopping: epochs without improvement")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="right-most columns held out")
+    p.add_argument(
+        "--normalization",
+        default="dataset",
+        help="dataset (training mean/std, default), zscore or percentile (per scene: MR, EM), "
+        "or window:LOW,HIGH (fixed, e.g. a CT window in HU)",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="last part of the last axis held out (a raster's right-most columns, a volume's last x-planes)",
+    )
+    p.add_argument("--spacing", help="voxel size Z,Y,X in mm (or one number) for TIFF stacks")
     p.add_argument("--val-image", help="separate validation image (instead of --val-fraction)")
     p.add_argument("--val-labels", help="labels of --val-image")
     p.add_argument("--classes", help="class names, comma-separated (default: the label raster's tags)")

@@ -17,6 +17,7 @@ from pipeline import tracking
 from pipeline.errors import InputError
 from pipeline.model_versions import ModelVersion, register_version
 from pipeline.preview import compose_preview
+from pipeline.tiff_stack_input import parse_spacing
 from pipeline.trainer import TrainOutcome, TrainSettings, fit
 from pipeline.training_data import open_pair, scan_classes
 
@@ -45,8 +46,12 @@ def train_model(
     output: str | Path | None = None,
     register: bool = True,
     log: Callable[[str], None] | None = None,
+    spacing: str | Sequence[float] | None = None,
 ) -> TrainReport:
-    """Train on ``images``/``labels`` pairs, log the run, register ``model_name`` (new version)."""
+    """Train on ``images``/``labels`` pairs (rasters or volumes), log the run, register ``model_name``.
+
+    ``spacing``: voxel size (Z,Y,X mm) when the images are TIFF stacks read as volumes.
+    """
     if len(images) != len(labels):
         raise InputError(
             f"{len(images)} image(s) but {len(labels)} label raster(s): give one label per image"
@@ -56,16 +61,19 @@ def train_model(
     if not 0 <= val_fraction < 1:
         raise InputError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     settings.validate()
+    spacing = parse_spacing(spacing)
     work = Path(work_dir) if work_dir else Path(".gigaseg") / "train" / model_name
     work.mkdir(parents=True, exist_ok=True)
     hold = 0.0 if val_image else val_fraction
     scenes, tagged = [], None
     for img, lab in zip(images, labels):
-        scene, names = open_pair(img, lab, work / "stores", hold)
+        scene, names = open_pair(img, lab, work / "stores", hold, spacing=spacing)
         scenes.append(scene)
         tagged = tagged or names
     if val_image:
-        scenes.append(open_pair(val_image, val_labels, work / "stores", 0.0, validation_only=True)[0])
+        scenes.append(
+            open_pair(val_image, val_labels, work / "stores", 0.0, validation_only=True, spacing=spacing)[0]
+        )
     num_classes = max(scan_classes(scenes), len(class_names or tagged or []))
     names = list(class_names or tagged or [f"class_{i}" for i in range(num_classes)])
     if len(names) < num_classes:

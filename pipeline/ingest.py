@@ -22,7 +22,6 @@ import dask
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
-from pipeline.errors import InputError
 from pipeline.raster_input import RasterInfo, inspect_raster, read_window
 from pipeline.scene_store import SceneStore, SceneStoreWriter
 
@@ -105,16 +104,3 @@ def _copy_windows(
     if on_progress is not None:
         on_progress((rows[1] - rows[0]) * (cols[1] - cols[0]))
 
-
-def ingest(
-    path: str | os.PathLike[str],
-    store_path: str | os.PathLike[str],
-    chunk: int = DEFAULT_CHUNK,
-    workers: int | None = None,
-    on_progress: Callable[[int], None] | None = None,
-) -> SceneStore:
-    """Ingest any supported input, picking the reader from the path."""
-    path = Path(path)
-    if path.suffix.lower() == ".zarr" and path.is_dir():
-        raise InputError(f"{path}: Zarr input is not supported yet")
-    return ingest_raster(path, store_path, chunk=chunk, workers=workers, on_progress=on_progress)

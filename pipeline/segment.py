@@ -126,10 +126,12 @@ class SegmentSummary:
             volumes = "; " + ", ".join(
                 f"{k} {v:.1f} mL (p̄ {self.label_mean_probability.get(k, float('nan')):.2f})"
                 for k, v in top_ml
+                if v > 0
             )
+        unit = "Mvox" if self.label_volumes_ml else "Mpx"
         return (
-            f"wrote {self.output}: {self.pixels / 1e6:.1f} Mpx, {len(self.class_fractions)} classes "
-            f"({classes}), {self.seconds:.1f} s, {self.mpx_per_s:.2f} Mpx/s{skipped}{volumes}"
+            f"wrote {self.output}: {self.pixels / 1e6:.1f} {unit}, {len(self.class_fractions)} classes "
+            f"({classes}), {self.seconds:.1f} s, {self.mpx_per_s:.2f} {unit}/s{skipped}{volumes}"
         )
 
 

@@ -1,8 +1,10 @@
 """Fit any registered architecture on labelled scenes: epochs, validation, early stopping, resuming.
 
-Each epoch draws ``steps_per_epoch`` batches of tiles (:class:`TileSampler`,
+Rasters train 2D networks, volumes 3D networks, with the same loop. Each epoch
+draws ``steps_per_epoch`` batches of tiles or patches (:class:`TileSampler`,
 optionally class-balanced), normalised with per-band statistics of the training
-pixels, augmented (90° rotations, flips, intensity jitter), and minimises
+pixels (or per scene: ``--normalization zscore|percentile``, or a fixed window),
+augmented (90° rotations, flips, intensity jitter), and minimises
 cross-entropy and/or Dice (plus auxiliary heads where the network has them).
 After each epoch the held-out regions are predicted whole (window by window)
 for a confusion matrix, per-class IoU and Dice. The best epoch's weights are
@@ -36,6 +38,7 @@ from pipeline.losses import LOSSES, segmentation_loss
 from pipeline.metrics import confusion, dice_per_class, iou_per_class, nanmean
 from pipeline.normalization import normalize
 from pipeline.output_store import fingerprint
+from pipeline.scene_statistics import resolve_normalization
 from pipeline.training_data import (
     IGNORE,
     LabelledScene,
@@ -43,6 +46,7 @@ from pipeline.training_data import (
     augment,
     band_statistics,
     region_windows,
+    window_side,
 )
 
 
@@ -81,6 +85,10 @@ class TrainSettings:
     amp: bool = False
     backbone_weights: str | None = None
     """Pretrained encoder weights (e.g. ImageNet) to start from, as the papers do."""
+    normalization: str = "dataset"
+    """Input intensities: ``dataset`` (mean/std of the training data, fixed in the card), ``zscore``
+    or ``percentile`` (per scene, resolved on each scene at training and at inference: MR, EM),
+    or ``window:LOW,HIGH`` (a fixed window such as a CT window in HU)."""
 
     def validate(self) -> None:
         """Raise :class:`InputError` naming the first bad option."""
@@ -92,6 +100,27 @@ class TrainSettings:
                 raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if not self.lr > 0:
             raise InputError(f"--lr must be > 0, got {self.lr}")
+        normalization_spec(self.normalization, 1)
+
+
+def normalization_spec(option: str, bands: int) -> dict[str, Any] | None:
+    """The card's normalisation for a ``--normalization`` option (None: computed from the data)."""
+    if option == "dataset":
+        return None
+    if option == "zscore":
+        return {"kind": "zscore"}
+    if option == "percentile":
+        return {"kind": "percentile", "lower": 0.5, "upper": 99.5}
+    if option.startswith("window:"):
+        try:
+            low, high = (float(v) for v in option.removeprefix("window:").split(","))
+        except ValueError:
+            low = high = float("nan")
+        if low < high:
+            return {"kind": "window", "low": [low] * bands, "high": [high] * bands}
+    raise InputError(
+        f"--normalization must be dataset, zscore, percentile or window:LOW,HIGH (LOW < HIGH), got {option!r}"
+    )
 
 
 def get_spec_or_fail(arch: str):  # -> ArchSpec
@@ -152,11 +181,12 @@ def predict_region(
     region,
     norm: dict[str, Any],
     device: torch.device,
-    window: int = 512,
+    window: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Predicted classes of ``region`` (window by window), with the raw image and the labels."""
-    (r0, r1), (c0, c1) = region
-    pred = np.full((r1 - r0, c1 - c0), IGNORE, dtype=np.int64)
+    window = window or window_side(len(region))
+    shape = tuple(b - a for a, b in region)
+    pred = np.full(shape, IGNORE, dtype=np.int64)
     labels = np.full_like(pred, IGNORE)
     raw_all = None
     model.eval()
@@ -167,26 +197,32 @@ def predict_region(
             x[:, ~valid] = 0.0
             logits = model(torch.from_numpy(x)[None].to(device))
             logits = logits["out"] if isinstance(logits, dict) else logits
-            sl = (slice(win[0][0] - r0, win[0][1] - r0), slice(win[1][0] - c0, win[1][1] - c0))
+            sl = tuple(slice(w0 - r0, w1 - r0) for (w0, w1), (r0, _) in zip(win, region))
             pred[sl] = logits[0].argmax(0).cpu().numpy()
             labels[sl] = lab
             if raw_all is None:
-                raw_all = np.zeros((raw.shape[0], r1 - r0, c1 - c0), dtype=np.float32)
+                raw_all = np.zeros((raw.shape[0], *shape), dtype=np.float32)
             raw_all[(slice(None), *sl)] = raw
     pred[labels == IGNORE] = IGNORE
     return pred, labels, raw_all
 
 
-def _validate(model, scenes, norm, num_classes, device) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def _validate(model, scenes, norms, num_classes, device) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Confusion over the held-out parts, and a 2D preview (a volume's middle slice)."""
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
     preview: dict[str, np.ndarray] = {}
-    for s in scenes:
+    for s, norm in zip(scenes, norms):
         if s.val is None:
             continue
         pred, labels, raw = predict_region(model, s, s.val, norm, device)
         cm += confusion(pred, labels, num_classes)
         if not preview:
-            preview = {"image": raw, "labels": labels, "prediction": pred}
+            middle = (pred.shape[0] // 2,) if pred.ndim == 3 else ()
+            preview = {
+                "image": raw[(slice(None), *middle)],
+                "labels": labels[middle],
+                "prediction": pred[middle],
+            }
     return cm, preview
 
 
@@ -232,12 +268,28 @@ def fit(
     if len(bands) != 1:
         raise InputError(f"training images have different band counts {sorted(bands)}")
     in_channels = bands.pop()
+    dims = {len(s.image.spatial_shape) for s in scenes}
+    if len(dims) != 1:
+        raise InputError("training images mix rasters (2D) and volumes (3D)")
+    spatial_dims = dims.pop()
+    spec = get_spec_or_fail(settings.arch)
+    if spec.spatial_dims != spatial_dims:
+        raise InputError(
+            f"--arch {settings.arch} is a {spec.spatial_dims}D network but the training images are "
+            f"{spatial_dims}D (gigaseg models lists each architecture's dimensions)"
+        )
     device = select_device(settings.device)
     amp = autocast_dtype(device) if settings.amp else None
 
     sampler = TileSampler(scenes, settings.tile, num_classes, settings.balanced)
-    mean, std = band_statistics(scenes)
-    norm = {"kind": "meanstd", "mean": mean, "std": std}
+    norm = normalization_spec(settings.normalization, in_channels)
+    if norm is None:
+        mean, std = band_statistics(scenes)
+        norm = {"kind": "meanstd", "mean": mean, "std": std}
+    norms = [
+        resolve_normalization(norm, s.image.read, s.image.spatial_shape, s.image.chunk_shape[0])
+        for s in scenes
+    ]
     torch.manual_seed(settings.seed)
     model = build(settings.arch, in_channels=in_channels, num_classes=num_classes, **settings.arch_config)
     if settings.backbone_weights is not None:
@@ -281,7 +333,7 @@ def fit(
             class_colors=colors,
             bands=None,
             normalization=norm,
-            tile_size=max(256, settings.tile),
+            tile_size=max(256 if spatial_dims == 2 else 64, settings.tile),
             training={
                 "settings": asdict(settings),
                 "images": [s.name for s in scenes],
@@ -306,8 +358,8 @@ def fit(
         for _ in range(settings.steps_per_epoch):
             xs, ys = [], []
             for _ in range(settings.batch_size):
-                raw, valid, lab = sampler.sample(rng)
-                x = normalize(raw, norm)
+                i, raw, valid, lab = sampler.draw(rng)
+                x = normalize(raw, norms[i])
                 x[:, ~valid] = 0.0
                 x, lab = augment(x, lab, rng, settings.jitter)
                 xs.append(x)
@@ -325,7 +377,7 @@ def fit(
             opt.step()
             sched.step()
             losses.append(float(loss.detach()))
-        cm, _ = _validate(model, scenes, norm, num_classes, device)
+        cm, _ = _validate(model, scenes, norms, num_classes, device)
         result = EpochResult(
             epoch,
             float(np.mean(losses)),
@@ -371,7 +423,7 @@ def fit(
 
     model.load_state_dict(best_state)
     model.to("cpu").eval()
-    cm, preview = _validate(model, scenes, norm, num_classes, torch.device("cpu"))
+    cm, preview = _validate(model, scenes, norms, num_classes, torch.device("cpu"))
     return TrainOutcome(
         model,
         card_for_model(),

@@ -1,7 +1,9 @@
 """Labelled scenes for training: image + label stores, held-out regions, tile sampling, augmentation.
 
-Images and labels are ingested into scene stores (Zarr, chunked) and tiles are
-read from there, so a training raster need not fit in memory. Label pixels
+Images and labels — rasters or volumes, any format ``gigaseg segment`` reads —
+are ingested into scene stores (Zarr, chunked) by the same readers inference
+uses, and tiles (2D) or patches (3D) are read from there, so a training scene
+need not fit in memory. Label pixels
 that are nodata in the label raster, or whose image pixel is nodata, are
 ``IGNORE`` and never reach a loss or a metric.
 """
@@ -9,8 +11,11 @@ that are nodata in the label raster, or whose image pixel is nodata, are
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +24,8 @@ import rasterio
 
 from pipeline.band_stack import check_same_grid, resolve_image
 from pipeline.errors import InputError
+from pipeline.formats import InputDescription, describe_input, ingest_input
 from pipeline.grid import Region
-from pipeline.ingest import ingest
-from pipeline.raster_input import inspect_raster
 from pipeline.scene_store import SceneStore
 
 IGNORE = -1
@@ -51,10 +55,25 @@ class LabelledScene:
         return self.read(region)[2]
 
 
-def _label_names(path: Path) -> list[str] | None:
-    with rasterio.open(path) as src:
+def _label_names(description: InputDescription) -> list[str] | None:
+    if description.raster is None:
+        return None
+    with rasterio.open(description.path) as src:
         tags = src.tags(1)
     return json.loads(tags["CLASS_NAMES"]) if "CLASS_NAMES" in tags else None
+
+
+def _check_same_voxel_grid(image: InputDescription, labels: InputDescription) -> None:
+    assert image.volume is not None and labels.volume is not None
+    if image.volume.shape != labels.volume.shape:
+        raise InputError(
+            f"{labels.path}: {'×'.join(map(str, labels.volume.shape))} voxels, but {image.path} has "
+            f"{'×'.join(map(str, image.volume.shape))}: not the same grid"
+        )
+    a, b = image.volume.geometry.affine, labels.volume.geometry.affine
+    voxel = max(min(image.volume.geometry.spacing), 1e-9)
+    if not np.allclose(a, b, rtol=0, atol=1e-3 * voxel):
+        raise InputError(f"{labels.path}: voxel-to-world affine differs from {image.path}'s")
 
 
 def open_pair(
@@ -62,43 +81,69 @@ def open_pair(
     label_path: str | os.PathLike[str],
     work: str | os.PathLike[str],
     val_fraction: float,
-    chunk: int = 256,
+    chunk: int | None = None,
     validation_only: bool = False,
+    spacing: Sequence[float] | None = None,
 ) -> tuple[LabelledScene, list[str] | None]:
-    """Ingest a pair (image may be a band stack ``a.tif,b.tif``), holding out the right-most columns.
+    """Ingest an image + label pair (raster, band stack ``a.tif,b.tif`` or volume), holding out the end.
 
+    The held-out part is the last ``val_fraction`` of the last axis: the
+    right-most columns of a raster, the last x-planes of a volume.
     ``validation_only``: the whole pair is held out (a separate validation scene).
+    ``spacing``: voxel size for TIFF stacks, as ``gigaseg segment --spacing``.
     Returns the scene and the class names tagged in the label raster (if any).
     """
     work = Path(work)
-    image_path = resolve_image(image_spec, work / "stacks")
-    img_info = inspect_raster(image_path)
-    lab_info = inspect_raster(label_path)
-    if len(lab_info.bands) != 1:
-        raise InputError(f"{label_path}: a label raster has one band, this has {len(lab_info.bands)}")
-    check_same_grid(img_info, lab_info)
-    key = hashlib.blake2b(f"{image_path.resolve()}|{Path(label_path).resolve()}".encode(), digest_size=6)
-    image = ingest(image_path, work / f"image-{key.hexdigest()}.zarr", chunk=chunk)
-    labels = ingest(label_path, work / f"labels-{key.hexdigest()}.zarr", chunk=chunk)
-    h, w = image.spatial_shape
-    if validation_only:
-        train, val = None, ((0, h), (0, w))
-    elif val_fraction > 0:
-        split = round(w * (1 - val_fraction))
-        train, val = ((0, h), (0, split)), ((0, h), (split, w))
+    image_desc = describe_input(resolve_image(image_spec, work / "stacks"), spacing)
+    label_desc = describe_input(label_path, spacing)
+    if label_desc.num_bands != 1:
+        raise InputError(f"{label_path}: a label image has one band, this has {label_desc.num_bands}")
+    if label_desc.spatial_dims != image_desc.spatial_dims:
+        raise InputError(
+            f"{label_path}: {label_desc.spatial_dims}D labels for the {image_desc.spatial_dims}D image "
+            f"{image_desc.path}"
+        )
+    if image_desc.raster is not None and label_desc.raster is not None:
+        check_same_grid(image_desc.raster, label_desc.raster)
     else:
-        train, val = ((0, h), (0, w)), None
-    return LabelledScene(str(image_spec), image, labels, train, val), _label_names(Path(label_path))
+        _check_same_voxel_grid(image_desc, label_desc)
+    chunk = chunk or (256 if image_desc.spatial_dims == 2 else 64)
+    key = hashlib.blake2b(
+        f"{image_desc.path.resolve()}|{Path(label_path).resolve()}".encode(), digest_size=6
+    ).hexdigest()
+    image = ingest_input(image_desc, work / f"image-{key}.zarr", chunk)
+    labels = ingest_input(label_desc, work / f"labels-{key}.zarr", chunk)
+    whole = tuple((0, n) for n in image.spatial_shape)
+    last = image.spatial_shape[-1]
+    if validation_only:
+        train, val = None, whole
+    elif val_fraction > 0:
+        split = round(last * (1 - val_fraction))
+        if not 0 < split < last:
+            raise InputError(
+                f"{image_spec}: --val-fraction {val_fraction} leaves nothing to train on or to hold out "
+                f"along its last axis of {last}"
+            )
+        train, val = (*whole[:-1], (0, split)), (*whole[:-1], (split, last))
+    else:
+        train, val = whole, None
+    return LabelledScene(str(image_spec), image, labels, train, val), _label_names(label_desc)
 
 
 def region_windows(region: Region, size: int) -> list[Region]:
-    """``region`` cut into windows of at most ``size`` pixels per side."""
-    (r0, r1), (c0, c1) = region
-    return [
-        ((r, min(r + size, r1)), (c, min(c + size, c1)))
-        for r in range(r0, r1, size)
-        for c in range(c0, c1, size)
-    ]
+    """``region`` cut into windows of at most ``size`` pixels (voxels) per side, in C order."""
+    axes = [[(a, min(a + size, b)) for a in range(a0, b, size)] for a0, b in region]
+    return [tuple(w) for w in itertools.product(*axes)]
+
+
+def whole_region(scene: LabelledScene) -> Region:
+    """The scene's full extent."""
+    return tuple((0, n) for n in scene.image.spatial_shape)
+
+
+def window_side(spatial_dims: int) -> int:
+    """Side of the windows labels and statistics are read in: about 0.25–2 M pixels (voxels)."""
+    return 512 if spatial_dims == 2 else 96
 
 
 def class_counts(scene: LabelledScene, region: Region, num_classes: int, window: int = 1024) -> np.ndarray:
@@ -115,42 +160,56 @@ def scan_classes(scenes: list[LabelledScene]) -> int:
     """Number of classes: one more than the largest label anywhere (labels are 0-based class ids)."""
     top = -1
     for s in scenes:
-        for win in region_windows(((0, s.image.spatial_shape[0]), (0, s.image.spatial_shape[1])), 2048):
+        side = 4 * window_side(len(s.image.spatial_shape))
+        for win in region_windows(whole_region(s), side):
             lab = s.read_labels(win)
             if (lab < IGNORE).any():
                 raise InputError(f"{s.name}: labels must be non-negative class ids")
             if lab.size:
                 top = max(top, int(lab.max()))
     if top < 0:
-        raise InputError(f"{scenes[0].name}: no labelled pixel in the label raster(s)")
+        raise InputError(f"{scenes[0].name}: no labelled pixel in the label image(s)")
     return top + 1
 
 
 class TileSampler:
-    """Random training tiles from the training regions, optionally class-balanced.
+    """Random training tiles (2D) or patches (3D) from the training regions, optionally class-balanced.
 
     Balanced: a class is drawn uniformly among those present, then a window in
     proportion to that class's pixels there, then one of its pixels, and the
     tile is placed around it — rare classes are seen as often as common ones.
-    Otherwise windows are drawn in proportion to their labelled pixels.
+    Otherwise windows are drawn in proportion to their labelled pixels. A tile
+    is ``tile`` pixels per side, or the training part's extent along an axis
+    shorter than that (small volumes), the same for every scene so tiles batch.
     """
 
     def __init__(
-        self, scenes: list[LabelledScene], tile: int, num_classes: int, balanced: bool, window: int = 512
+        self,
+        scenes: list[LabelledScene],
+        tile: int,
+        num_classes: int,
+        balanced: bool,
+        window: int | None = None,
     ):
-        self.scenes, self.tile, self.num_classes, self.balanced = scenes, tile, num_classes, balanced
+        self.scenes, self.num_classes, self.balanced = scenes, num_classes, balanced
+        training = [s for s in scenes if s.train is not None]
+        if not training:
+            raise InputError(f"{scenes[0].name}: no training part (every scene is held out)")
+        dims = len(training[0].image.spatial_shape)
+        window = window or window_side(dims)
+        extents = np.array([[b - a for a, b in s.train] for s in training])
+        self.tile = tuple(int(min(tile, e)) for e in extents.min(0))
+        if dims == 2 and min(self.tile) < tile:
+            (r0, r1), (c0, c1) = training[int(np.argmin(extents.min(1)))].train
+            raise InputError(
+                f"{training[0].name}: training part {c1 - c0}×{r1 - r0} is smaller than the {tile}-pixel tile"
+            )
         self.windows: list[tuple[int, Region]] = []
         counts = []
         for i, s in enumerate(scenes):
             if s.train is None:
                 continue
-            (r0, r1), (c0, c1) = s.train
-            if r1 - r0 < tile or c1 - c0 < tile:
-                raise InputError(
-                    f"{s.name}: training part {c1 - c0}×{r1 - r0} is smaller than the {tile}-pixel tile"
-                )
-            wins = region_windows(s.train, window)
-            self.windows += [(i, w) for w in wins]
+            self.windows += [(i, w) for w in region_windows(s.train, window)]
             counts.append(class_counts(s, s.train, num_classes, window))
         self.counts = np.concatenate(counts)
         if self.counts.sum() == 0:
@@ -161,7 +220,7 @@ class TileSampler:
         """Labelled training pixels per class."""
         return self.counts.sum(0)
 
-    def _anchor(self, rng: np.random.Generator) -> tuple[int, int, int]:
+    def _anchor(self, rng: np.random.Generator) -> tuple[int, tuple[int, ...]]:
         if self.balanced:
             cls = int(rng.choice(self.present))
             weights = self.counts[:, cls]
@@ -171,38 +230,45 @@ class TileSampler:
         k = int(rng.choice(len(weights), p=weights / weights.sum()))
         i, win = self.windows[k]
         lab = self.scenes[i].read_labels(win)
-        rr, cc = np.nonzero(lab == cls) if cls >= 0 else np.nonzero(lab >= 0)
-        j = int(rng.integers(len(rr)))
-        return i, win[0][0] + int(rr[j]), win[1][0] + int(cc[j])
+        where = np.nonzero(lab == cls) if cls >= 0 else np.nonzero(lab >= 0)
+        j = int(rng.integers(len(where[0])))
+        return i, tuple(w0 + int(idx[j]) for (w0, _), idx in zip(win, where))
+
+    def draw(self, rng: np.random.Generator) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+        """One tile and the index of its scene: (scene, raw image (C, *tile) float32, valid, labels)."""
+        i, point = self._anchor(rng)
+        region = []
+        for p, (a, b), t in zip(point, self.scenes[i].train, self.tile):
+            start = int(np.clip(p - int(rng.integers(t)), a, b - t))
+            region.append((start, start + t))
+        return (i, *self.scenes[i].read(tuple(region)))
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One tile: raw image (C, T, T) float32, valid mask, labels (T, T)."""
-        i, r, c = self._anchor(rng)
-        (r0, r1), (c0, c1) = self.scenes[i].train
-        t = self.tile
-        top = int(np.clip(r - int(rng.integers(t)), r0, r1 - t))
-        left = int(np.clip(c - int(rng.integers(t)), c0, c1 - t))
-        return self.scenes[i].read(((top, top + t), (left, left + t)))
+        """One tile: raw image (C, *tile) float32, valid mask, labels."""
+        return self.draw(rng)[1:]
 
 
 def augment(
     x: np.ndarray, y: np.ndarray, rng: np.random.Generator, jitter: float = 0.1
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Random 90° rotation, flips and per-band intensity jitter (gain, offset) of a normalised tile.
+    """Random 90° rotation (in the last two axes, when square), flips and intensity jitter of a tile.
 
-    Geometry applies to image and labels alike; the jitter only to the image's
-    valid pixels (nodata stays exactly 0 as the engine feeds it).
+    Works on 2D tiles (C, H, W) and 3D patches (C, D, H, W). Geometry applies to
+    image and labels alike; the jitter (per-band gain, offset) only to the
+    image's valid pixels (nodata stays exactly 0 as the engine feeds it).
     """
-    k = int(rng.integers(4))
-    x, y = np.rot90(x, k, axes=(1, 2)), np.rot90(y, k, axes=(0, 1))
-    if rng.random() < 0.5:
-        x, y = x[:, :, ::-1], y[:, ::-1]
-    if rng.random() < 0.5:
-        x, y = x[:, ::-1, :], y[::-1, :]
+    dims = y.ndim
+    if y.shape[-1] == y.shape[-2]:
+        k = int(rng.integers(4))
+        x, y = np.rot90(x, k, axes=(dims - 1, dims)), np.rot90(y, k, axes=(dims - 2, dims - 1))
+    for axis in reversed(range(dims)):
+        if rng.random() < 0.5:
+            x, y = np.flip(x, axis + 1), np.flip(y, axis)
     x = np.ascontiguousarray(x)
     if jitter > 0:
-        gain = 1.0 + rng.uniform(-jitter, jitter, (x.shape[0], 1, 1))
-        offset = rng.uniform(-jitter, jitter, (x.shape[0], 1, 1))
+        shape = (x.shape[0],) + (1,) * dims
+        gain = 1.0 + rng.uniform(-jitter, jitter, shape)
+        offset = rng.uniform(-jitter, jitter, shape)
         nonzero = np.any(x != 0, axis=0)
         x = np.where(nonzero, x * gain + offset, 0.0).astype(np.float32)
     return x, np.ascontiguousarray(y)
@@ -216,12 +282,14 @@ def band_statistics(
     for s in scenes:
         if s.train is None:
             continue
-        (r0, r1), (c0, c1) = s.train
-        step = max(1, int(np.sqrt((r1 - r0) * (c1 - c0) / max_pixels)))
-        for win in region_windows(s.train, 2048):
+        dims = len(s.train)
+        size = math.prod(b - a for a, b in s.train)
+        step = max(1, math.ceil((size / max_pixels) ** (1 / dims)))
+        for win in region_windows(s.train, 4 * window_side(dims)):
             raw, valid = s.image.read(win)
-            raw = raw[:, ::step, ::step].astype(np.float64)
-            valid = valid[::step, ::step]
+            lattice = (slice(None, None, step),) * dims
+            raw = raw[(slice(None), *lattice)].astype(np.float64)
+            valid = valid[lattice]
             vals = raw[:, valid]
             sums = vals.sum(1) if sums is None else sums + vals.sum(1)
             squares = (vals**2).sum(1) if squares is None else squares + (vals**2).sum(1)
