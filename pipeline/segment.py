@@ -81,7 +81,7 @@ class Job:
         """The CRF as the engine's refinement hook (None without CRF)."""
         if self.crf is None:
             return None
-        return functools.partial(_refine, params=self.crf)
+        return functools.partial(_refine, params=self.crf, timings=self.timings)
 
     def normalizer(self) -> Callable[[np.ndarray], np.ndarray]:
         """The card's normalisation as a function of a raw block."""
@@ -133,9 +133,22 @@ class SegmentSummary:
         )
 
 
-def _refine(probs: torch.Tensor, image: torch.Tensor, valid: torch.Tensor, params: CRFParams) -> torch.Tensor:
+def _refine(
+    probs: torch.Tensor,
+    image: torch.Tensor,
+    valid: torch.Tensor,
+    params: CRFParams,
+    timings: dict[str, float] | None = None,
+) -> torch.Tensor:
+    """The CRF on one block's context; its wall time is added to ``timings["crf"]`` (this process)."""
+    t0 = time.perf_counter()
     out = refine(probs, image, valid, params)
-    return out if isinstance(out, torch.Tensor) else torch.from_numpy(out).to(probs.device)
+    out = out if isinstance(out, torch.Tensor) else torch.from_numpy(out).to(probs.device)
+    if timings is not None:
+        if out.device.type == "cuda":  # kernels are asynchronous: wait for them before reading the clock
+            torch.cuda.synchronize(out.device)
+        timings["crf"] = timings.get("crf", 0.0) + time.perf_counter() - t0
+    return out
 
 
 def crf_params_for(config: SegmentConfig, scene: SceneStore, bands: list[int]) -> CRFParams | None:
