@@ -491,7 +491,7 @@ def tune(data: list[TuneData], classes: int, mode: str) -> tuple[list[str], CRFP
 # --- the command -----------------------------------------------------------------------------
 
 CASES = {"loveda": loveda, "nrcan": nrcan, "landsat": landsat, "isbi": isbi, "hippocampus": hippocampus}
-EPOCHS = {"loveda": 6, "nrcan": 5, "landsat": 5, "isbi": 5, "hippocampus": 300}
+EPOCHS = {"loveda": 6, "nrcan": 4, "landsat": 3, "isbi": 3, "hippocampus": 200}
 
 
 def _machine(load0: float) -> str:
