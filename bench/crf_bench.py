@@ -467,6 +467,19 @@ def score(data: list[TuneData], params: CRFParams | None, classes: int) -> tuple
     return miou, bc.f1, seconds / (pixels / 1e6)
 
 
+#: Where the staged grid starts: DeepLab's cross-validated values (w2 = 3, σγ = 3; w1, σα, σβ at
+#: the low end of its ranges) with 5 iterations in a radius-4 window.
+DEEPLAB_START = {
+    "iterations": 5,
+    "radius": 4.0,
+    "smooth_weight": 3.0,
+    "smooth_sigma": 3.0,
+    "appearance_weight": 5.0,
+    "appearance_sigma_pos": 50.0,
+    "appearance_sigma_feat": 5.0,
+}
+
+
 def tuning_grid(mode: str) -> Iterable[dict]:
     """Staged grid: appearance (w1, σβ), then smoothness (w2, σγ), then reach / σα and iterations.
 
@@ -475,20 +488,21 @@ def tuning_grid(mode: str) -> Iterable[dict]:
     """
     yield {
         "stage": "appearance",
-        "grid": {"appearance_weight": [0, 3, 5, 10], "appearance_sigma_feat": [3, 5, 10, 20]},
+        "grid": {"appearance_weight": [0, 1, 3, 5, 10], "appearance_sigma_feat": [3, 5, 10, 20]},
     }
     yield {"stage": "smoothness", "grid": {"smooth_weight": [0, 1, 3, 5], "smooth_sigma": [1, 3]}}
     if mode == "local":
-        yield {"stage": "window", "grid": {"iterations": [3, 5, 10], "radius": [2, 4, 6]}}
+        yield {"stage": "window", "grid": {"iterations": [2, 5, 10], "radius": [2, 4, 6]}}
     else:
         yield {"stage": "window", "grid": {"iterations": [5, 10], "appearance_sigma_pos": [20, 50, 80]}}
 
 
 def tune(data: list[TuneData], classes: int, mode: str) -> tuple[list[str], CRFParams]:
     """Run the staged grid; returns table rows and the best settings (by mIoU + boundary F1)."""
-    best = CRFParams(mode=mode)
+    best = CRFParams(mode=mode, **DEEPLAB_START)
     base = score(data, None, classes)
     rows = [f"| {mode} | — | no CRF | {base[0]:.4f} | {base[1]:.4f} | — |"]
+    print(rows[0], flush=True)
     best_score = -np.inf
     for stage in tuning_grid(mode):
         names = list(stage["grid"])
@@ -524,7 +538,9 @@ def _defaults_text() -> str:
     return (
         f"CRF defaults (pipeline/crf.py, SegmentConfig): iterations {p.iterations}, radius {p.radius} "
         f"({p.window}), w2 {p.smooth_weight}, σγ {p.smooth_sigma}, w1 {p.appearance_weight}, "
-        f"σα {p.appearance_sigma_pos}, σβ {p.appearance_sigma_feat}  "
+        f"σα {p.appearance_sigma_pos}, σβ {p.appearance_sigma_feat} — DenseCRF's best of the LoveDA tuning "
+        f"grid (section below); the local CRF keeps 5 iterations in a radius-4 window (its grid's best, "
+        f"10 × radius 6, was +0.001 boundary F1 for 4× the time)  "
     )
 
 
