@@ -74,6 +74,8 @@ class Case:
     """Trains (or finds in the cache) the checkpoint; gets the case's cache folder."""
     dims: int = 2
     note: str = ""
+    extra_runs: list[tuple[str, dict, str]] = field(default_factory=list)
+    """More (mode, CRF settings, label) runs beside none / local / dense with the defaults."""
 
 
 @dataclass
@@ -218,11 +220,15 @@ def loveda_validation(case: Case, work: Path) -> list[tuple[Path, np.ndarray, sl
 def nrcan(shared: Path, work: Path, epochs: int) -> Case:
     """Train on image_1 (0.3 m), evaluate on image_2 brought to the same 0.3 m (2×2 means).
 
-    Buildings are ~1.5% of the pixels and all in the left-hand columns, so halves would hold out
-    no building at all: the whole of image_2 is the held-out part, and sampling is class-balanced.
+    Buildings are ~1.5% of the pixels and all in the top-left corners, so halves would hold out
+    no building at all: the whole of image_2 is held out. image_1 is turned a quarter clockwise
+    for training so that its right-hand validation strip (the trainer holds out columns; here its
+    original top rows) holds buildings too — else the "best" epoch is the one predicting none.
+    Sampling is class-balanced.
     """
     src = shared / "satellite" / "nrcan_aerial"
-    image_1, ids_1 = _read(src / "image_1.tif"), _read(src / "label_1.tif")[0].astype(np.int64)
+    image_1 = np.ascontiguousarray(np.rot90(_read(src / "image_1.tif"), -1, axes=(1, 2)))
+    ids_1 = np.ascontiguousarray(np.rot90(_read(src / "label_1.tif")[0].astype(np.int64), -1))
     image_2, ids_2 = _read(src / "image_2.tif").astype(np.float32), _read(src / "label_2.tif")[0]
     h, w = image_2.shape[1] // 2, image_2.shape[2] // 2
     image_2 = np.rint(image_2.reshape(3, h, 2, w, 2).mean((2, 4))).astype(np.uint8)
@@ -274,7 +280,11 @@ def landsat(shared: Path, work: Path, epochs: int) -> Case:
         "right 40% of columns",
         evals,
         _train_2d("landsat", [train], LANDSAT_CLASSES, epochs),
-        note="CRF appearance on the default bands 0–2 (ETM+ 1–3: blue, green, red)",
+        note="CRF appearance on the default bands 0–2 (ETM+ 1–3: blue, green, red), and on 3, 2, 1 "
+        "(ETM+ 4, 3, 2: NIR, red, green) in the rows that say so",
+        extra_runs=[
+            (mode, {"bands": (3, 2, 1)}, f"{mode}, bands NIR-red-green") for mode in ("local", "dense")
+        ],
     )
 
 
@@ -348,8 +358,20 @@ def _predicted(output: Path, dims: int) -> np.ndarray:
     return _read(output)[0].astype(np.int64)
 
 
-def run_mode(case: Case, checkpoint: Path, cache: Path, mode: str, probabilities: bool = False) -> ModeResult:
-    """Segment every held-out item with ``--crf mode`` (defaults untouched) and score the result."""
+def run_mode(
+    case: Case,
+    checkpoint: Path,
+    cache: Path,
+    mode: str,
+    settings: dict | None = None,
+    label: str | None = None,
+) -> ModeResult:
+    """Segment every held-out item with ``--crf mode`` and score the result.
+
+    ``settings``: CRF parameters to set (names as in :class:`CRFParams`); None keeps the defaults.
+    """
+    label = label or mode
+    crf_options = {f"crf_{k}": v for k, v in (settings or {}).items()}
     num = len(case.classes)
     cm = np.zeros((num, num), dtype=np.int64)
     bc = BoundaryCounts()
@@ -357,25 +379,25 @@ def run_mode(case: Case, checkpoint: Path, cache: Path, mode: str, probabilities
     pixels = 0
     for k, item in enumerate(case.evals):
         suffix = ".nii.gz" if case.dims == 3 else ".tif"
-        out = cache / "out" / f"{k}_{mode}{suffix}"
+        out = cache / "out" / f"{k}_{label.replace(' ', '_')}{suffix}"
         out.parent.mkdir(parents=True, exist_ok=True)
         summary = segment(
             SegmentConfig(
                 input=item.image,
                 model=str(checkpoint),
                 output=out,
-                probabilities=cache / "out" / f"{k}_probs.tif" if probabilities else None,
                 overwrite=True,
                 quiet=True,
                 tile=256 if case.dims == 2 else 32,
                 block=512,
                 chunk=256,
-                volume_block=32,
+                volume_block=64,
                 volume_chunk=32,
                 threads=1,
                 device="cpu",
                 crf=mode,
-                work_dir=cache / "work" / f"{k}_{mode}",
+                work_dir=cache / "work" / f"{k}_{label.replace(' ', '_')}",
+                **crf_options,
             )
         )
         pred = _predicted(out, case.dims)
@@ -386,7 +408,7 @@ def run_mode(case: Case, checkpoint: Path, cache: Path, mode: str, probabilities
         pixels += summary.pixels
     present = cm.sum(1) > 0
     miou = nanmean([v if present[i] else float("nan") for i, v in enumerate(iou_per_class(cm))])
-    return ModeResult(mode, miou, bc.f1, crf_s, pixels, job_s)
+    return ModeResult(label, miou, bc.f1, crf_s, pixels, job_s)
 
 
 def run_case(case: Case, cache: Path) -> CaseResult:
@@ -394,11 +416,15 @@ def run_case(case: Case, cache: Path) -> CaseResult:
     checkpoint = case.train(cache)
     seconds = cache / "train_seconds.txt"
     result = CaseResult(case, float(seconds.read_text()) if seconds.exists() else float("nan"))
-    for mode in ("none", "local", "dense") if case.dims == 2 else ("none", "local"):
-        result.modes.append(run_mode(case, checkpoint, cache, mode))
+    runs = [("none", None, None)]
+    for mode in ("local", "dense") if case.dims == 2 else ("local",):
+        runs += [(mode, None, None), (mode, DEEPLAB_START, f"{mode} (DeepLab values)")]
+    runs += case.extra_runs
+    for mode, settings, label in runs:
+        result.modes.append(run_mode(case, checkpoint, cache, mode, settings, label))
         r = result.modes[-1]
         print(
-            f"{case.name} {mode}: mIoU {r.miou:.4f} BF1 {r.bf1:.4f} crf {r.s_per_mpx:.2f} s/Mpx", flush=True
+            f"{case.name} {r.mode}: mIoU {r.miou:.4f} BF1 {r.bf1:.4f} crf {r.s_per_mpx:.2f} s/Mpx", flush=True
         )
     return result
 
@@ -549,7 +575,7 @@ METHOD = (
     "scratch on CPU with the project's trainer (128-px tiles, batch 8, 50 steps/epoch, AdamW one-cycle; "
     "the best epoch on the training images' own right-hand validation strip is kept), then the held-out "
     "part is segmented by `pipeline.segment` (256-px tiles, 25% overlap, Gaussian blending, 512-px blocks "
-    "plus the CRF's halo; 3D: 32³ tiles and blocks) with `--crf none|local|dense` and the CRF defaults "
+    "plus the CRF's halo; 3D: 32³ tiles, 64³ blocks) with `--crf none|local|dense` and the CRF defaults "
     "untouched. mIoU over the classes present in the reference; boundary F1 = harmonic mean of the "
     "shares of predicted / reference boundary pixels within 2 px (voxels) of a boundary of the other "
     "(Csurka et al. 2013), unlabelled pixels excluded. CRF s/Mpx: the refinement hook's own wall time "
