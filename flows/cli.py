@@ -81,16 +81,16 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="weight seed, for arch:NAME models")
     p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     p.add_argument("--crf", default="none", help="refinement: none, local (exact blockwise) or dense")
-    p.add_argument("--crf-iterations", type=int, default=5, help="mean-field iterations")
+    p.add_argument("--crf-iterations", type=int, help="mean-field iterations (default: 5 local, 10 dense)")
     p.add_argument("--crf-radius", type=float, default=4.0, help="local CRF window radius (pixels)")
-    p.add_argument("--crf-smooth-weight", type=float, default=3.0, help="w2, smoothness kernel weight")
+    p.add_argument("--crf-smooth-weight", type=float, default=5.0, help="w2, smoothness kernel weight")
     p.add_argument("--crf-smooth-sigma", type=float, default=3.0, help="σγ, smoothness width (pixels)")
-    p.add_argument("--crf-appearance-weight", type=float, default=5.0, help="w1, appearance kernel weight")
+    p.add_argument("--crf-appearance-weight", type=float, default=10.0, help="w1, appearance kernel weight")
     p.add_argument(
-        "--crf-appearance-sigma-pos", type=float, default=50.0, help="σα, appearance position width"
+        "--crf-appearance-sigma-pos", type=float, default=80.0, help="σα, appearance position width"
     )
     p.add_argument(
-        "--crf-appearance-sigma-feat", type=float, default=5.0, help="σβ, appearance colour width (0–255)"
+        "--crf-appearance-sigma-feat", type=float, default=20.0, help="σβ, appearance colour width (0–255)"
     )
     p.add_argument(
         "--crf-bands", type=lambda t: tuple(int(b) for b in t.split(",")), help="appearance bands, e.g. 3,2,1"

@@ -43,18 +43,19 @@ class SegmentConfig:
     threads: int | None = None
     crf: str = "none"
     """``none``, ``local`` (mean-field in a window, blockwise-exact) or ``dense`` (DenseCRF, 2D)."""
-    crf_iterations: int = 5
+    crf_iterations: int | None = None
+    """Mean-field iterations; None: the mode's default (5 local, 10 dense)."""
     crf_radius: float = 4.0
-    crf_smooth_weight: float = 3.0
-    """w2, smoothness kernel weight (DeepLab's cross-validated 3)."""
+    crf_smooth_weight: float = 5.0
+    """w2, smoothness kernel weight (tuned on LoveDA, bench/RESULTS.md; DeepLab: 3)."""
     crf_smooth_sigma: float = 3.0
-    """σγ, smoothness kernel width in pixels (DeepLab: 3)."""
-    crf_appearance_weight: float = 5.0
-    """w1, appearance (bilateral) kernel weight (DeepLab's range 5–10)."""
-    crf_appearance_sigma_pos: float = 50.0
-    """σα, appearance kernel position width in pixels (DeepLab's range 50–100)."""
-    crf_appearance_sigma_feat: float = 5.0
-    """σβ, appearance kernel colour width on the 0–255 scaled bands (DeepLab's range 3–10)."""
+    """σγ, smoothness kernel width in pixels (DeepLab: 3; also tuned 3)."""
+    crf_appearance_weight: float = 10.0
+    """w1, appearance (bilateral) kernel weight (tuned 10, the top of DeepLab's range 5–10)."""
+    crf_appearance_sigma_pos: float = 80.0
+    """σα, appearance kernel position width in pixels (tuned 80; DeepLab's range 50–100)."""
+    crf_appearance_sigma_feat: float = 20.0
+    """σβ, appearance kernel colour width on the 0–255 percentile-stretched bands (tuned 20)."""
     crf_bands: tuple[int, ...] | None = None
     """Appearance bands (0-based, of the model's input bands); None: the first three."""
     uncertainty: bool = False
@@ -105,7 +106,7 @@ class SegmentConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.crf not in ("none", "local", "dense"):
             raise InputError(f"--crf must be none, local or dense, got {self.crf!r}")
-        if self.crf_iterations <= 0 or self.crf_radius <= 0:
+        if (self.crf_iterations is not None and self.crf_iterations <= 0) or self.crf_radius <= 0:
             raise InputError("--crf-iterations and --crf-radius must be positive")
         for name in ("smooth_weight", "smooth_sigma", "appearance_weight", "appearance_sigma_pos",
                      "appearance_sigma_feat"):  # fmt: skip

@@ -81,7 +81,9 @@ class Job:
         """The CRF as the engine's refinement hook (None without CRF)."""
         if self.crf is None:
             return None
-        return functools.partial(_refine, params=self.crf)
+        return functools.partial(
+            _refine, params=self.crf, spacing=crf_spacing(self.scene), timings=self.timings
+        )
 
     def normalizer(self) -> Callable[[np.ndarray], np.ndarray]:
         """The card's normalisation as a function of a raw block."""
@@ -135,9 +137,28 @@ class SegmentSummary:
         )
 
 
-def _refine(probs: torch.Tensor, image: torch.Tensor, valid: torch.Tensor, params: CRFParams) -> torch.Tensor:
-    out = refine(probs, image, valid, params)
-    return out if isinstance(out, torch.Tensor) else torch.from_numpy(out).to(probs.device)
+def _refine(
+    probs: torch.Tensor,
+    image: torch.Tensor,
+    valid: torch.Tensor,
+    params: CRFParams,
+    spacing: tuple[float, ...] | None = None,
+    timings: dict[str, float] | None = None,
+) -> torch.Tensor:
+    """The CRF on one block's context; its wall time is added to ``timings["crf"]`` (this process)."""
+    t0 = time.perf_counter()
+    out = refine(probs, image, valid, params, spacing)
+    out = out if isinstance(out, torch.Tensor) else torch.from_numpy(out).to(probs.device)
+    if timings is not None:
+        if out.device.type == "cuda":  # kernels are asynchronous: wait for them before reading the clock
+            torch.cuda.synchronize(out.device)
+        timings["crf"] = timings.get("crf", 0.0) + time.perf_counter() - t0
+    return out
+
+
+def crf_spacing(scene: SceneStore) -> tuple[float, ...] | None:
+    """The voxel spacing (z, y, x) the CRF's kernels and halo use for a volume; None for rasters."""
+    return VolumeGeometry.from_attrs(scene.attrs).spacing if is_volume(scene.attrs) else None
 
 
 def crf_params_for(config: SegmentConfig, scene: SceneStore, bands: list[int]) -> CRFParams | None:
@@ -266,7 +287,7 @@ def plan_job(config: SegmentConfig, checked: CheckedInput, scene: SceneStore, cr
         )
     window = BlendWindow(grid, config.blend, config.sigma)
     crf = crf_params_for(config, scene, bands)
-    reach = crf.reach(len(scene.spatial_shape)) if crf is not None else 0
+    reach = crf.reach(len(scene.spatial_shape), crf_spacing(scene)) if crf is not None else 0
     plan = BlockPlan.create(grid, block_size, chunk, reach=reach)
     norm = resolve_normalization(
         card.normalization,

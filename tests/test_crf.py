@@ -432,13 +432,13 @@ def test_dense_crf_rejects_3d_and_explains_missing_package(monkeypatch):
 
 
 def test_reach_follows_anisotropic_spacing():
-    params = CRFParams()  # iterations 5, radius 4
+    params = CRFParams()  # local: iterations 5, radius 4
     assert params.reach(2) == (20, 20)
     # mm spacing, normalised to the finest axis: (3.57, 1, 1) -> radii (1, 4, 4)
     assert params.reach(3, (2.5, 0.7, 0.7)) == (5, 20, 20)
     physical = CRFParams(normalize_spacing=False, radius=2.0, iterations=3)
     assert physical.reach(3, (2.0, 0.5, 0.5)) == (3, 12, 12)
-    assert CRFParams(mode="dense").reach(2) == (20, 20)  # dense reuses the rule (approximation)
+    assert CRFParams(mode="dense").reach(2) == (40, 40)  # dense: 10 iterations, same rule (approximation)
 
 
 def test_3d_anisotropic_volume_is_refined():
