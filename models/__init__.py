@@ -15,14 +15,18 @@ from typing import Any
 
 # Architecture modules register themselves on import; one module per family.
 from models import (  # noqa: F401
+    danet,
     deeplab,
     dilatednet,
+    encnet,
     enet,
     fcdensenet,
+    fastfcn,
     fcn,
     gcn,
     linknet,
     pspnet,
+    refinenet,
     segnet,
     trivial,
     unet,
