@@ -15,15 +15,19 @@ from typing import Any
 
 # Architecture modules register themselves on import; one module per family.
 from models import (  # noqa: F401
+    bisenet,
     danet,
     deeplab,
+    denseaspp,
     dilatednet,
     encnet,
     enet,
-    fcdensenet,
     fastfcn,
+    fcdensenet,
     fcn,
     gcn,
+    icnet,
+    lednet,
     linknet,
     pspnet,
     refinenet,

@@ -172,6 +172,14 @@ class ResNet(nn.Module):
         return [self.low_channels * 2**i for i in range(4)]
 
 
+def resnet_block_span(x: Span, kind: str, stride: int, dilation: int) -> Span:
+    """Wiring of one residual block (its 3×3 path and its shortcut)."""
+    path = x.conv(3, stride, dilation)
+    if kind == "basic":
+        path = path.conv(3, 1, dilation)
+    return path | x.conv(1, stride)
+
+
 def resnet_spans(
     x: Span, depth: int, output_stride: int = 32, multi_grid: Sequence[int] | None = None
 ) -> list[Span]:
@@ -181,10 +189,7 @@ def resnet_spans(
     outs = []
     for blocks in resnet_plan(depth, output_stride, multi_grid):
         for stride, dilation in blocks:
-            path = x.conv(3, stride, dilation)
-            if kind == "basic":
-                path = path.conv(3, 1, dilation)
-            x = path | x.conv(1, stride)
+            x = resnet_block_span(x, kind, stride, dilation)
         outs.append(x)
     return outs
 
