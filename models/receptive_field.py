@@ -135,6 +135,13 @@ class Span:
         self.lo, self.hi = lo, hi
 
     @classmethod
+    def centred(cls, length: int, field: Reach) -> Span:
+        """A map at stride ``field.jump`` over ``length`` pixels, index ``i`` seeing ``field.reach``
+        pixels either side of pixel ``jump · i`` (a backbone described by :class:`Reach`)."""
+        centre = np.arange(length // field.jump, dtype=np.int64) * field.jump
+        return cls(centre - field.reach, centre + field.reach)
+
+    @classmethod
     def line(cls, length: int) -> Span:
         """The input itself: pixel ``i`` reads pixel ``i``."""
         index = np.arange(length, dtype=np.int64)
@@ -205,6 +212,7 @@ class Span:
 
 
 def span_reach(network: Callable[[Span], Span], factor: int, length: int = 4096) -> int:
+    # ``network`` may ignore its argument's wiring and use only its length (see Span.centred).
     """Reach of ``network`` (a function mirroring a forward pass on spans), free of border effects."""
     while True:
         n = -(-length // factor) * factor

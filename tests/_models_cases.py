@@ -25,6 +25,7 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("deeplabv3", {"output_stride": 8, "backbone": "resnet18", "multi_grid": (1, 2)}),
     ("deeplabv3plus", {"backbone": "resnet50"}),
     ("deeplabv3plus", {"backbone": "mobilenetv2"}),
+    ("deeplabv3plus", {"decoder": "dupsampling", "backbone": "resnet18"}),
     ("dilatednet", {"context": "basic"}),
 ]
 
