@@ -105,8 +105,8 @@ class ICNet(nn.Module):
         if not backbone.startswith("resnet"):
             raise ValueError(f"ICNet uses a ResNet (PSPNet) trunk, not {backbone!r}")
         scale = lambda c: max(1, round(int(c) * width_mult))  # noqa: E731
-        self.trunk = make_backbone(backbone, in_channels, 8, width_mult)
-        _, c2, _, c4 = self.trunk.stage_channels
+        self.backbone = make_backbone(backbone, in_channels, 8, width_mult)
+        _, c2, _, c4 = self.backbone.stage_channels
         self.ppm = SummedPyramidPooling(bins)
         self.low_reduce = ConvBNReLU(c4, scale(low_channels), 1)
         high: list[nn.Module] = []
@@ -125,7 +125,7 @@ class ICNet(nn.Module):
         self.classifier = nn.Conv2d(fusion, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, Any]:
-        t = self.trunk
+        t = self.backbone
         medium = t.layer2[0](t.layer1(t.maxpool(t.relu(t.bn1(t.conv1(downsample(x, 2)))))))
         low = t.layer4(t.layer3(t.layer2[1:](downsample(medium, 2))))
         low = self.low_reduce(self.ppm(low))

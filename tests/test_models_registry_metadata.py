@@ -15,7 +15,7 @@ import models
 from models.registry import GlobalContext
 
 CASES = cases()
-PHASES_PER_PASS = 8
+PHASES_PER_PASS = 32
 REQUIRED = [
     "unet",
     "unet3d",
