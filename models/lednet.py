@@ -196,6 +196,6 @@ register(
             "the APN's global average pooling branch makes each output depend on the whole tile; reach "
             "covers the local part only. The paper's figure (0.94M) is given to 0.01M."
         ),
-        small={"width_mult": 1 / 4},
+        small={"width_mult": 1 / 4, "repeats": (1, 1), "dilations": (1, 2, 5, 9)},
     )
 )

@@ -151,9 +151,10 @@ class Span:
         return len(self.lo)
 
     def conv(self, kernel: int = 3, stride: int = 1, dilation: int = 1, padding: int | None = None) -> Span:
-        """Convolution or pooling (``padding`` defaults to "same" for odd kernels; may be negative)."""
+        """Convolution or pooling (``padding`` defaults to "same" for odd kernels, 0 for even ones;
+        it may be negative)."""
         if padding is None:
-            padding = (kernel - 1) // 2 * dilation
+            padding = (kernel - 1) // 2 * dilation if kernel % 2 else 0
         n = len(self)
         count = (n + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
         out = np.arange(count) * stride - padding

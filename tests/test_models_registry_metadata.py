@@ -141,8 +141,9 @@ def _reach_axes(dims: int) -> list[int]:
 def test_declared_reach_bounds_the_receptive_field(case):
     """The gradient of any single output pixel is zero farther than ``reach`` from it.
 
-    The input is long along one axis (twice the declared reach plus a margin, so
-    an understatement shows) and one downsampling step thin along the others.
+    The input is long along one axis (twice the declared reach plus a stride on
+    each side, so an understatement shows) and one downsampling step thin along
+    the others.
     One output pixel per phase of the stride is measured (the network commutes
     with shifts by the stride, so that covers every pixel), each phase in its
     own batch item so that one backward pass measures several, on the connectivity
@@ -155,8 +156,9 @@ def test_declared_reach_bounds_the_receptive_field(case):
     model = build_small(name, **config).eval()
     connectivity_network(model)
     f, reach, dims = model.downsampling, model.reach, model.spatial_dims
-    margin = max(reach // 8, 2 * f)
-    length = -(-(2 * (reach + margin) + f) // f) * f
+    # One stride beyond the reach on either side: a pixel seen farther than declared shows as
+    # seen at least one pixel beyond it (or up to the border), so an understatement cannot hide.
+    length = -(-(2 * (reach + f) + f) // f) * f
     start = length // 2 // f * f
     farthest = 0
     for axis in _reach_axes(dims):
