@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from models.backbones import make_backbone
-from models.backbones.resnet import resnet_spans
+from models.backbones.resnet import resnet_depth, resnet_spans
 from models.deeplab import ConvBNReLU, upsample_aligned
 from models.receptive_field import Span, span_reach
 from models.registry import ArchSpec, register
@@ -133,7 +133,7 @@ def bisenet_reach(config: Mapping[str, Any]) -> int:
         spatial = x
         for _ in config["spatial_channels"]:
             spatial = spatial.conv(3, 2)
-        _, _, l3, l4 = resnet_spans(x, int(str(config["backbone"])[6:]), 32)
+        _, _, l3, l4 = resnet_spans(x, resnet_depth(str(config["backbone"])), 32)
         return (spatial | l3.upsample(2) | l4.upsample(4)).upsample(8)
 
     return span_reach(wiring, 32)

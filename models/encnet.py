@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from models.backbones import make_backbone
-from models.backbones.resnet import resnet_spans
+from models.backbones.resnet import resnet_depth, resnet_spans
 from models.deeplab import ConvBNReLU, upsample_aligned
 from models.receptive_field import Span, span_reach
 from models.registry import ArchSpec, GlobalContext, register
@@ -133,7 +133,7 @@ def encnet_reach(config: Mapping[str, Any]) -> int:
     """Local reach: backbone, the head's 3×3 convolution, ×8 upsampling."""
 
     def wiring(x: Span) -> Span:
-        return resnet_spans(x, int(str(config["backbone"])[6:]), 8)[3].conv(3).upsample(8)
+        return resnet_spans(x, resnet_depth(str(config["backbone"])), 8)[3].conv(3).upsample(8)
 
     return span_reach(wiring, 8)
 

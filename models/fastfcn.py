@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from models.backbones import make_backbone
-from models.backbones.resnet import resnet_spans
+from models.backbones.resnet import resnet_depth, resnet_spans
 from models.deeplab import ASPP, ConvBNReLU, SeparableConvBNReLU, upsample_aligned
 from models.encnet import EncHead, fcn_head
 from models.receptive_field import Span, span_reach
@@ -105,7 +105,7 @@ def fastfcn_reach(config: Mapping[str, Any]) -> int:
     """Local reach over the three JPU inputs, its dilated convolutions and the head."""
 
     def wiring(x: Span) -> Span:
-        _, c2, c3, c4 = resnet_spans(x, int(str(config["backbone"])[6:]), 32)
+        _, c2, c3, c4 = resnet_spans(x, resnet_depth(str(config["backbone"])), 32)
         cat = c2.conv(3) | c3.conv(3).upsample(2) | c4.conv(3).upsample(4)
         y = cat.conv(3, dilation=1) | cat.conv(3, dilation=2) | cat.conv(3, dilation=4)
         y = y | cat.conv(3, dilation=8)

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.backbones import make_backbone
-from models.backbones.resnet import RESNET_LAYOUTS, resnet_block_span, resnet_plan
+from models.backbones.resnet import RESNET_LAYOUTS, resnet_block_span, resnet_depth, resnet_plan
 from models.deeplab import ConvBNReLU, upsample_aligned
 from models.receptive_field import Span, span_reach
 from models.registry import ArchSpec, register
@@ -139,7 +139,7 @@ class ICNet(nn.Module):
 
 def icnet_reach(config: Mapping[str, Any]) -> int:
     """Exact reach over the three branches (pyramid pooling left out)."""
-    depth = int(str(config["backbone"])[6:])
+    depth = resnet_depth(str(config["backbone"]))
     kind, _ = RESNET_LAYOUTS[depth]
     blocks = [b for stage in resnet_plan(depth, 8) for b in stage]
     first_of_layer2 = RESNET_LAYOUTS[depth][1][0]

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from models.backbones import make_backbone
-from models.backbones.resnet import resnet_spans
+from models.backbones.resnet import resnet_depth, resnet_spans
 from models.deeplab import upsample_aligned
 from models.receptive_field import Span, span_reach
 from models.registry import ArchSpec, register
@@ -165,7 +165,7 @@ def refinenet_reach(config: Mapping[str, Any]) -> int:
     blocks = int(config["crp_blocks"])
 
     def wiring(x: Span) -> Span:
-        l1, l2, l3, l4 = resnet_spans(x, int(str(config["backbone"])[6:]), 32)
+        l1, l2, l3, l4 = resnet_spans(x, resnet_depth(str(config["backbone"])), 32)
         r = _block([l4], blocks)
         for level in (l3, l2, l1):
             r = _block([level, r], blocks)

@@ -172,6 +172,14 @@ class ResNet(nn.Module):
         return [self.low_channels * 2**i for i in range(4)]
 
 
+def resnet_depth(name: str) -> int:
+    """The depth in a backbone name: ``"resnet101"`` → 101."""
+    depth = int(name.removeprefix("resnet")) if name.removeprefix("resnet").isdigit() else 0
+    if not name.startswith("resnet") or depth not in RESNET_LAYOUTS:
+        raise ValueError(f"not a ResNet backbone: {name!r}")
+    return depth
+
+
 def resnet_block_span(x: Span, kind: str, stride: int, dilation: int) -> Span:
     """Wiring of one residual block (its 3×3 path and its shortcut)."""
     path = x.conv(3, stride, dilation)
