@@ -218,6 +218,6 @@ register(
             "tile; reach covers the local part only. The paper's 7.8M disagrees with the layers of its "
             "Table 1; channels=(32, 64, 128) gives Xception B (DFANet B)."
         ),
-        small={"width_mult": 1 / 4, "hidden": 16, "blocks": (2, 2, 2)},
+        small={"width_mult": 1 / 4, "hidden": 16, "blocks": (1, 1, 1)},
     )
 )

@@ -175,6 +175,6 @@ register(
             "width_mult": 1.0,
         },
         notes="FRRN B; residual stream at full resolution (memory-heavy tiles). The paper states no count.",
-        small={"width_mult": 1 / 8},
+        small={"width_mult": 1 / 8, "stages": tuple((s, 1, c) for s, _, c in FRRN_B)},
     )
 )
