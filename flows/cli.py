@@ -444,7 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="pretrained encoder weights (.safetensors or .pth state dict, e.g. ImageNet) to start from",
     )
     p.add_argument("--loss", default="ce", help="ce, dice or ce+dice")
-    p.add_argument("--aux-weight", type=float, default=0.4, help="weight of auxiliary heads' losses")
+    p.add_argument(
+        "--aux-weight",
+        type=float,
+        default=None,
+        help="one weight for every auxiliary head's loss (default: each head's weight from its paper)",
+    )
     p.add_argument("--balanced", action="store_true", help="class-balanced tile sampling")
     p.add_argument("--jitter", type=float, default=0.1, help="intensity jitter (gain, offset)")
     p.add_argument("--patience", type=int, default=5, help="early stopping: epochs without improvement")

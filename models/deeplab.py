@@ -18,6 +18,16 @@
   Backbone aligned Xception-65 by default, or ResNet-18…101 / MobileNetV2; with
   ``separable=True`` (the paper's Xception model) ASPP's and the decoder's 3×3
   convolutions are depthwise-separable.
+- **DUpsampling** (Tian, He, Shen & Yan, Decoders Matter for Semantic
+  Segmentation: Data-Dependent Decoding Enables Flexible Feature Aggregation,
+  CVPR 2019) as the v3+ decoder option ``decoder="dupsampling"``: the stride-4
+  features (reduced to 48 channels) are *downsampled* to the encoder's output
+  stride ``r`` (bilinear) and fused with the ASPP output there by the two 3×3
+  convolutions; a 1×1 convolution (no bias) then projects each pixel to
+  ``r² · classes`` values, rearranged into the ``r × r`` block of logits it
+  stands for (data-dependent upsampling; the paper fits this projection to
+  label patches first, here it is learned with the network), divided by a
+  learned softmax temperature (initialised to 1).
 
 All four upsample their logits to the input size inside the network, so the
 wrapper's contract (logits as large as the input) holds. Upsampling is bilinear
@@ -42,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.backbones import backbone_reach, make_backbone
-from models.receptive_field import Reach
+from models.receptive_field import Reach, Span, span_reach
 from models.registry import ArchSpec, register
 
 PAPER_V1 = "Chen et al., DeepLab v1 (LargeFOV), ICLR 2015"
@@ -266,10 +276,14 @@ class DeepLabV3Plus(nn.Module):
         image_pooling: bool = True,
         width_mult: float = 1.0,
         dropout: float = 0.1,
+        decoder: str = "bilinear",
     ):
         super().__init__()
         if backbone == "vgg16":
             raise ValueError("DeepLab v3+ needs a backbone with stride-4 features, not vgg16")
+        if decoder not in DECODERS:
+            raise ValueError(f"DeepLab v3+ decoder must be one of {DECODERS}, got {decoder!r}")
+        self.dupsampling = decoder == "dupsampling"
         rates = _aspp_rates(aspp_rates, output_stride)
         self.output_stride = output_stride
         self.backbone = make_backbone(
@@ -283,13 +297,40 @@ class DeepLabV3Plus(nn.Module):
         self.decoder = nn.Sequential(
             _conv3x3(channels + low, dec, 1, separable), _conv3x3(dec, dec, 1, separable)
         )
-        self.classifier = nn.Conv2d(dec, num_classes, 1)
+        if self.dupsampling:
+            self.classifier = DUpsampling(dec, num_classes, output_stride)
+        else:
+            self.classifier = nn.Conv2d(dec, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.backbone(x)
+        if self.dupsampling:
+            low = F.interpolate(
+                self.reduce(features["low"]),
+                scale_factor=4 / self.output_stride,
+                mode="bilinear",
+                align_corners=False,
+            )
+            return self.classifier(self.decoder(torch.cat([self.aspp(features["out"]), low], dim=1)))
         y = upsample_aligned(self.aspp(features["out"]), self.output_stride // 4)
         y = self.decoder(torch.cat([y, self.reduce(features["low"])], dim=1))
         return upsample_aligned(self.classifier(y), 4)
+
+
+DECODERS = ("bilinear", "dupsampling")
+
+
+class DUpsampling(nn.Module):
+    """Data-dependent upsampling: 1×1 projection to ``factor² · classes``, depth to space, ÷ temperature."""
+
+    def __init__(self, cin: int, num_classes: int, factor: int):
+        super().__init__()
+        self.project = nn.Conv2d(cin, num_classes * factor * factor, 1, bias=False)
+        self.shuffle = nn.PixelShuffle(factor)
+        self.temperature = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shuffle(self.project(x)) / self.temperature
 
 
 # --- receptive fields -------------------------------------------------------------------
@@ -319,9 +360,22 @@ def _v3_reach(config: Mapping[str, Any]) -> int:
 
 def _v3plus_reach(config: Mapping[str, Any]) -> int:
     reach = _encoder_reach(config)
+    if config.get("decoder") == "dupsampling":
+        return _dupsampling_reach(reach, int(config["output_stride"]))
     deep = reach["aspp"].upsample(int(config["output_stride"]) // 4)
     fused = Reach(max(deep.reach, reach["low"].reach), jump=4)
     return fused.conv(3).conv(3).upsample(4).reach
+
+
+def _dupsampling_reach(reach: dict[str, Reach], stride: int) -> int:
+    """Stride-4 features resized down to the output stride, fused, two 3×3 convs, depth to space."""
+
+    def wiring(x: Span) -> Span:
+        deep = Span.centred(len(x), reach["aspp"])
+        low = Span.centred(len(x), reach["low"]).resize_down(stride // 4)
+        return (deep | low).conv(3).conv(3).unpool(stride)
+
+    return span_reach(wiring, stride)
 
 
 def _downsampling(config: Mapping[str, Any]) -> int:
@@ -436,8 +490,9 @@ register(
             "image_pooling": True,
             "width_mult": 1.0,
             "dropout": 0.1,
+            "decoder": "bilinear",
         },
-        notes=IMAGE_POOLING_NOTE,
+        notes=IMAGE_POOLING_NOTE + " decoder='dupsampling': DUpsampling (Tian et al., CVPR 2019).",
         small=_SMALL,
     )
 )

@@ -13,7 +13,10 @@ architectures that use them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 
 @dataclass
@@ -112,3 +115,112 @@ def chain_reach(*chains: list[tuple], factor: int) -> int:
                 lo, hi = _back(op, lo, hi)
             reach = max(reach, o - lo, hi - o)
     return reach
+
+
+# --- exact reach of any network, by interval arithmetic on a 1-D line ------------------
+#
+# Multi-path networks (fusion of several resolutions, residual streams next to pooling
+# streams) have too many input-to-output chains to list. :class:`Span` instead runs the
+# network's wiring along one axis: every index of a feature map carries the hull of input
+# pixels it reads, and each operation combines its inputs' hulls. An architecture writes
+# its reach as a function that mirrors its forward pass on spans; :func:`span_reach`
+# runs it on a line long enough that the borders do not matter. Global poolings and
+# attention are left out, as everywhere: the reach covers the local part of a network.
+
+
+class Span:
+    """A 1-D feature map's wiring: index ``i`` reads input pixels ``lo[i] … hi[i]``."""
+
+    def __init__(self, lo: np.ndarray, hi: np.ndarray):
+        self.lo, self.hi = lo, hi
+
+    @classmethod
+    def centred(cls, length: int, field: Reach) -> Span:
+        """A map at stride ``field.jump`` over ``length`` pixels, index ``i`` seeing ``field.reach``
+        pixels either side of pixel ``jump · i`` (a backbone described by :class:`Reach`)."""
+        centre = np.arange(length // field.jump, dtype=np.int64) * field.jump
+        return cls(centre - field.reach, centre + field.reach)
+
+    @classmethod
+    def line(cls, length: int) -> Span:
+        """The input itself: pixel ``i`` reads pixel ``i``."""
+        index = np.arange(length, dtype=np.int64)
+        return cls(index, index.copy())
+
+    def __len__(self) -> int:
+        return len(self.lo)
+
+    def conv(self, kernel: int = 3, stride: int = 1, dilation: int = 1, padding: int | None = None) -> Span:
+        """Convolution or pooling (``padding`` defaults to "same" for odd kernels, 0 for even ones;
+        it may be negative)."""
+        if padding is None:
+            padding = (kernel - 1) // 2 * dilation if kernel % 2 else 0
+        n = len(self)
+        count = (n + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+        out = np.arange(count) * stride - padding
+        lo = np.full(count, np.iinfo(np.int64).max)
+        hi = np.full(count, np.iinfo(np.int64).min)
+        for t in range(kernel):
+            src = out + dilation * t
+            ok = (src >= 0) & (src < n)
+            lo[ok] = np.minimum(lo[ok], self.lo[src[ok]])
+            hi[ok] = np.maximum(hi[ok], self.hi[src[ok]])
+        return Span(lo, hi)
+
+    pool = conv
+
+    def upsample(self, factor: int) -> Span:
+        """:func:`models.deeplab.upsample_aligned`: output ``o`` interpolates ``⌊o/f⌋`` and ``⌈o/f⌉``."""
+        n = len(self)
+        o = np.arange(n * factor)
+        a, b = o // factor, np.minimum(-(-o // factor), n - 1)
+        return Span(np.minimum(self.lo[a], self.lo[b]), np.maximum(self.hi[a], self.hi[b]))
+
+    def unpool(self, factor: int) -> Span:
+        """Nearest-neighbour upsampling (or max-unpooling): output ``o`` reads ``o // factor``."""
+        return Span(np.repeat(self.lo, factor), np.repeat(self.hi, factor))
+
+    def resize_down(self, factor: int) -> Span:
+        """Bilinear downsampling by ``factor`` (``align_corners=False``): reads around ``f·o + (f-1)/2``."""
+        if factor % 2:
+            return self.conv(1, factor, padding=-(factor // 2))
+        return self.conv(2, factor, padding=-(factor // 2 - 1))
+
+    def tconv(self, kernel: int, stride: int, padding: int = 0, output_padding: int = 0) -> Span:
+        """Transposed convolution: output ``o`` reads inputs ``i`` with ``o = s·i - p + t``."""
+        n = len(self)
+        count = (n - 1) * stride - 2 * padding + kernel + output_padding
+        lo = np.full(count, np.iinfo(np.int64).max)
+        hi = np.full(count, np.iinfo(np.int64).min)
+        for t in range(kernel):
+            o = np.arange(n) * stride - padding + t
+            ok = (o >= 0) & (o < count)
+            np.minimum.at(lo, o[ok], self.lo[ok])
+            np.maximum.at(hi, o[ok], self.hi[ok])
+        return Span(lo, hi)
+
+    def __or__(self, other: Span) -> Span:
+        """Sum or concatenation of two maps of the same size: each index reads both."""
+        if len(self) != len(other):
+            raise ValueError(f"merging maps of sizes {len(self)} and {len(other)}")
+        return Span(np.minimum(self.lo, other.lo), np.maximum(self.hi, other.hi))
+
+    def reach(self) -> int:
+        """Farthest any index of the middle third sees, in pixels (the map must be at stride 1)."""
+        n = len(self)
+        o = np.arange(n // 3, n - n // 3)
+        return int(max((o - self.lo[o]).max(), (self.hi[o] - o).max()))
+
+
+def span_reach(network: Callable[[Span], Span], factor: int, length: int = 4096) -> int:
+    # ``network`` may ignore its argument's wiring and use only its length (see Span.centred).
+    """Reach of ``network`` (a function mirroring a forward pass on spans), free of border effects."""
+    while True:
+        n = -(-length // factor) * factor
+        out = network(Span.line(n))
+        if len(out) != n:
+            raise ValueError(f"the span network maps {n} pixels to {len(out)}")
+        reach = out.reach()
+        if 3 * reach < n // 3:
+            return reach
+        length *= 4

@@ -41,6 +41,10 @@ class ArchSpec:
     in training mode (the wrapper brings every entry to the input size) and the
     logits tensor alone in eval mode; a training loop adds
     ``weight · loss(aux[i])`` for each head.
+
+    ``se_loss`` is the weight of a semantic-encoding loss (EncNet): such a
+    network also returns per-image class-presence logits ``"se"`` (``(N,
+    classes)``) in training mode, trained by binary cross-entropy.
     """
 
     name: str
@@ -57,6 +61,7 @@ class ArchSpec:
     notes: str = ""
     small: Mapping[str, Any] = field(default_factory=dict)
     aux_heads: Mapping[str, float] = field(default_factory=dict)
+    se_loss: float = 0.0
 
     def resolve_config(self, **overrides: Any) -> dict[str, Any]:
         """The canonical configuration with ``overrides`` applied (``None`` values ignored)."""
@@ -78,6 +83,13 @@ class ArchSpec:
         """Receptive-field reach (pixels on each side) of the network built with ``config``."""
         value = self.reach
         return int(value(config) if callable(value) else value)
+
+
+class GlobalContext(nn.Module):
+    """Base of modules whose output at a pixel depends on the whole map (attention over all
+    positions, context encoding): a network holding one is not fully convolutional, and
+    such a module's output is the global contribution alone (the local path runs beside it).
+    Global average poolings (``nn.AdaptiveAvgPool2d``) count likewise."""
 
 
 _REGISTRY: dict[str, ArchSpec] = {}

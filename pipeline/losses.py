@@ -1,10 +1,12 @@
-"""Training losses: cross-entropy, soft Dice, their sum, and auxiliary (deep-supervision) heads.
+"""Training losses: cross-entropy, soft Dice, their sum, auxiliary (deep-supervision) heads and
+EncNet's semantic-encoding (SE) loss.
 
 All ignore pixels labelled ``ignore_index`` (nodata).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -29,17 +31,36 @@ def dice_loss(
     return 1 - dice[present].mean() if present.any() else logits.sum() * 0
 
 
+def class_presence(target: torch.Tensor, num_classes: int, ignore_index: int = -1) -> torch.Tensor:
+    """``(N, num_classes)`` float: 1 where the class occurs among image ``n``'s labelled pixels."""
+    n = target.shape[0]
+    flat = target.reshape(n, -1).clone()
+    flat[(flat == ignore_index) | (flat < 0) | (flat >= num_classes)] = num_classes  # a discarded bin
+    present = torch.zeros(n, num_classes + 1, device=target.device)
+    present.scatter_(1, flat, 1.0)
+    return present[:, :num_classes]
+
+
+def se_loss(presence_logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -1) -> torch.Tensor:
+    """EncNet's semantic-encoding loss: binary cross-entropy of per-image class presence."""
+    presence = class_presence(target, presence_logits.shape[1], ignore_index)
+    return F.binary_cross_entropy_with_logits(presence_logits.float(), presence)
+
+
 def segmentation_loss(
     output: torch.Tensor | dict[str, Any],
     target: torch.Tensor,
     kind: str = "ce",
-    aux_weight: float = 0.4,
+    aux_weight: float | Sequence[float] = 0.4,
     class_weights: torch.Tensor | None = None,
     ignore_index: int = -1,
+    se_weight: float = 0.0,
 ) -> torch.Tensor:
-    """Loss of a model output (logits, or ``{"out": logits, "aux": [...]}``) against labels.
+    """Loss of a model output (logits, or ``{"out": logits, "aux": [...], "se": ...}``) against labels.
 
-    Each auxiliary head gets the same loss scaled by ``aux_weight``.
+    Auxiliary head ``i`` gets the same loss scaled by ``aux_weight[i]`` (one
+    number: the same weight for every head). An ``"se"`` entry (per-image class
+    presence logits, EncNet) adds ``se_weight ·`` :func:`se_loss`.
     """
     if kind not in LOSSES:
         raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {kind!r}")
@@ -55,7 +76,13 @@ def segmentation_loss(
 
     if isinstance(output, dict):
         loss = one(output["out"])
-        for aux in output.get("aux", []):
-            loss = loss + aux_weight * one(aux)
+        heads = output.get("aux", [])
+        weights = [float(aux_weight)] * len(heads) if isinstance(aux_weight, int | float) else aux_weight
+        if len(weights) != len(heads):
+            raise ValueError(f"{len(heads)} auxiliary outputs but {len(weights)} weights")
+        for aux, weight in zip(heads, weights):
+            loss = loss + float(weight) * one(aux)
+        if "se" in output and se_weight:
+            loss = loss + se_weight * se_loss(output["se"], target, ignore_index)
         return loss
     return one(output)

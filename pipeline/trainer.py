@@ -75,7 +75,9 @@ class TrainSettings:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     loss: str = "ce"
-    aux_weight: float = 0.4
+    aux_weight: float | None = None
+    """One weight for every auxiliary head's loss; None: each head's weight from its paper
+    (the registry's ``aux_heads``)."""
     balanced: bool = False
     jitter: float = 0.1
     patience: int = 5
@@ -131,6 +133,34 @@ def get_spec_or_fail(arch: str):  # -> ArchSpec
         return get_spec(arch)
     except UnknownArchitectureError as exc:
         raise InputError(f"--arch {arch}: {exc}") from None
+
+
+def auxiliary_loss_weights(settings: TrainSettings) -> tuple[list[float], float]:
+    """Loss weights of the architecture's auxiliary heads (in output order) and of its SE loss.
+
+    Each head's weight is its paper's (``ArchSpec.aux_heads``) unless
+    ``settings.aux_weight`` overrides them all.
+    """
+    spec = get_spec_or_fail(settings.arch)
+    heads = list(spec.aux_heads.values())
+    if settings.aux_weight is not None:
+        heads = [settings.aux_weight] * len(heads)
+    return heads, spec.se_loss
+
+
+def batch_loss(
+    model: SegmentationModel,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    kind: str,
+    aux_weights: Sequence[float],
+    se_weight: float = 0.0,
+    amp: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Training loss of one batch: the main output, each auxiliary head and any SE loss."""
+    with torch.autocast(xb.device.type, dtype=amp, enabled=amp is not None):
+        out = model(xb)
+    return segmentation_loss(out, yb, kind, aux_weights, ignore_index=IGNORE, se_weight=se_weight)
 
 
 @dataclass
@@ -295,6 +325,7 @@ def fit(
     if settings.backbone_weights is not None:
         load_pretrained_backbone(model, Path(settings.backbone_weights), log)
     model.to(device)
+    aux_weights, se_weight = auxiliary_loss_weights(settings)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     total = settings.epochs * settings.steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=total)
@@ -369,9 +400,7 @@ def fit(
             if device.type == "cuda":
                 xb, yb = xb.pin_memory(), yb.pin_memory()
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                out = model(xb)
-            loss = segmentation_loss(out, yb, settings.loss, settings.aux_weight, ignore_index=IGNORE)
+            loss = batch_loss(model, xb, yb, settings.loss, aux_weights, se_weight, amp)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

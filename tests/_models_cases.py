@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import models
+from models.registry import GlobalContext
 
 # Variants whose structure differs from the small canonical configuration.
 VARIANTS: list[tuple[str, dict[str, Any]]] = [
@@ -24,6 +25,7 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("deeplabv3", {"output_stride": 8, "backbone": "resnet18", "multi_grid": (1, 2)}),
     ("deeplabv3plus", {"backbone": "resnet50"}),
     ("deeplabv3plus", {"backbone": "mobilenetv2"}),
+    ("deeplabv3plus", {"decoder": "dupsampling", "backbone": "resnet18"}),
     ("dilatednet", {"context": "basic"}),
 ]
 
@@ -58,8 +60,9 @@ def connectivity_network(model: nn.Module) -> None:
     the argmax), weights become positive (nothing cancels, and taps an
     identity or zero initialisation left at zero still connect), and after every
     layer the flowing gradient is replaced by its support indicator (nothing
-    underflows). Global poolings are cut (zeroed): the declared reach covers the
-    local part of the network.
+    underflows). Global poolings and :class:`~models.registry.GlobalContext`
+    modules (attention, context encoding) are cut (zeroed): the declared reach
+    covers the local part of the network.
     """
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
@@ -73,8 +76,8 @@ def connectivity_network(model: nn.Module) -> None:
                 setattr(module, child_name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding))
             elif isinstance(child, nn.MaxPool3d):
                 setattr(module, child_name, nn.AvgPool3d(child.kernel_size, child.stride, child.padding))
-            elif isinstance(child, nn.AdaptiveAvgPool2d | nn.AdaptiveAvgPool3d):
-                child.register_forward_hook(lambda _m, _i, out: out * 0)
+            elif isinstance(child, nn.AdaptiveAvgPool2d | nn.AdaptiveAvgPool3d | GlobalContext):
+                child.register_forward_hook(lambda _m, _i, out: torch.zeros_like(out))  # no gradient either
     with torch.no_grad():
         for p in model.parameters():
             p.abs_().add_(1e-3)  # wiring, not initialisation: zero-initialised taps count too

@@ -43,6 +43,9 @@ def test_backward_reaches_every_parameter(case):
     logits = out["out"] if isinstance(out, dict) else out
     assert logits.shape == (2, model.num_classes, *size)
     aux = out.get("aux", []) if isinstance(out, dict) else []
+    if isinstance(out, dict) and "se" in out:  # EncNet's class-presence logits
+        assert out["se"].shape == (2, model.num_classes)
+        aux = [*aux, out["se"]]
     sum((a.square().mean() for a in aux), logits.square().mean()).backward()
     unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not unused, f"{name}: parameters outside the graph: {unused[:5]}"

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from models.receptive_field import Reach
+from models.receptive_field import Reach, Span
 
 # depth → (block kind, blocks per stage)
 RESNET_LAYOUTS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
@@ -156,6 +156,50 @@ class ResNet(nn.Module):
         low = self.layer1(x)
         out = self.layer4(self.layer3(self.layer2(low)))
         return {"low": low, "out": out}
+
+    def stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The outputs of ``layer1`` … ``layer4`` (for decoders that fuse several levels)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        outs = []
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = layer(x)
+            outs.append(x)
+        return outs
+
+    @property
+    def stage_channels(self) -> list[int]:
+        """Channels of ``layer1`` … ``layer4``."""
+        return [self.low_channels * 2**i for i in range(4)]
+
+
+def resnet_depth(name: str) -> int:
+    """The depth in a backbone name: ``"resnet101"`` → 101."""
+    depth = int(name.removeprefix("resnet")) if name.removeprefix("resnet").isdigit() else 0
+    if not name.startswith("resnet") or depth not in RESNET_LAYOUTS:
+        raise ValueError(f"not a ResNet backbone: {name!r}")
+    return depth
+
+
+def resnet_block_span(x: Span, kind: str, stride: int, dilation: int) -> Span:
+    """Wiring of one residual block (its 3×3 path and its shortcut)."""
+    path = x.conv(3, stride, dilation)
+    if kind == "basic":
+        path = path.conv(3, 1, dilation)
+    return path | x.conv(1, stride)
+
+
+def resnet_spans(
+    x: Span, depth: int, output_stride: int = 32, multi_grid: Sequence[int] | None = None
+) -> list[Span]:
+    """Wiring (:class:`Span`) of the outputs of ``layer1`` … ``layer4`` of :class:`ResNet`."""
+    kind, _ = RESNET_LAYOUTS[depth]
+    x = x.conv(7, 2).pool(3, 2)
+    outs = []
+    for blocks in resnet_plan(depth, output_stride, multi_grid):
+        for stride, dilation in blocks:
+            x = resnet_block_span(x, kind, stride, dilation)
+        outs.append(x)
+    return outs
 
 
 def resnet_reach(
