@@ -24,6 +24,31 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 os.environ.setdefault("GIGASEG_WORKERS", "0")
 
 
+# `make test` runs `pytest -n 2 --dist loadfile`: a test file's tests stay on one worker, so its
+# module fixtures (a trained model, a server process, a Ray cluster) are built once. The
+# model-registry files are the exception: their many independent tests share no fixture, and as
+# whole files they would keep one worker busy long after the other has finished.
+SPREAD_OVER_WORKERS = ("test_models_",)
+
+try:
+    from xdist.scheduler import LoadFileScheduling
+except ImportError:  # plain `pytest` without xdist
+    LoadFileScheduling = None
+
+if LoadFileScheduling is not None:
+
+    class _FilesExceptModelTests(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return nodeid if Path(path).name.startswith(SPREAD_OVER_WORKERS) else path
+
+    def pytest_xdist_make_scheduler(config: pytest.Config, log):
+        """``--dist loadfile``, except that model-registry tests are handed out one by one."""
+        if config.getvalue("dist") == "loadfile":
+            return _FilesExceptModelTests(config, log)
+        return None
+
+
 @pytest.fixture(scope="session", autouse=True)
 def prefect_api() -> Iterator[str]:
     """One throw-away Prefect API per test process (Prefect's own test harness, SQLite in a temp folder).
