@@ -148,6 +148,29 @@ def _batched(items: Iterable[tuple[int, ...]], n: int) -> Iterable[list[tuple[in
         yield batch
 
 
+def _cut_tiles(
+    image: torch.Tensor, extents: Sequence[Region], origin: Sequence[int], tile: Sequence[int]
+) -> torch.Tensor:
+    """``(N, C, *tile)``: the tiles' in-scene parts copied into one batch, edge tiles padded."""
+    batch = torch.empty((len(extents), image.shape[0], *tile), dtype=image.dtype, device=image.device)
+    for k, ext in enumerate(extents):
+        part = image[(slice(None), *_local(ext, origin))]
+        batch[k] = part if tuple(part.shape[1:]) == tuple(tile) else _pad_tile(part, tile)
+    return batch
+
+
+def _outer(profiles: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
+    """The N-D outer product of 1-D float32 profiles, as a tensor on ``device``."""
+    out: torch.Tensor | None = None
+    for axis, prof in enumerate(profiles):
+        shape = [1] * len(profiles)
+        shape[axis] = -1
+        t = torch.from_numpy(np.ascontiguousarray(prof)).to(device).reshape(shape)
+        out = t if out is None else out * t
+    assert out is not None
+    return out
+
+
 def blend_region(
     image: torch.Tensor,
     valid: torch.Tensor,
@@ -163,6 +186,12 @@ def blend_region(
     ``image`` ``(C, *footprint)`` is the normalised input with nodata set to 0,
     ``valid`` ``(*footprint)`` its mask; ``footprint`` must contain every tile's
     in-scene part (``grid.footprint(context)`` does).
+
+    Per batch: one in-place multiply by the window (one window for the whole batch
+    unless blending is ``crop``), then one in-place add per tile into a float32
+    accumulator over the context, in the grid's C order. The total weight is the
+    window's separable coverage, and the valid mask is applied once at the end
+    (see :mod:`pipeline.blending`): no per-tile weight arrays are made.
     """
     device = predictor.device
     origin = [a for a, _ in footprint]
@@ -170,34 +199,37 @@ def blend_region(
     ctx_shape = [b - a for a, b in context]
     scene = tuple((0, s) for s in grid.shape)
     acc: torch.Tensor | None = None
-    wsum = torch.zeros(ctx_shape, dtype=torch.float32, device=device)
-    valid_f = valid.to(device=device, dtype=torch.float32)
+    shared = None if window.mode == "crop" else torch.from_numpy(np.array(window.weights((0,) * grid.ndim)))
+    shared = shared.to(device) if shared is not None else None
     weight_cache: dict[tuple, torch.Tensor] = {}
 
-    for batch in _batched(grid.tiles_meeting(context), predictor.batch_size):
-        extents = [_intersect(grid.extent(idx), scene) for idx in batch]
-        tiles = torch.stack(
-            [_pad_tile(image[(slice(None), *_local(ext, origin))], grid.tile) for ext in extents]
-        )
-        probs = predictor(tiles.to(device, non_blocking=True))
-        if acc is None:
-            acc = torch.zeros((probs.shape[1], *ctx_shape), dtype=torch.float32, device=device)
-        for idx, ext, p in zip(batch, extents, probs):
-            key = grid.position_flags(idx) if window.mode == "crop" else ()
-            if key not in weight_cache:
-                weight_cache[key] = torch.from_numpy(np.array(window.weights(idx))).to(device)
-            part = _intersect(ext, context)
-            tile_sl = _local(part, grid.origin(idx))
-            ctx_sl = _local(part, ctx_origin)
-            w = weight_cache[key][tile_sl] * valid_f[_local(part, origin)]
-            acc[(slice(None), *ctx_sl)] += p[(slice(None), *tile_sl)] * w
-            wsum[ctx_sl] += w
-        if on_tiles is not None:
-            on_tiles(len(batch))
+    with torch.inference_mode():  # the batch's probabilities are inference tensors: update them here
+        for batch in _batched(grid.tiles_meeting(context), predictor.batch_size):
+            extents = [_intersect(grid.extent(idx), scene) for idx in batch]
+            probs = predictor(_cut_tiles(image, extents, origin, grid.tile).to(device, non_blocking=True))
+            if acc is None:
+                with torch.inference_mode(False):  # a normal tensor: later steps (CRF) may update it in place
+                    acc = torch.zeros((probs.shape[1], *ctx_shape), dtype=torch.float32, device=device)
+            if shared is not None:
+                probs.mul_(shared)
+            for idx, ext, p in zip(batch, extents, probs):
+                if shared is None:
+                    key = grid.position_flags(idx)
+                    if key not in weight_cache:
+                        weight_cache[key] = torch.from_numpy(np.array(window.weights(idx))).to(device)
+                    p.mul_(weight_cache[key])
+                part = _intersect(ext, context)
+                acc[(slice(None), *_local(part, ctx_origin))] += p[(slice(None), *_local(part, grid.origin(idx)))]
+            if on_tiles is not None:
+                on_tiles(len(batch))
 
     assert acc is not None, "a context region always meets at least one tile"
-    covered = wsum > 0
-    acc /= torch.where(covered, wsum, torch.ones_like(wsum))
+    wsum = _outer(window.coverage(context), device)
+    ctx_valid = valid[_local(context, origin)].to(device)
+    covered = (wsum > 0) & ctx_valid
+    acc /= torch.where(wsum > 0, wsum, torch.ones_like(wsum))
+    if not bool(covered.all()):
+        acc.mul_(covered)  # 0 where nothing counts, as a per-tile weighted sum would give
     return RegionResult(acc, covered)
 
 
@@ -229,17 +261,20 @@ def finish_block(
     sl = _local(region, [a for a, _ in context])
     probs = result.probabilities[(slice(None), *sl)]
     covered = result.covered[sl]
-    labels = probs.argmax(dim=0).cpu().numpy().astype(label_dtype(num_classes))
-    top = probs.amax(dim=0)
+    # max over dim 0 gives argmax's indices (first maximum on ties) many times faster than argmax
+    top, winner = torch.max(probs, dim=0)
+    labels = winner.to(torch.int32).cpu().numpy().astype(label_dtype(num_classes))
+    top_np = top.cpu().numpy()
     covered_np = covered.cpu().numpy()
-    labels[~covered_np] = label_nodata(num_classes)
-    kept = labels[covered_np].astype(np.int64)
+    everywhere = bool(covered_np.all())
+    if not everywhere:
+        labels[~covered_np] = label_nodata(num_classes)
+    kept = labels.ravel() if everywhere else labels[covered_np]
+    kept_top = top_np.ravel() if everywhere else top_np[covered_np]
     stats = np.stack(
         [
             np.bincount(kept, minlength=num_classes)[:num_classes].astype(np.float64),
-            np.bincount(
-                kept, weights=top.cpu().numpy()[covered_np].astype(np.float64), minlength=num_classes
-            )[:num_classes],
+            np.bincount(kept, weights=kept_top, minlength=num_classes)[:num_classes],
         ],
         axis=1,
     )
@@ -291,7 +326,8 @@ def prepare_input(
 ) -> np.ndarray:
     """Normalise and zero the nodata pixels (so their values never reach the network)."""
     x = normalizer(raw)
-    x[:, ~valid] = 0.0
+    if not valid.all():
+        x[:, ~valid] = 0.0
     return x
 
 
