@@ -59,7 +59,7 @@ def segment_array(
     ``gigaseg segment`` with the same grid, blending and block size.
     """
     if image.ndim != model.spatial_dims + 1:
-        raise ValueError(f"expected a (C, *spatial) array with {model.spatial_dims} spatial axes, got {image.shape}")
+        raise ValueError(f"expected (C, *spatial) with {model.spatial_dims} spatial axes, got {image.shape}")
     spatial = image.shape[1:]
     if valid is not None and valid.shape != spatial:
         raise ValueError(f"valid mask shape {valid.shape} differs from the image's {spatial}")

@@ -219,7 +219,8 @@ def blend_region(
                         weight_cache[key] = torch.from_numpy(np.array(window.weights(idx))).to(device)
                     p.mul_(weight_cache[key])
                 part = _intersect(ext, context)
-                acc[(slice(None), *_local(part, ctx_origin))] += p[(slice(None), *_local(part, grid.origin(idx)))]
+                tile_part = p[(slice(None), *_local(part, grid.origin(idx)))]
+                acc[(slice(None), *_local(part, ctx_origin))] += tile_part
             if on_tiles is not None:
                 on_tiles(len(batch))
 

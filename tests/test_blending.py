@@ -64,8 +64,9 @@ def test_separable_coverage_equals_the_sum_of_tile_windows(shape, tile, overlap,
     )
     total = np.zeros([b - a for a, b in region], np.float64)
     for idx in grid.tiles_meeting(region):
-        part = tuple((max(a, e0), min(b, e1)) for (a, b), (e0, e1) in zip(region, grid.extent(idx)))
-        w = window.weights(idx)[tuple(slice(p0 - e0, p1 - e0) for (p0, p1), (e0, _) in zip(part, grid.extent(idx)))]
+        ext = grid.extent(idx)
+        part = tuple((max(a, e0), min(b, e1)) for (a, b), (e0, e1) in zip(region, ext))
+        w = window.weights(idx)[tuple(slice(p0 - e0, p1 - e0) for (p0, p1), (e0, _) in zip(part, ext))]
         total[tuple(slice(p0 - a, p1 - a) for (p0, p1), (a, _) in zip(part, region))] += w
     coverage = np.ones((), np.float64)
     for profile in window.coverage(region):
