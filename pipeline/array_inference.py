@@ -44,7 +44,7 @@ def segment_array(
     blend: str = "gaussian",
     valid: np.ndarray | None = None,
     normalizer: Callable[[np.ndarray], np.ndarray] | None = None,
-    block: int = 2048,
+    block: int = 4096,
     batch_size: int = 4,
     device: torch.device | str = "cpu",
     amp: bool = False,
