@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         write_section(
             "Core engine: I/O-bound" if args.io_only else name,
             f"Command: `{cmd}`  \nDate: {dt.date.today()}  \nMachine: {platform.machine()}, "
-            f"{os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}\n\n{table}\n",
+            f"{os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}; load average "
+            f"{os.getloadavg()[0]:.1f} at the end (shared machine)\n\n{table}\n",
         )
     return 0
 
