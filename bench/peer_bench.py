@@ -178,7 +178,7 @@ def _chips_average(x, predict, tile: int, stride: int, batch: int, classes: int)
     for i in range(0, len(origins), batch):
         part = origins[i : i + batch]
         t = torch.stack([x[:, r : r + tile, c : c + tile] for r, c in part])
-        p = predict(t)
+        p = predict(t).cpu()
         for (r, c), q in zip(part, p):
             acc[:, r : r + q.shape[1], c : c + q.shape[2]] += q
             count[r : r + q.shape[1], c : c + q.shape[2]] += 1
@@ -202,10 +202,12 @@ def _naive(x, predict, tile: int, batch: int, classes: int, keep_probs: bool):
 
     for i in range(0, len(full), batch):
         part = full[i : i + batch]
-        for (r, c), q in zip(part, predict(torch.stack([x[:, r : r + tile, c : c + tile] for r, c in part]))):
+        for (r, c), q in zip(
+            part, predict(torch.stack([x[:, r : r + tile, c : c + tile] for r, c in part])).cpu()
+        ):
             put(r, c, q)
     for r, c in edge:
-        put(r, c, predict(x[None, :, r : r + tile, c : c + tile])[0])
+        put(r, c, predict(x[None, :, r : r + tile, c : c + tile])[0].cpu())
     return labels, probs
 
 
@@ -408,7 +410,8 @@ def run_row(spec: dict[str, Any], timeout: float, cap_bytes: int) -> RowResult:
         except psutil.Error:
             pass
         if peak > cap_bytes:
-            why = f"out of memory (passed the {cap_bytes / 2**30:.0f} GiB cap after {time.perf_counter() - t0:.0f} s)"
+            cap = cap_bytes / 2**30
+            why = f"out of memory (passed the {cap:.0f} GiB cap after {time.perf_counter() - t0:.0f} s)"
         elif time.perf_counter() - t0 > timeout:
             why = f"timed out (> {timeout:.0f} s)"
         if why:
@@ -511,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     def side_of(mpx: float) -> int:
-        return max(512, int(round(math.sqrt(mpx * 1e6) / 512)) * 512)
+        return max(512, round(math.sqrt(mpx * 1e6) / 512) * 512)
 
     sizes = [4, 16] if args.quick else [float(s) for s in args.sizes.split(",") if s]
     unet_sizes = [1] if args.quick else [float(s) for s in args.unet_sizes.split(",") if s]
@@ -568,7 +571,8 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     summary.append(dict(case=case.arch, side=side, row=key, res=res, err=err))
                     print(f"{case.arch} {side}² {key}: {res.status} {res.seconds:.1f} s "
-                          f"{res.rss / 2**20:.0f} MiB {err or ''} {res.stages or ''}", flush=True)  # fmt: skip
+                          f"{res.rss / 2**20:.0f} MiB {err or ''} {res.stages or ''}",
+                          flush=True)  # fmt: skip
                     if res.out is not None and not args.work:
                         shutil.rmtree(res.out, ignore_errors=True)
             if ref is not None and ref.out is not None and not args.work:
@@ -592,7 +596,8 @@ def main(argv: list[str] | None = None) -> int:
         write_section(
             "Peer tools",
             f"Command: `{cmd.strip()}`  \nDate: {started:%Y-%m-%d %H:%M}, "
-            f"finished {dt.datetime.now():%H:%M}  \nMachine: {platform.machine()}, {os.cpu_count()} CPU cores "
+            f"finished {dt.datetime.now():%H:%M}  \n"
+            f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores "
             f"({args.device}), torch {torch.__version__}, monai {_monai_version()}; shared with other work: "
             f"load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end  \n"
             f"Tile / overlap / batch as in each table; gaussian σ = 1/8 tile everywhere; per-row limits "
@@ -647,7 +652,8 @@ def table(case: Case, items: list[dict[str, Any]], ref_max: float) -> list[str]:
             " AMP" if it["row"].endswith("AMP") else ""
         )
         out.append(
-            f"| {scene} | {name} | {res.seconds:.1f}{gpu} | {mpx / res.seconds:.2f} | {res.rss / 2**20:,.0f} MiB "
+            f"| {scene} | {name} | {res.seconds:.1f}{gpu} | {mpx / res.seconds:.2f} "
+            f"| {res.rss / 2**20:,.0f} MiB "
             f"| {read} | {mean} | {p99} | {band} | {mean_all} |"
         )
     out.append("")
@@ -677,15 +683,17 @@ def headline(summary: list[dict[str, Any]]) -> str:
         if m is None:
             continue
         if m["res"].status != "ok":
-            verdict = f"MONAI: {m['res'].status}" + (f"; gigaseg finished in {g.seconds:.0f} s at "
-                                                      f"{g.rss / 2**20:,.0f} MiB" if g.status == "ok" else "")  # fmt: skip
+            verdict = f"MONAI: {m['res'].status}"
+            if g.status == "ok":
+                verdict += f"; gigaseg finished in {g.seconds:.0f} s at {g.rss / 2**20:,.0f} MiB"
             lines.append(f"- {case}, {mpx:.0f} Mpx: {verdict}")
             continue
         if g.status != "ok":
             lines.append(f"- {case}, {mpx:.0f} Mpx: gigaseg {g.status}")
             continue
         lines.append(
-            f"- {case}, {mpx:.0f} Mpx: time **{g.seconds / m['res'].seconds:.2f}×** (target ≤ 1 from 64 Mpx), "
+            f"- {case}, {mpx:.0f} Mpx: time **{g.seconds / m['res'].seconds:.2f}×** "
+            f"(target ≤ 1 from 64 Mpx), "
             f"peak RSS **{g.rss / m['res'].rss:.0%}** of MONAI's (target ≤ 25%)"
         )
     for case, side in sorted({(s["case"], s["side"]) for s in summary}):
