@@ -500,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         default="gigaseg,monai-gaussian,chips-average",
         help="rows run at the largest sizes (the in-memory peers there, to show where they stop)",
     )
-    p.add_argument("--ref-max-mpx", type=float, default=16, help="largest scene for the untiled reference")
+    p.add_argument("--ref-max-mpx", type=float, default=17, help="largest scene for the untiled reference")
     p.add_argument("--timeout", type=float, default=600, help="seconds per row before it is killed")
     p.add_argument("--mem-cap", type=float, default=14, help="GiB of RSS per row before it is killed")
     p.add_argument("--device", default="cpu", help="cpu or cuda (CUDA rows: untested so far)")
