@@ -151,13 +151,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--large-side", type=int, default=32768, help="side of the large memory scene")
     p.add_argument("--no-record", action="store_true", help="do not update bench/RESULTS.md")
     p.add_argument("--memory-only", action="store_true", help="only the peak-memory comparison")
+    p.add_argument("--io-only", action="store_true", help="only the I/O-bound throughput row")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="gigaseg-bench-"))
     rows: list[str] = []
 
-    if not args.memory_only:
+    if args.io_only:
+        io_row(args, tmp, rows)
+    elif not args.memory_only:
         overhead_and_io_rows(args, tmp, rows)
-    memory_rows(args, tmp, rows)
+    if not args.io_only:
+        memory_rows(args, tmp, rows)
     header = ["| measurement | numbers | ratio |", "|---|---|---|"]
     table = "\n".join(header + rows)
     print(table)
@@ -166,12 +170,15 @@ def main(argv: list[str] | None = None) -> int:
             "python -m bench.engine_bench"
             + (" --quick" if args.quick else "")
             + (" --memory-only" if args.memory_only else "")
+            + (" --io-only" if args.io_only else "")
             + (f" --large-side {args.large_side}" if args.large_side != 32768 else "")
         )
+        name = "Core engine: memory" if args.memory_only else "Core engine"
         write_section(
-            "Core engine: memory" if args.memory_only else "Core engine",
+            "Core engine: I/O-bound" if args.io_only else name,
             f"Command: `{cmd}`  \nDate: {dt.date.today()}  \nMachine: {platform.machine()}, "
-            f"{os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}\n\n{table}\n",
+            f"{os.cpu_count()} CPU cores, no GPU, torch {torch.__version__}; load average "
+            f"{os.getloadavg()[0]:.1f} at the end (shared machine)\n\n{table}\n",
         )
     return 0
 
@@ -214,7 +221,11 @@ def overhead_and_io_rows(args: argparse.Namespace, tmp: Path, rows: list[str]) -
         f"| {e2e / bare:.2f}× |"
     )
 
-    # 2. I/O-bound throughput with the 1×1 convolution vs a plain copy.
+    io_row(args, tmp, rows)
+
+
+def io_row(args: argparse.Namespace, tmp: Path, rows: list[str]) -> None:
+    """2. I/O-bound throughput with the 1×1 convolution vs a plain copy."""
     side = 2048 if args.quick else 8192
     scene = write_scene(tmp / "gray.tif", 1, side)
     io_s, _, _ = run_cli(

@@ -71,7 +71,7 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction in [0, 1)")
     p.add_argument("--blend", default="gaussian", help="constant, gaussian or crop")
     p.add_argument("--sigma", type=float, default=0.125, help="gaussian sigma, fraction of the tile")
-    p.add_argument("--block", type=int, default=2048, help="output block size (whole chunks)")
+    p.add_argument("--block", type=int, default=4096, help="output block size (whole chunks)")
     p.add_argument("--chunk", type=int, default=512, help="store chunk size in pixels")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

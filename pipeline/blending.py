@@ -11,7 +11,13 @@ product of one 1-D profile per axis, so 2D and 3D share the code.
   discarded on each side), except at the scene's edges, where the outer border is
   kept; the kept regions of neighbouring tiles tile the scene exactly.
 
-Nodata pixels get zero weight (the engine multiplies by the valid mask).
+Nodata pixels get zero weight: because the valid mask is per pixel, not per tile,
+``sum(w * v * p) / sum(w * v)`` equals ``sum(w * p) / sum(w)`` wherever ``v`` is 1,
+so the engine applies the mask once per block rather than once per tile.
+
+Because windows are separable and the tiles meeting a box form a product of
+per-axis index ranges, the total weight over a box is separable too
+(:meth:`BlendWindow.coverage`): one 1-D sum per axis, multiplied out.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from pipeline.grid import TileGrid
+from pipeline.grid import Region, TileGrid
 
 BLEND_MODES = ("constant", "gaussian", "crop")
 GAUSSIAN_FLOOR = 1e-3
@@ -63,10 +69,40 @@ class BlendWindow:
         if not self.sigma > 0:
             raise ValueError(f"gaussian sigma must be > 0, got {self.sigma}")
 
+    def axis_profile(self, axis: int, i: int) -> np.ndarray:
+        """The 1-D weight profile of tile ``i`` along ``axis`` (float32, tile-long)."""
+        n = self.grid.counts[axis]
+        first, last = (i == 0, i == n - 1) if self.mode == "crop" else (False, False)
+        return _axis_profile(self.mode, self.grid.tile[axis], self.grid.stride[axis], first, last, self.sigma)
+
+    def coverage(self, region: Region) -> list[np.ndarray]:
+        """Per axis, the summed 1-D profiles of the tiles meeting ``region``, over ``region`` (float32).
+
+        Their outer product is the total weight ``sum(w)`` every pixel of the box gets.
+        Each pixel sums the same tiles in the same order whatever box it is computed in,
+        so a block's coverage equals the whole scene's over that block.
+        """
+        out = []
+        for axis, ((r0, r1), rng) in enumerate(zip(region, self.grid.index_range(region))):
+            total = np.zeros(r1 - r0, dtype=np.float32)
+            t, s = self.grid.tile[axis], self.grid.stride[axis]
+            for i in rng:
+                a, b = max(i * s, r0), min(i * s + t, r1)
+                total[a - r0 : b - r0] += self.axis_profile(axis, i)[a - i * s : b - i * s]
+            out.append(total)
+        return out
+
     def weights(self, index: Sequence[int]) -> np.ndarray:
         """The N-D weight array (float32, tile-shaped) of tile ``index``."""
         flags = self.grid.position_flags(index) if self.mode == "crop" else None
         return _window(self.mode, self.grid.tile, self.grid.stride, flags, self.sigma)
+
+
+@lru_cache(maxsize=256)
+def _axis_profile(mode: str, tile: int, stride: int, first: bool, last: bool, sigma: float) -> np.ndarray:
+    profile = _profile(mode, tile, stride, first, last, sigma)
+    profile.setflags(write=False)
+    return profile
 
 
 @lru_cache(maxsize=64)

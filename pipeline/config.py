@@ -27,7 +27,7 @@ class SegmentConfig:
     overlap: float = 0.25
     blend: str = "gaussian"
     sigma: float = 0.125
-    block: int = 2048
+    block: int = 4096
     chunk: int = 512
     batch_size: int = 4
     device: str = "auto"

@@ -46,3 +46,29 @@ def test_constant_window_is_flat():
 def test_unknown_blend_mode_is_refused():
     with pytest.raises(ValueError, match="blend mode"):
         BlendWindow(TileGrid.create((64, 64), 16, 0.25), "median")
+
+
+@given(
+    shape=st.lists(st.integers(10, 120), min_size=1, max_size=3).map(tuple),
+    tile=st.integers(4, 40),
+    overlap=st.floats(0, 0.75),
+    mode=st.sampled_from(["constant", "gaussian", "crop"]),
+    data=st.data(),
+)
+@settings(max_examples=40, deadline=None)
+def test_separable_coverage_equals_the_sum_of_tile_windows(shape, tile, overlap, mode, data):
+    grid = TileGrid.create(shape, tile, overlap)
+    window = BlendWindow(grid, mode)
+    region = tuple(
+        (a, data.draw(st.integers(a + 1, s))) for s in shape for a in [data.draw(st.integers(0, s - 1))]
+    )
+    total = np.zeros([b - a for a, b in region], np.float64)
+    for idx in grid.tiles_meeting(region):
+        ext = grid.extent(idx)
+        part = tuple((max(a, e0), min(b, e1)) for (a, b), (e0, e1) in zip(region, ext))
+        w = window.weights(idx)[tuple(slice(p0 - e0, p1 - e0) for (p0, p1), (e0, _) in zip(part, ext))]
+        total[tuple(slice(p0 - a, p1 - a) for (p0, p1), (a, _) in zip(part, region))] += w
+    coverage = np.ones((), np.float64)
+    for profile in window.coverage(region):
+        coverage = np.multiply.outer(coverage, profile)
+    np.testing.assert_allclose(coverage, total, rtol=1e-5)

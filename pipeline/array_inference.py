@@ -1,0 +1,89 @@
+"""The engine over an array already in memory: blockwise, so extra memory is one block's worth.
+
+For callers that hold the image as a numpy array (a notebook, another pipeline,
+the peer benchmark) and want the same result as ``gigaseg segment`` without the
+stores: the same global tile grid, blending and blocks, with the array standing
+in for the scene store. Memory beyond the input and the labels is bounded by the
+block (as in the file pipeline), not by the scene: the probabilities of the whole
+scene are only held when asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from models import SegmentationModel
+from pipeline.blending import BlendWindow
+from pipeline.blocks import BlockPlan
+from pipeline.engine import TilePredictor, infer_block, label_dtype
+from pipeline.grid import Region, TileGrid
+
+
+@dataclass
+class ArrayResult:
+    """Labels (nodata = dtype max) and, when asked, float32 probabilities (NaN where nodata)."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+    tiles_run: int
+
+
+def _identity(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.float32, copy=True)
+
+
+def segment_array(
+    image: np.ndarray,
+    model: SegmentationModel,
+    tile: int,
+    overlap: float = 0.25,
+    blend: str = "gaussian",
+    valid: np.ndarray | None = None,
+    normalizer: Callable[[np.ndarray], np.ndarray] | None = None,
+    block: int = 4096,
+    batch_size: int = 4,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+    with_probabilities: bool = False,
+    on_block: Callable[[int], None] | None = None,
+) -> ArrayResult:
+    """Segment a ``(C, *spatial)`` array block by block on the global grid.
+
+    ``valid`` (``(*spatial)`` bool, default all valid) marks nodata; ``normalizer``
+    maps a raw ``(C, *region)`` block to float32 model input (default: a float32 copy).
+    Equal to the whole-scene pass (:func:`pipeline.engine.predict_in_memory`) and to
+    ``gigaseg segment`` with the same grid, blending and block size.
+    """
+    if image.ndim != model.spatial_dims + 1:
+        raise ValueError(f"expected (C, *spatial) with {model.spatial_dims} spatial axes, got {image.shape}")
+    spatial = image.shape[1:]
+    if valid is not None and valid.shape != spatial:
+        raise ValueError(f"valid mask shape {valid.shape} differs from the image's {spatial}")
+    grid = TileGrid.create(spatial, tile, overlap, align=model.downsampling)
+    window = BlendWindow(grid, blend)
+    plan = BlockPlan.create(grid, block, block)
+    predictor = TilePredictor(model, torch.device(device), batch_size, amp)
+    predictor.fit_to_memory((image.shape[0], *grid.tile))
+    labels = np.empty(spatial, dtype=label_dtype(model.num_classes))
+    probs = np.empty((model.num_classes, *spatial), np.float32) if with_probabilities else None
+
+    def read(region: Region) -> tuple[np.ndarray, np.ndarray]:
+        sl = tuple(slice(a, b) for a, b in region)
+        mask = valid[sl] if valid is not None else np.ones([b - a for a, b in region], dtype=bool)
+        return image[(slice(None), *sl)], mask
+
+    for b in plan:
+        out = infer_block(
+            read, b, grid, window, predictor, normalizer or _identity, model.num_classes, with_probabilities
+        )
+        sl = tuple(slice(a, z) for a, z in b.region)
+        labels[sl] = out.labels
+        if probs is not None:
+            probs[(slice(None), *sl)] = out.probabilities
+        if on_block is not None:
+            on_block(b.num_pixels)
+    return ArrayResult(labels, probs, predictor.tiles_run)
