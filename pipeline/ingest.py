@@ -103,4 +103,3 @@ def _copy_windows(
     writer.write((rows, cols), image, valid)
     if on_progress is not None:
         on_progress((rows[1] - rows[0]) * (cols[1] - cols[0]))
-
