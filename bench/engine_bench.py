@@ -33,6 +33,7 @@ from rasterio.crs import CRS
 
 from bench.results import write_section
 from models import build
+from pipeline.config import SegmentConfig
 from pipeline.grid import TileGrid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -281,7 +282,8 @@ def memory_rows(args: argparse.Namespace, tmp: Path, rows: list[str]) -> None:
         path.unlink()
     (small_label, (small_rss, _)), (large_label, (large_rss, large_s)) = mem.items()
     rows.append(
-        f"| peak RSS, 1×1 conv, block 2048 | {small_label}: {small_rss / 2**20:.0f} MiB; "
+        f"| peak RSS, 1×1 conv, default block {SegmentConfig.block} | "
+        f"{small_label}: {small_rss / 2**20:.0f} MiB; "
         f"{large_label}: {large_rss / 2**20:.0f} MiB ({large_s:.0f} s) | "
         f"**{large_rss / small_rss:.2f}×** (target ≤ 1.25) |"
     )
