@@ -37,9 +37,10 @@ class Progress:
         self._total_pixels = total_pixels
         self._done_pixels = min(done_pixels, total_pixels)
         self._bar = tqdm(
-            total=total_pixels / 1e6,
-            initial=min(done_pixels, total_pixels) / 1e6,
+            total=total_pixels,
+            initial=min(done_pixels, total_pixels),
             unit="Mpx",
+            unit_scale=1e-6,  # counts whole pixels (exact), shows megapixels
             desc=desc,
             file=stream,
             disable=not self.enabled,
@@ -63,9 +64,9 @@ class Progress:
         """Note one finished block of ``pixels`` pixels."""
         self.blocks += 1
         self._refresh()
-        # Exact pixel count, so rounding never carries the bar past its total.
-        self._done_pixels = min(self._done_pixels + pixels, self._total_pixels)
-        self._bar.update(self._done_pixels / 1e6 - self._bar.n)
+        step = min(pixels, self._total_pixels - self._done_pixels)
+        self._done_pixels += step
+        self._bar.update(step)
 
     def retry(self, what: str) -> None:
         """Note a retried block (shown in the bar and written as a line)."""
