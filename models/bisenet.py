@@ -94,11 +94,7 @@ class BiSeNet(nn.Module):
         layers: list[nn.Module] = []
         cin = in_channels
         for c in spatial_channels:
-            layers.append(
-                nn.Sequential(
-                    nn.Conv2d(cin, scale(c), 3, 2, 1, bias=False), nn.BatchNorm2d(scale(c)), nn.ReLU(True)
-                )
-            )
+            layers.append(ConvBNReLU(cin, scale(c), 3, stride=2))
             cin = scale(c)
         self.spatial = nn.Sequential(*layers)
         self.backbone = make_backbone(backbone, in_channels, 32, width_mult)

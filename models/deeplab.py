@@ -81,12 +81,12 @@ def upsample_aligned(x: torch.Tensor, factor: int) -> torch.Tensor:
 
 
 class ConvBNReLU(nn.Sequential):
-    """Convolution (no bias) → batch norm → ReLU."""
+    """Convolution (no bias, "same" padding for odd kernels) → batch norm → ReLU."""
 
-    def __init__(self, cin: int, cout: int, kernel: int = 1, dilation: int = 1):
+    def __init__(self, cin: int, cout: int, kernel: int = 1, dilation: int = 1, stride: int = 1):
         padding = (kernel - 1) // 2 * dilation
         super().__init__(
-            nn.Conv2d(cin, cout, kernel, padding=padding, dilation=dilation, bias=False),
+            nn.Conv2d(cin, cout, kernel, stride, padding=padding, dilation=dilation, bias=False),
             nn.BatchNorm2d(cout),
             nn.ReLU(inplace=True),
         )

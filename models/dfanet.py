@@ -134,9 +134,7 @@ class DFANet(nn.Module):
         scale = lambda c: max(1, round(int(c) * width_mult))  # noqa: E731
         chans = [scale(c) for c in channels]
         stem = scale(stem_channels)
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, stem, 3, 2, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True)
-        )
+        self.stem = ConvBNReLU(in_channels, stem, 3, stride=2)
         blocks = [int(b) for b in blocks]
         self.copies = nn.ModuleList(
             [XceptionA(stem, chans, blocks, False, hidden)]

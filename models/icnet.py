@@ -112,11 +112,7 @@ class ICNet(nn.Module):
         high: list[nn.Module] = []
         cin = in_channels
         for c in high_channels:
-            high.append(
-                nn.Sequential(
-                    nn.Conv2d(cin, scale(c), 3, 2, 1, bias=False), nn.BatchNorm2d(scale(c)), nn.ReLU(True)
-                )
-            )
+            high.append(ConvBNReLU(cin, scale(c), 3, stride=2))
             cin = scale(c)
         self.high = nn.Sequential(*high)
         fusion = scale(fusion_channels)

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.deeplab import upsample_aligned
+from models.deeplab import ConvBNReLU, upsample_aligned
 from models.receptive_field import Span, span_reach
 from models.registry import ArchSpec, register
 
@@ -92,26 +92,18 @@ class SSnbt(nn.Module):
         return y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)  # channel shuffle
 
 
-def conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
-
-
 class AttentionPyramid(nn.Module):
     """APN: a 7×7 / 5×5 / 3×3 stride-2 pyramid as an attention map over the 1×1-projected features."""
 
     def __init__(self, cin: int, num_classes: int):
         super().__init__()
-        self.mid = conv_bn_relu(cin, num_classes, 1)
-        self.down1 = conv_bn_relu(cin, 1, 7, 2)
-        self.down2 = conv_bn_relu(1, 1, 5, 2)
-        self.down3 = nn.Sequential(conv_bn_relu(1, 1, 3, 2), conv_bn_relu(1, 1, 3))
-        self.conv1 = conv_bn_relu(1, 1, 7)
-        self.conv2 = conv_bn_relu(1, 1, 5)
-        self.pooled = nn.Sequential(nn.AdaptiveAvgPool2d(1), conv_bn_relu(cin, num_classes, 1))
+        self.mid = ConvBNReLU(cin, num_classes, 1)
+        self.down1 = ConvBNReLU(cin, 1, 7, stride=2)
+        self.down2 = ConvBNReLU(1, 1, 5, stride=2)
+        self.down3 = nn.Sequential(ConvBNReLU(1, 1, 3, stride=2), ConvBNReLU(1, 1, 3))
+        self.conv1 = ConvBNReLU(1, 1, 7)
+        self.conv2 = ConvBNReLU(1, 1, 5)
+        self.pooled = nn.Sequential(nn.AdaptiveAvgPool2d(1), ConvBNReLU(cin, num_classes, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d1 = self.down1(x)
