@@ -58,7 +58,8 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
 
 
 ENGINE_OPTIONS = (
-    "tile", "overlap", "blend", "sigma", "block", "chunk", "batch_size", "device", "amp", "num_classes",
+    "tile", "overlap", "blend", "sigma", "block", "chunk", "batch_size", "device", "amp", "channels_last",
+    "num_classes",
     "in_channels", "seed", "threads", "crf", "crf_iterations", "crf_radius", "crf_smooth_weight",
     "crf_smooth_sigma", "crf_appearance_weight", "crf_appearance_sigma_pos", "crf_appearance_sigma_feat",
     "crf_bands", "workers", "ray_address", "spacing", "slice_axis", "tta", "volume_block", "volume_chunk",
@@ -76,6 +77,12 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", action="store_true", help="mixed precision on GPU (bf16/fp16)")
+    p.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="run the model in its own memory layout (default: channels-last, faster convolutions)",
+    )
     p.add_argument("--num-classes", type=int, help="classes, for arch:NAME models")
     p.add_argument("--in-channels", type=int, help="input channels, for arch:NAME models")
     p.add_argument("--seed", type=int, default=0, help="weight seed, for arch:NAME models")

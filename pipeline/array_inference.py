@@ -48,6 +48,7 @@ def segment_array(
     batch_size: int = 4,
     device: torch.device | str = "cpu",
     amp: bool = False,
+    channels_last: bool = True,
     with_probabilities: bool = False,
     on_block: Callable[[int], None] | None = None,
 ) -> ArrayResult:
@@ -66,7 +67,7 @@ def segment_array(
     grid = TileGrid.create(spatial, tile, overlap, align=model.downsampling)
     window = BlendWindow(grid, blend)
     plan = BlockPlan.create(grid, block, block)
-    predictor = TilePredictor(model, torch.device(device), batch_size, amp)
+    predictor = TilePredictor(model, torch.device(device), batch_size, amp, channels_last=channels_last)
     predictor.fit_to_memory((image.shape[0], *grid.tile))
     labels = np.empty(spatial, dtype=label_dtype(model.num_classes))
     probs = np.empty((model.num_classes, *spatial), np.float32) if with_probabilities else None

@@ -32,6 +32,8 @@ class SegmentConfig:
     batch_size: int = 4
     device: str = "auto"
     amp: bool = False
+    channels_last: bool = True
+    """Run the model channels-last (NHWC/NDHWC): faster convolutions, same results up to rounding."""
     probabilities: Path | None = None
     overwrite: bool = False
     quiet: bool = False

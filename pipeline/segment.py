@@ -368,7 +368,14 @@ def predictor_for(job: Job, device: torch.device | None = None) -> TilePredictor
     """A tile predictor for this job's model on the configured device."""
     device = device or select_device(job.config.device)
     model = job.model if job.slice_axis is None else SliceWiseModel(job.model, job.slice_axis)
-    predictor = TilePredictor(model, device, job.config.batch_size, job.config.amp, tta=job.config.tta)
+    predictor = TilePredictor(
+        model,
+        device,
+        job.config.batch_size,
+        job.config.amp,
+        tta=job.config.tta,
+        channels_last=job.config.channels_last,
+    )
     predictor.fit_to_memory((len(job.bands), *job.grid.tile))
     return predictor
 
