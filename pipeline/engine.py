@@ -169,24 +169,37 @@ def _batched(items: Iterable[tuple[int, ...]], n: int) -> Iterable[list[tuple[in
 
 
 def _cut_tiles(
-    image: torch.Tensor, extents: Sequence[Region], origin: Sequence[int], tile: Sequence[int]
-) -> torch.Tensor:
-    """``(N, C, *tile)``: the tiles' in-scene parts copied into one batch, edge tiles padded."""
-    batch = torch.empty((len(extents), image.shape[0], *tile), dtype=image.dtype, device=image.device)
-    on_cpu = image.device.type == "cpu"
-    dst, src = (batch.numpy(), image.numpy()) if on_cpu else (batch, image)
+    raw: np.ndarray,
+    valid: np.ndarray | None,
+    normalizer: Callable[[np.ndarray], np.ndarray],
+    extents: Sequence[Region],
+    origin: Sequence[int],
+    tile: Sequence[int],
+) -> np.ndarray:
+    """``(N, C, *tile)`` float32: each tile's in-scene part normalised, nodata zeroed, edges padded.
+
+    Normalisation is pointwise with fixed parameters, so normalising a tile gives
+    the same bits as normalising the whole footprint and cutting; doing it per
+    tile keeps only the raw footprint (1 byte/px for 8-bit imagery) in memory
+    instead of a float32 copy of it. ``valid`` is None when every pixel is valid.
+    """
+    batch = np.empty((len(extents), raw.shape[0], *tile), dtype=np.float32)
     for k, ext in enumerate(extents):
-        sl = (slice(None), *_local(ext, origin))
-        if tuple(b - a for a, b in ext) == tuple(tile):
-            dst[k] = src[sl]
+        sl = _local(ext, origin)
+        x = normalizer(raw[(slice(None), *sl)])
+        if valid is not None:
+            x[:, ~valid[sl]] = 0.0  # nodata never reaches the network
+        if x.shape[1:] == tuple(tile):
+            batch[k] = x
         else:
-            batch[k] = _pad_tile(image[sl], tile)
+            batch[k] = _pad_tile(torch.from_numpy(x), tile).numpy()
     return batch
 
 
 def blend_region(
-    image: torch.Tensor,
-    valid: torch.Tensor,
+    raw: np.ndarray,
+    valid: np.ndarray,
+    normalizer: Callable[[np.ndarray], np.ndarray],
     footprint: Region,
     context: Region,
     grid: TileGrid,
@@ -196,9 +209,10 @@ def blend_region(
 ) -> RegionResult:
     """Blend every tile meeting ``context``.
 
-    ``image`` ``(C, *footprint)`` is the normalised input with nodata set to 0,
-    ``valid`` ``(*footprint)`` its mask; ``footprint`` must contain every tile's
-    in-scene part (``grid.footprint(context)`` does).
+    ``raw`` ``(C, *footprint)`` is the input as read, ``valid`` ``(*footprint)`` its
+    mask, ``normalizer`` the model's input normalisation (applied per tile, nodata
+    then set to 0); ``footprint`` must contain every tile's in-scene part
+    (``grid.footprint(context)`` does).
 
     Per batch: one in-place multiply by the window (one window for the whole batch
     unless blending is ``crop``), then one in-place add per tile into a float32
@@ -223,10 +237,14 @@ def blend_region(
     on_cpu = device.type == "cpu"
     shared_np = shared.numpy() if on_cpu and shared is not None else None
     acc_np: np.ndarray | None = None
+    some_invalid = None if valid.all() else valid
     with torch.inference_mode():  # the batch's probabilities are inference tensors: update them here
         for batch in _batched(grid.tiles_meeting(context), predictor.batch_size):
             extents = [_intersect(grid.extent(idx), scene) for idx in batch]
-            probs = predictor(_cut_tiles(image, extents, origin, grid.tile).to(device, non_blocking=True))
+            tiles = torch.from_numpy(_cut_tiles(raw, some_invalid, normalizer, extents, origin, grid.tile))
+            if device.type == "cuda":
+                tiles = tiles.pin_memory()  # the caching host allocator keeps it alive until copied
+            probs = predictor(tiles.to(device, non_blocking=True))
             if acc is None:
                 with torch.inference_mode(False):  # a normal tensor: later steps (CRF) may update it in place
                     acc = torch.zeros((probs.shape[1], *ctx_shape), dtype=torch.float32, device=device)
@@ -258,7 +276,7 @@ def blend_region(
 
     assert acc is not None, "a context region always meets at least one tile"
     # Σw is separable: divide by one 1-D profile per axis in turn (no context-sized weight array).
-    covered = valid[_local(context, origin)].to(device).clone()
+    covered = torch.from_numpy(valid[_local(context, origin)].copy()).to(device)  # updated in place below
     for axis, profile in enumerate(window.coverage(context)):
         shape = [1] * len(ctx_shape)
         shape[axis] = -1
@@ -303,23 +321,28 @@ def _top_class(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return top, winner
 
 
-def _label_stats(labels: np.ndarray, top: np.ndarray, num_classes: int) -> np.ndarray:
-    """``(classes, 2)``: pixels per label and the sum of their top probability (float64)."""
+SLAB_PIXELS = 1 << 20
+"""Pixels per slab when a block is finished slab by slab (first spatial axis): cache-sized temporaries."""
+
+
+def _add_label_stats(stats: np.ndarray, labels: np.ndarray, top: np.ndarray, keep: np.ndarray | None) -> None:
+    """Add pixels per label and the sum of their top probability (where ``keep``) to ``stats``."""
+    num_classes = stats.shape[0]
+    if keep is not None:
+        labels, top = labels[keep], top[keep]
+    labels, top = labels.ravel(), top.ravel()
     if num_classes > 16:
-        return np.stack(
-            [
-                np.bincount(labels, minlength=num_classes)[:num_classes].astype(np.float64),
-                np.bincount(labels, weights=top, minlength=num_classes)[:num_classes],
-            ],
-            axis=1,
-        )
-    # few classes: one comparison per class beats bincount's int64/float64 copies of the whole block
-    stats = np.zeros((num_classes, 2), dtype=np.float64)
+        stats[:, 0] += np.bincount(labels, minlength=num_classes)[:num_classes]
+        stats[:, 1] += np.bincount(labels, weights=top, minlength=num_classes)[:num_classes]
+        return
+    # Few classes: a comparison and a masked float32 (pairwise) sum per class over a cache-sized slab,
+    # accumulated across slabs in float64 — ~14× faster than a float64 ``where=`` reduction.
+    masked = np.empty_like(top)
     for c in range(num_classes):
         mask = labels == c
-        stats[c, 0] = np.count_nonzero(mask)
-        stats[c, 1] = np.sum(top, where=mask, dtype=np.float64)
-    return stats
+        stats[c, 0] += np.count_nonzero(mask)
+        np.multiply(top, mask, out=masked)
+        stats[c, 1] += float(masked.sum())
 
 
 def finish_block(
@@ -330,20 +353,27 @@ def finish_block(
     with_probabilities: bool,
     with_uncertainty: bool = False,
 ) -> BlockOutput:
-    """Crop a context result to the block, argmax, and mark nodata (optionally confidence/entropy)."""
+    """Crop a context result to the block, take the top class, mark nodata (optionally confidence/entropy).
+
+    Done in slabs along the first spatial axis, so the temporaries (top
+    probability, masks) stay small whatever the block size.
+    """
     sl = _local(region, [a for a, _ in context])
     probs = result.probabilities[(slice(None), *sl)]
-    covered = result.covered[sl]
-    top, winner = _top_class(probs)
-    labels = winner.cpu().numpy().astype(label_dtype(num_classes), copy=False)
-    top_np = top.cpu().numpy()
-    covered_np = covered.cpu().numpy()
+    covered_np = result.covered[sl].cpu().numpy()
     everywhere = bool(covered_np.all())
-    if not everywhere:
-        labels[~covered_np] = label_nodata(num_classes)
-    kept = labels.ravel() if everywhere else labels[covered_np]
-    kept_top = top_np.ravel() if everywhere else top_np[covered_np]
-    stats = _label_stats(kept, kept_top, num_classes)
+    labels = np.empty(probs.shape[1:], dtype=label_dtype(num_classes))
+    stats = np.zeros((num_classes, 2), dtype=np.float64)
+    step = max(1, SLAB_PIXELS // max(1, int(np.prod(probs.shape[2:]))))
+    for start in range(0, probs.shape[1], step):
+        rows = slice(start, start + step)
+        top, winner = _top_class(probs[:, rows])
+        slab = labels[rows]
+        slab[...] = winner.cpu().numpy()
+        keep = None if everywhere else covered_np[rows]
+        if keep is not None:
+            slab[~keep] = label_nodata(num_classes)
+        _add_label_stats(stats, slab, top.cpu().numpy(), keep)
     probs_np = None
     if with_probabilities:
         probs_np = probs.cpu().numpy().copy()
@@ -359,42 +389,25 @@ def finish_block(
 
 
 def infer_context(
-    image: np.ndarray,
+    raw: np.ndarray,
     valid: np.ndarray,
+    normalizer: Callable[[np.ndarray], np.ndarray],
     footprint: Region,
     context: Region,
     grid: TileGrid,
     window: BlendWindow,
     predictor: TilePredictor,
     refiner: Refiner | None = None,
-    raw_image: np.ndarray | None = None,
     on_tiles: Callable[[int], None] | None = None,
 ) -> RegionResult:
-    """Blend (and optionally refine) over ``context`` from a normalised footprint array."""
-    device = predictor.device
-    x = torch.from_numpy(np.ascontiguousarray(image))
-    if device.type == "cuda":
-        x = x.pin_memory()
-    x = x.to(device, non_blocking=True)
-    v = torch.from_numpy(np.ascontiguousarray(valid)).to(device)
-    result = blend_region(x, v, footprint, context, grid, window, predictor, on_tiles)
+    """Blend (and optionally refine) over ``context`` from the raw footprint."""
+    result = blend_region(raw, valid, normalizer, footprint, context, grid, window, predictor, on_tiles)
     if refiner is not None:
         sl = _local(context, [a for a, _ in footprint])
-        source = raw_image if raw_image is not None else image
-        feats = torch.from_numpy(np.ascontiguousarray(source[(slice(None), *sl)])).to(device)
+        feats = torch.from_numpy(np.ascontiguousarray(raw[(slice(None), *sl)])).to(predictor.device)
         refined = refiner(result.probabilities, feats.float(), result.covered)
         result = RegionResult(refined, result.covered)
     return result
-
-
-def prepare_input(
-    raw: np.ndarray, valid: np.ndarray, normalizer: Callable[[np.ndarray], np.ndarray]
-) -> np.ndarray:
-    """Normalise and zero the nodata pixels (so their values never reach the network)."""
-    x = normalizer(raw)
-    if not valid.all():
-        x[:, ~valid] = 0.0
-    return x
 
 
 def infer_block(
@@ -412,18 +425,8 @@ def infer_block(
 ) -> BlockOutput:
     """Compute one output block: read its footprint, blend, refine, crop."""
     raw, valid = read(block.footprint)
-    image = prepare_input(raw, valid, normalizer)
     result = infer_context(
-        image,
-        valid,
-        block.footprint,
-        block.context,
-        grid,
-        window,
-        predictor,
-        refiner=refiner,
-        raw_image=raw,
-        on_tiles=on_tiles,
+        raw, valid, normalizer, block.footprint, block.context, grid, window, predictor, refiner, on_tiles
     )
     return finish_block(
         result, block.context, block.region, num_classes, with_probabilities, with_uncertainty
@@ -442,8 +445,5 @@ def predict_in_memory(
 ) -> BlockOutput:
     """The whole scene in one piece (the reference the blockwise run must equal)."""
     scene = tuple((0, s) for s in grid.shape)
-    image = prepare_input(raw, valid, normalizer)
-    result = infer_context(
-        image, valid, scene, scene, grid, window, predictor, refiner=refiner, raw_image=raw
-    )
+    result = infer_context(raw, valid, normalizer, scene, scene, grid, window, predictor, refiner)
     return finish_block(result, scene, scene, num_classes, with_probabilities=True)
