@@ -304,20 +304,32 @@ class BlockOutput:
     """``(classes, 2)`` float64: voxels per label and the sum of their winning probability."""
 
 
-def _top_class(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top probability and its class (the first on ties, as argmax) over axis 0.
+def _top_class(probs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Top probability and its class (the first on ties, as argmax) over axis 0, as numpy arrays.
 
-    Few classes: a running maximum, uint8 labels and no int64 index array. Else
-    ``torch.max`` over dim 0, which on CPU is many times faster than ``argmax``.
+    Few classes: a running maximum, uint8 labels and no int64 index array; on CPU
+    in numpy (single-threaded, as the blending: small torch ops wait for OpenMP
+    threads on a busy machine). Else ``torch.max`` over dim 0, which on CPU is many
+    times faster than ``argmax``.
     """
     if probs.shape[0] > 16:
-        return torch.max(probs, dim=0)
-    top = probs[0].clone()
-    winner = torch.zeros(probs.shape[1:], dtype=torch.uint8, device=probs.device)
-    for c in range(1, probs.shape[0]):
-        better = probs[c] > top
-        winner.masked_fill_(better, c)
-        torch.maximum(top, probs[c], out=top)
+        top, winner = torch.max(probs, dim=0)
+        return top.cpu().numpy(), winner.cpu().numpy()
+    if probs.device.type != "cpu":
+        top = probs[0].clone()
+        winner = torch.zeros(probs.shape[1:], dtype=torch.uint8, device=probs.device)
+        for c in range(1, probs.shape[0]):
+            winner.masked_fill_(probs[c] > top, c)
+            torch.maximum(top, probs[c], out=top)
+        return top.cpu().numpy(), winner.cpu().numpy()
+    p = probs.numpy()
+    top = p[0].copy()
+    winner = np.zeros(p.shape[1:], dtype=np.uint8)
+    better = np.empty(p.shape[1:], dtype=bool)
+    for c in range(1, p.shape[0]):
+        np.greater(p[c], top, out=better)
+        np.putmask(winner, better, c)
+        np.maximum(top, p[c], out=top)
     return top, winner
 
 
@@ -369,11 +381,11 @@ def finish_block(
         rows = slice(start, start + step)
         top, winner = _top_class(probs[:, rows])
         slab = labels[rows]
-        slab[...] = winner.cpu().numpy()
+        slab[...] = winner
         keep = None if everywhere else covered_np[rows]
         if keep is not None:
             slab[~keep] = label_nodata(num_classes)
-        _add_label_stats(stats, slab, top.cpu().numpy(), keep)
+        _add_label_stats(stats, slab, top, keep)
     probs_np = None
     if with_probabilities:
         probs_np = probs.cpu().numpy().copy()
