@@ -9,9 +9,15 @@ process, imports included):
   --no-track``: no Ray, no MLflow, no Prefect start-up);
 - ``gigaseg-cli``: the same through the ``gigaseg segment --workers 0 --no-track``
   command (Prefect flow included), at the sizes given by ``--cli-sizes``;
+- ``gigaseg-ray``: the ``gigaseg`` row with 2 workers on a fresh local Ray cluster
+  (start-up counted; RSS summed over the driver and the cluster's processes), at
+  the sizes given by ``--ray-sizes``;
 - ``gigaseg-array``: the engine on the image already in memory
   (:func:`pipeline.array_inference.segment_array`, blockwise);
 - ``monai-constant`` / ``monai-gaussian``: MONAI ``sliding_window_inference``;
+- ``monai-gaussian-cl``: the gaussian row with the model and tiles channels-last by
+  hand, as gigaseg runs them (U-Net only by default: a 1×1 conv does not care), so
+  the layout's share of gigaseg's lead is visible;
 - ``chips-average``: TorchGeo / Raster Vision-style chip prediction (whole scene in
   memory, chips at the same stride, last chip flush with the edge, plain averaging);
 - ``naive``: non-overlapping tiles.
@@ -20,16 +26,20 @@ Peers get the image as an array read before their clock starts (their "seconds"
 is in-memory time: normalise → tiles → labels; the read is shown apart); gigaseg's
 end-to-end rows pay for reading and writing files. Seam error compares each row's
 probabilities with one untiled forward pass of the same fully convolutional model
-over the whole scene, where that fits (``--ref-max-mpx``). A row that passes the
-memory cap or the time limit is killed and the table says so.
+over the whole scene, where that fits (``--ref-max-mpx``): ``reference-cl``
+(channels-last, like the engine) for the gigaseg rows, ``reference`` (the model's
+own layout) for the peers. A row that passes the memory cap or the time limit is
+killed and the table says so. ``--repeat N`` runs every row N times, interleaved
+per scene, and keeps the fastest (up to ``--repeat-max-mpx``).
 
-Run: ``python -m bench.peer_bench [--quick] [--sizes 4,16,64,256,1024]``; results
-go to the "Peer tools" section of ``bench/RESULTS.md``.
+Run: ``python -m bench.peer_bench [--quick] [--sizes 4,16,64,256,1024] [--repeat 2]``;
+results go to the "Peer tools" section of ``bench/RESULTS.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import math
@@ -52,18 +62,29 @@ ROOT = Path(__file__).resolve().parents[1]
 ROWS = (
     "gigaseg",
     "gigaseg-cli",
+    "gigaseg-ray",
     "gigaseg-array",
     "monai-constant",
     "monai-gaussian",
+    "monai-gaussian-cl",
     "chips-average",
     "naive",
 )
+REFERENCES = ("reference", "reference-cl")
+"""Untiled passes over the whole scene: the model in its own layout, and channels-last."""
+CHANNELS_LAST_ROWS = ("gigaseg", "gigaseg-cli", "gigaseg-ray", "gigaseg-array")
+"""Rows whose model runs channels-last (the engine's default): seam error against ``reference-cl``."""
+RAY_WORKERS = 2
 ROW_TEXT = {
+    "reference": "untiled pass over the whole scene (reference)",
+    "reference-cl": "untiled pass, channels-last (reference-cl; Δp: vs the reference)",
     "gigaseg": "gigaseg end to end (GeoTIFF → COG, in process, untracked)",
     "gigaseg-cli": "`gigaseg segment --workers 0 --no-track` (whole command, Prefect flow)",
+    "gigaseg-ray": f"gigaseg end to end on a local Ray cluster, {RAY_WORKERS} workers (RSS summed)",
     "gigaseg-array": "gigaseg engine on an in-memory array (`segment_array`)",
     "monai-constant": "MONAI `sliding_window_inference`, constant",
     "monai-gaussian": "MONAI `sliding_window_inference`, gaussian",
+    "monai-gaussian-cl": "MONAI `sliding_window_inference`, gaussian, model channels-last by hand",
     "chips-average": "chip prediction, plain averaging (TorchGeo / Raster Vision style)",
     "naive": "non-overlapping tiles",
 }
@@ -86,6 +107,8 @@ class Case:
     batch: int
     sizes: list[int] = field(default_factory=list)
     """Scene sides (px)."""
+    skip_by_default: tuple[str, ...] = ()
+    """Rows left out unless ``--rows`` names them (e.g. a channels-last row where the layout is moot)."""
 
 
 # ------------------------------------------------------------------------- child side
@@ -134,9 +157,55 @@ class _GpuSampler:
         return float(np.mean(self.samples)) if self.samples else None
 
 
-def _predictor(model, device, amp: bool):
-    import contextlib
+class _TreeRss:
+    """Peak of the RSS summed over this process and all its descendants, sampled every 0.1 s.
 
+    For the Ray row, whose work runs in the cluster's processes (raylet, GCS, workers),
+    not in this one. Shared pages (libraries, Ray's object store) count once per
+    process, so the sum is an upper bound.
+    """
+
+    def __init__(self, on: bool = True) -> None:
+        import psutil
+
+        self.on = on
+        self.peak = 0
+        self._me = psutil.Process()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        import psutil
+
+        total = 0
+        for proc in [self._me, *self._me.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):  # exited between the listing and the reading
+                total += proc.memory_info().rss
+        self.peak = max(self.peak, total)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            self.sample()
+
+    def __enter__(self) -> _TreeRss:
+        if self.on:
+            self.sample()
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.on:
+            self._stop.set()
+            self._thread.join()
+            self.sample()
+
+
+def _predictor(model, device, amp: bool, channels_last: bool = False):
+    """Batch of tiles → softmax probabilities; ``channels_last``: the batch is laid out NHWC first.
+
+    With ``channels_last`` the caller has put the model's weights channels-last
+    (``model.to(memory_format=torch.channels_last)``): what a MONAI user would write by hand.
+    """
     import torch
 
     from pipeline.device import autocast_dtype
@@ -146,7 +215,10 @@ def _predictor(model, device, amp: bool):
     def predict(tiles):
         ctx = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
         with torch.inference_mode(), ctx:
-            return torch.softmax(model(tiles.to(device, non_blocking=True)).float(), dim=1)
+            tiles = tiles.to(device, non_blocking=True)
+            if channels_last:
+                tiles = tiles.contiguous(memory_format=torch.channels_last)
+            return torch.softmax(model(tiles).float(), dim=1)
 
     return predict
 
@@ -211,12 +283,33 @@ def _naive(x, predict, tile: int, batch: int, classes: int, keep_probs: bool):
     return labels, probs
 
 
+def _start_ray():
+    """A fresh local Ray cluster (what ``segment`` starts when none runs) and a block runner on it.
+
+    ``address="local"`` always starts a new cluster, with ``connect``'s options: it
+    never joins one another user left running on this machine, so the cluster's
+    processes are this row's descendants and its summed RSS is the row's alone.
+    Returns the runner and the start-up seconds.
+    """
+    import logging
+
+    import ray
+
+    from pipeline.ray_execution import RayBlockRunner
+
+    t0 = time.perf_counter()
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    return RayBlockRunner(workers=RAY_WORKERS), time.perf_counter() - t0
+
+
 _ROW_IMPORTS = {
     "gigaseg": ("pipeline.segment", "pipeline.config"),
     "gigaseg-cli": ("flows.cli", "flows.segment_scene"),
+    "gigaseg-ray": ("pipeline.segment", "pipeline.config", "pipeline.ray_execution"),
     "gigaseg-array": ("pipeline.array_inference",),
     "monai-constant": ("monai.inferers",),
     "monai-gaussian": ("monai.inferers",),
+    "monai-gaussian-cl": ("monai.inferers",),
 }
 
 
@@ -239,30 +332,37 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {"row": row}
     seam = spec["seam"]
 
-    if row in ("gigaseg", "gigaseg-cli"):
+    if row in ("gigaseg", "gigaseg-cli", "gigaseg-ray"):
         os.environ.setdefault("GDAL_CACHEMAX", "256")
         cog = out / "labels.tif"
         args = dict(
             tile=tile, overlap=overlap, blend="gaussian", batch_size=batch, quiet=True, amp=spec["amp"]
         )
-        with _GpuSampler(spec["device"]) as gpu:
+        with _GpuSampler(spec["device"]) as gpu, _TreeRss(on=row == "gigaseg-ray") as tree:
             t0 = time.perf_counter()
-            if row == "gigaseg":
+            if row in ("gigaseg", "gigaseg-ray"):
                 from pipeline.config import SegmentConfig
                 from pipeline.segment import segment
 
+                stages: dict[str, float] = {}
+                runner = None
+                if row == "gigaseg-ray":
+                    runner, stages["ray_start"] = _start_ray()
                 summary = segment(
                     SegmentConfig(
                         input=Path(spec["scene"]),
                         model=spec["ckpt"],
                         output=cog,
-                        workers=0,
+                        workers=RAY_WORKERS if row == "gigaseg-ray" else 0,
                         device=spec["device"],
                         work_dir=out / "work",
+                        channels_last=True,
                         **args,
-                    )
+                    ),
+                    run_blocks=runner,
                 )
-                result["stages"] = {k: round(v, 2) for k, v in summary.timings.items() if k != "tiles"}
+                stages.update(summary.timings)
+                result["stages"] = {k: round(v, 2) for k, v in stages.items() if k != "tiles"}
             else:
                 from flows.cli import main as cli
 
@@ -274,8 +374,13 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
                 if cli(argv) != 0:
                     raise RuntimeError("gigaseg segment failed")
             result["seconds"] = time.perf_counter() - t0
-        result["rss"] = _maxrss()
+        # The Ray row's work runs in the cluster's processes: the summed tree's peak.
+        result["rss"] = max(tree.peak, _maxrss()) if row == "gigaseg-ray" else _maxrss()
         result["gpu_busy"] = gpu.busy
+        if row == "gigaseg-ray":  # after the clock: the cluster's processes go with it
+            import ray
+
+            ray.shutdown()
         if seam:
             import rasterio
 
@@ -285,15 +390,18 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
 
     model, card = load_checkpoint(spec["ckpt"])
     model = model.to(device).eval()
+    channels_last = row in ("reference-cl", "monai-gaussian-cl")
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     t0 = time.perf_counter()
     raw = _read_scene(spec["scene"])
     result["read_seconds"] = time.perf_counter() - t0
-    predict = _predictor(model, device, spec["amp"])
+    predict = _predictor(model, device, spec["amp"], channels_last)
     classes = card.num_classes
     probs = None
     with _GpuSampler(spec["device"]) as gpu:
         t0 = time.perf_counter()
-        if row == "reference":
+        if row in REFERENCES:
             x = torch.from_numpy(normalize(raw, card.normalization))
             probs = predict(x[None])[0].cpu()
             labels = _labels(probs)
@@ -390,10 +498,41 @@ class RowResult:
     gpu_busy: float | None = None
     stages: dict[str, float] | None = None
     out: Path | None = None
+    runs: list[float] = field(default_factory=list)
+    """Seconds of every run that finished (repeats); ``seconds`` is their minimum."""
+    failed_runs: list[str] = field(default_factory=list)
+    """Why the repeats that did not finish stopped."""
+
+
+def merge_runs(results: list[RowResult]) -> RowResult:
+    """One row's repeats as one result: the fastest run's seconds (and stages), the largest peak RSS.
+
+    A row is ok when any run finished; the others' failures stay listed. No run
+    finished: the first failure.
+    """
+    ok = [r for r in results if r.status == "ok"]
+    if not ok:
+        return results[0]
+    best = min(ok, key=lambda r: r.seconds)
+    return RowResult(
+        "ok",
+        best.seconds,
+        max(r.rss for r in ok),
+        best.read_seconds,
+        best.gpu_busy,
+        best.stages,
+        ok[0].out,
+        [r.seconds for r in ok],
+        [r.status for r in results if r.status != "ok"],
+    )
 
 
 def run_row(spec: dict[str, Any], timeout: float, cap_bytes: int) -> RowResult:
-    """Run one row in a fresh process, killing it past ``timeout`` or ``cap_bytes`` of RSS."""
+    """Run one row in a fresh process, killing it past ``timeout`` or ``cap_bytes`` of RSS.
+
+    The cap applies to the RSS summed over the child and all its descendants (Ray's
+    raylet, GCS and workers for the Ray row), sampled every 0.1 s.
+    """
     import psutil
 
     out = Path(spec["out"])
@@ -430,8 +569,15 @@ def run_row(spec: dict[str, Any], timeout: float, cap_bytes: int) -> RowResult:
         return RowResult(f"failed: {last[:120]}", rss=peak)
     r = json.loads(found[-1][len("RESULT ") :])
     return RowResult(
-        "ok", r["seconds"], r["rss"], r.get("read_seconds"), r.get("gpu_busy"), r.get("stages"), out
-    )
+        "ok", r["seconds"], r["rss"], r.get("read_seconds"), r.get("gpu_busy"), r.get("stages"), out,
+        [r["seconds"]],
+    )  # fmt: skip
+
+
+def _reference_for(row: str, refs: dict[str, RowResult]) -> RowResult | None:
+    """The finished reference a row's seam error is measured against (channels-last rows: reference-cl)."""
+    ref = refs.get("reference-cl" if row.split(" ")[0] in CHANNELS_LAST_ROWS else "reference")
+    return ref if ref is not None and ref.status == "ok" else None
 
 
 def _border_band(shape: tuple[int, int], tile: int, stride: int) -> np.ndarray:
@@ -491,9 +637,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--quick", action="store_true", help="4 and 16 Mpx 1×1 conv, 1 Mpx U-Net: a few minutes")
     p.add_argument("--sizes", default="4,16,64,256,1024", help="1×1-conv scene sizes in Mpx (comma list)")
-    p.add_argument("--unet-sizes", default="4", help="U-Net scene sizes in Mpx (comma list; empty: none)")
+    p.add_argument("--unet-sizes", default="4,16", help="U-Net scene sizes in Mpx (comma list; empty: none)")
     p.add_argument("--cli-sizes", default="64", help="sizes (Mpx) that also get the gigaseg-cli row")
-    p.add_argument("--rows", default=",".join(r for r in ROWS), help="rows to run")
+    p.add_argument(
+        "--ray-sizes",
+        default="16",
+        help=f"sizes (Mpx) that also get the gigaseg-ray row ({RAY_WORKERS} workers)",
+    )
+    p.add_argument(
+        "--rows",
+        default=None,
+        help="rows to run, for every case (default: all, less monai-gaussian-cl on the 1×1 conv, "
+        "where the layout is moot)",
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs of each row, interleaved per scene; the table shows the fastest",
+    )
+    p.add_argument(
+        "--repeat-max-mpx", type=float, default=100, help="largest scene whose rows are repeated (else once)"
+    )
+    p.add_argument(
+        "--headline-min-mpx",
+        type=float,
+        default=4,
+        help="smallest scene in the headline time / memory ratios",
+    )
     p.add_argument("--large-mpx", type=float, default=300, help="from this size on, run only --large-rows")
     p.add_argument(
         "--large-rows",
@@ -501,7 +672,7 @@ def main(argv: list[str] | None = None) -> int:
         help="rows run at the largest sizes (the in-memory peers there, to show where they stop)",
     )
     p.add_argument("--ref-max-mpx", type=float, default=17, help="largest scene for the untiled reference")
-    p.add_argument("--timeout", type=float, default=600, help="seconds per row before it is killed")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per row before it is killed")
     p.add_argument("--mem-cap", type=float, default=14, help="GiB of RSS per row before it is killed")
     p.add_argument("--device", default="cpu", help="cpu or cuda (CUDA rows: untested so far)")
     p.add_argument("--amp", action="store_true", help="also AMP rows (CUDA only)")
@@ -516,24 +687,33 @@ def main(argv: list[str] | None = None) -> int:
     def side_of(mpx: float) -> int:
         return max(512, round(math.sqrt(mpx * 1e6) / 512) * 512)
 
+    if args.repeat < 1:
+        p.error(f"--repeat must be ≥ 1, got {args.repeat}")
     sizes = [4, 16] if args.quick else [float(s) for s in args.sizes.split(",") if s]
     unet_sizes = [1] if args.quick else [float(s) for s in args.unet_sizes.split(",") if s]
     cli_sizes = {side_of(float(s)) for s in args.cli_sizes.split(",") if s}
+    ray_sizes = {side_of(float(s)) for s in args.ray_sizes.split(",") if s}
     cases = [
         Case("U-Net w16 d3 (same padding), 3 classes", "unet",
              {"width": 16, "depth": 3, "padding": "same"}, 3, 256, 4, [side_of(s) for s in unet_sizes]),
-        Case("1×1 conv, 2 classes", "conv1x1", {}, 2, 512, 8, [side_of(s) for s in sizes]),
+        Case("1×1 conv, 2 classes", "conv1x1", {}, 2, 512, 8, [side_of(s) for s in sizes],
+             skip_by_default=("monai-gaussian-cl",)),
     ]  # fmt: skip
-    rows = [r for r in args.rows.split(",") if r]
     amps = [False, True] if args.amp and args.device.startswith("cuda") else [False]
     work = args.work or Path(tempfile.mkdtemp(prefix="gigaseg-peer-"))
     work.mkdir(parents=True, exist_ok=True)
     overlap = 0.25
+    cap = int(args.mem_cap * 2**30)
     load0 = os.getloadavg()
     started = dt.datetime.now()
     lines: list[str] = []
     summary: list[dict[str, Any]] = []
     for case in cases:
+        rows = (
+            [r for r in args.rows.split(",") if r]
+            if args.rows is not None
+            else [r for r in ROWS if r not in case.skip_by_default]
+        )
         ckpt = make_checkpoint(case, work / f"{case.arch}.safetensors")
         failed: dict[str, str] = {}
         for side in case.sizes:
@@ -542,46 +722,73 @@ def main(argv: list[str] | None = None) -> int:
             seam = mpx <= args.ref_max_mpx
             stride = case.tile - round(case.tile * overlap)
             base = dict(scene=str(scene), ckpt=str(ckpt), tile=case.tile, overlap=overlap, batch=case.batch,
-                        device=args.device, seam=seam)  # fmt: skip
-            ref = None
+                        device=args.device)  # fmt: skip
+            refs: dict[str, RowResult] = {}
             if seam:
-                spec = dict(base, row="reference", amp=False, out=str(work / f"{case.arch}_{side}_reference"))
-                ref = run_row(spec, args.timeout, int(args.mem_cap * 2**30))
-                print(f"{case.arch} {side}² reference: {ref.status} {ref.seconds:.1f} s", flush=True)
-            band = _border_band((side, side), case.tile, stride) if ref and ref.status == "ok" else None
-            for amp in amps:
-                for row in rows:
-                    if row == "gigaseg-cli" and side not in cli_sizes:
-                        continue
-                    if mpx >= args.large_mpx and row not in args.large_rows.split(","):
-                        continue
+                for name in REFERENCES:
+                    out = work / f"{case.arch}_{side}_{name}"
+                    refs[name] = run_row(
+                        dict(base, row=name, amp=False, seam=True, out=str(out)), args.timeout, cap
+                    )
+                    print(f"{case.arch} {side}² {name}: {refs[name].status} {refs[name].seconds:.1f} s "
+                          f"{refs[name].rss / 2**20:.0f} MiB", flush=True)  # fmt: skip
+            band = _border_band((side, side), case.tile, stride) if refs else None
+
+            for name, ref in refs.items():
+                plain = refs["reference"]
+                err = None
+                if name == "reference-cl" and ref.status == "ok" and plain.status == "ok":
+                    err = seam_error(ref.out, plain.out, band)
+                summary.append(dict(case=case.arch, side=side, row=name, res=merge_runs([ref]), err=err))
+            plan = [
+                (amp, row)
+                for amp in amps
+                for row in rows
+                if not (row == "gigaseg-cli" and side not in cli_sizes)
+                and not (row == "gigaseg-ray" and side not in ray_sizes)
+                and not (mpx >= args.large_mpx and row not in args.large_rows.split(","))
+            ]
+            repeats = args.repeat if mpx <= args.repeat_max_mpx else 1
+            runs: dict[str, list[RowResult]] = {}
+            errs: dict[str, dict[str, float] | None] = {}
+            for rep in range(repeats):
+                for amp, row in plan:
                     key = f"{row}{' AMP' if amp else ''}"
                     if key in failed:
-                        res = RowResult(f"not run ({failed[key]})")
-                    else:
-                        out = work / f"{case.arch}_{side}_{row}{'_amp' if amp else ''}"
-                        res = run_row(dict(base, row=row, amp=amp, out=str(out)), args.timeout,
-                                      int(args.mem_cap * 2**30))  # fmt: skip
-                        if res.status != "ok":
-                            failed[key] = f"{res.status.split(' (')[0]} at {mpx:.0f} Mpx"
-                    err = (
-                        seam_error(res.out, ref.out, band)
-                        if band is not None and res.status == "ok"
-                        else None
-                    )
-                    summary.append(dict(case=case.arch, side=side, row=key, res=res, err=err))
-                    print(f"{case.arch} {side}² {key}: {res.status} {res.seconds:.1f} s "
-                          f"{res.rss / 2**20:.0f} MiB {err or ''} {res.stages or ''}",
+                        if rep == 0:
+                            runs[key] = [RowResult(f"not run ({failed[key]})")]
+                        continue
+                    out = work / f"{case.arch}_{side}_{row}{'_amp' if amp else ''}_{rep}"
+                    first = rep == 0
+                    spec = dict(base, row=row, amp=amp, seam=seam and first, out=str(out))
+                    res = run_row(spec, args.timeout, cap)
+                    runs.setdefault(key, []).append(res)
+                    if first and res.status != "ok":
+                        failed[key] = f"{res.status.split(' (')[0]} at {mpx:.0f} Mpx"
+                    ref = _reference_for(row, refs)
+                    if first:
+                        errs[key] = seam_error(res.out, ref.out, band) if ref and res.status == "ok" else None
+                    print(f"{case.arch} {side}² {key} [{rep + 1}/{repeats}]: {res.status} "
+                          f"{res.seconds:.1f} s "
+                          f"{res.rss / 2**20:.0f} MiB {errs.get(key) if first else ''} {res.stages or ''}",
                           flush=True)  # fmt: skip
                     if res.out is not None and not args.work:
                         shutil.rmtree(res.out, ignore_errors=True)
-            if ref is not None and ref.out is not None and not args.work:
-                shutil.rmtree(ref.out, ignore_errors=True)
+            for key, results in runs.items():
+                summary.append(
+                    dict(case=case.arch, side=side, row=key, res=merge_runs(results), err=errs.get(key))
+                )
+            if not args.work:
+                for ref in refs.values():
+                    if ref.out is not None:
+                        shutil.rmtree(ref.out, ignore_errors=True)
             scene.unlink()
-        lines += table(case, [s for s in summary if s["case"] == case.arch], args.ref_max_mpx)
+        items = [s for s in summary if s["case"] == case.arch]
+        if items:
+            lines += table(case, items, args.ref_max_mpx, args.repeat, args.repeat_max_mpx)
     load1 = os.getloadavg()
     text = "\n".join(lines)
-    ratios = headline(summary)
+    ratios = headline(summary, args.headline_min_mpx)
     print(text + "\n\n" + ratios)
     if not args.no_record:
         import torch
@@ -604,7 +811,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.timeout:.0f} s and {args.mem_cap:.0f} GiB RSS (the machine has "
             f"{_total_gib():.0f} GiB, shared). Seconds: gigaseg end-to-end rows from the input GeoTIFF "
             f"to the finished COG; peers from the array in memory to labels (reading the GeoTIFF into the "
-            f"array, shown apart, is not counted). RSS: peak of the whole child process.\n\n"
+            f"array, shown apart, is not counted). RSS: peak of the whole child process (the Ray row: "
+            f"summed over the driver and the cluster's processes). Each row runs {args.repeat} time(s) "
+            f"up to {args.repeat_max_mpx:.0f} Mpx, interleaved; the table shows the fastest.\n\n"
             f"{text}\n\n{ratios}\n",
         )
     return 0
@@ -625,7 +834,23 @@ def _total_gib() -> float:
     return psutil.virtual_memory().total / 2**30
 
 
-def table(case: Case, items: list[dict[str, Any]], ref_max: float) -> list[str]:
+def _fmt_mpx(mpx: float) -> str:
+    return f"{mpx:.0f}" if mpx >= 1 else f"{mpx:.2f}"
+
+
+def _fmt_seconds(res: RowResult) -> str:
+    """Fastest run, and the range over the repeats when there were several."""
+    text = f"{res.seconds:.1f}"
+    if len(res.runs) > 1:
+        text += f" ({min(res.runs):.1f}–{max(res.runs):.1f})"
+    if res.failed_runs:
+        text += f" (+{len(res.failed_runs)} run(s): {'; '.join(res.failed_runs)})"
+    return text
+
+
+def table(
+    case: Case, items: list[dict[str, Any]], ref_max: float, repeat: int = 1, repeat_max: float = math.inf
+) -> list[str]:
     """Markdown table for one case."""
     out = [
         f"### {case.name}: tile {case.tile}, overlap 0.25, batch {case.batch}",
@@ -637,65 +862,102 @@ def table(case: Case, items: list[dict[str, Any]], ref_max: float) -> list[str]:
     for it in items:
         res: RowResult = it["res"]
         mpx = it["side"] ** 2 / 1e6
-        scene = f"{mpx:.0f} Mpx ({it['side']}²)"
-        if res.status != "ok":
-            rss = f"≥ {res.rss / 2**30:.1f} GiB" if res.rss == res.rss and res.rss > 0 else "–"
-            out.append(f"| {scene} | {ROW_TEXT.get(it['row'].split(' ')[0], it['row'])} | {res.status} | – | "
-                       f"{rss} | – | – | – | – | – |")  # fmt: skip
-            continue
-        mean, p99, band, mean_all = _fmt_err(it["err"])
-        if it["err"] is None and mpx > ref_max:
-            mean, p99, band, mean_all = "n/c", "n/c", "n/c", "n/c"
-        read = f"{res.read_seconds:.1f} s" if res.read_seconds is not None else "(included)"
-        gpu = f", GPU busy {res.gpu_busy:.0%}" if res.gpu_busy is not None else ""
+        scene = f"{_fmt_mpx(mpx)} Mpx ({it['side']}²)"
         name = ROW_TEXT.get(it["row"].split(" ")[0], it["row"]) + (
             " AMP" if it["row"].endswith("AMP") else ""
         )
+        if res.status != "ok":
+            rss = f"≥ {res.rss / 2**30:.1f} GiB" if res.rss == res.rss and res.rss > 0 else "–"
+            out.append(f"| {scene} | {name} | {res.status} | – | {rss} | – | – | – | – | – |")
+            continue
+        mean, p99, band, mean_all = _fmt_err(it["err"])
+        if it["row"] == "reference":
+            mean = p99 = band = mean_all = "(reference)"
+        elif it["err"] is None and mpx > ref_max:
+            mean, p99, band, mean_all = "n/c", "n/c", "n/c", "n/c"
+        read = f"{res.read_seconds:.1f} s" if res.read_seconds is not None else "(included)"
+        gpu = f", GPU busy {res.gpu_busy:.0%}" if res.gpu_busy is not None else ""
         out.append(
-            f"| {scene} | {name} | {res.seconds:.1f}{gpu} | {mpx / res.seconds:.2f} "
+            f"| {scene} | {name} | {_fmt_seconds(res)}{gpu} | {mpx / res.seconds:.2f} "
             f"| {res.rss / 2**20:,.0f} MiB "
             f"| {read} | {mean} | {p99} | {band} | {mean_all} |"
         )
     out.append("")
-    out.append(
+    notes = [
         f"n/c: not computed — the untiled reference pass is only run up to {ref_max:.0f} Mpx. Seam figures "
         f"leave out a {FRAME}-px frame at the scene edge (last column: with it); the border band is "
-        f"±{BAND} px around every tile edge of the overlapping and of the non-overlapping grid."
-    )
-    if any(it["res"].stages for it in items):
+        f"±{BAND} px around every tile edge of the overlapping and of the non-overlapping grid.",
+        "Two references, one untiled pass each: the gigaseg rows (which run the model channels-last, the "
+        "engine's default) are compared with `reference-cl` (model and input channels-last), the peers "
+        "with `reference` (the model in its own, contiguous layout), so the layout's float rounding is not "
+        "counted as seam error; the `reference-cl` row's Δp is that rounding (against `reference`).",
+    ]
+    if repeat > 1:
+        notes.append(
+            f"Seconds: the fastest of {repeat} runs (all rows once, then all again, per scene; range in "
+            f"brackets; scenes over {repeat_max:.0f} Mpx once); peak RSS: the largest of the runs; seam "
+            "figures: the first run."
+        )
+    if any(it["row"].startswith("gigaseg-ray") for it in items):
+        notes.append(
+            f"Ray row: the same call with `workers={RAY_WORKERS}` on a fresh local Ray cluster; its seconds "
+            "include starting the cluster (`ray_start` below) and its peak RSS is **summed over processes** "
+            "(the driver and every Ray process it started: GCS, raylet, dashboard and agents, monitors, "
+            "workers; sampled every 0.1 s; pages shared between processes count once per process)."
+        )
+    out.append(" ".join(notes))
+    staged = [it for it in items if it["res"].stages]
+    if staged:
         out.append("gigaseg end-to-end stages (s): " + "; ".join(
-            f"{it['side'] ** 2 / 1e6:.0f} Mpx: " + ", ".join(f"{k} {v}" for k, v in it["res"].stages.items())
-            for it in items if it["res"].stages))  # fmt: skip
+            f"{_fmt_mpx(it['side'] ** 2 / 1e6)} Mpx {it['row']}: "
+            + ", ".join(f"{k} {v}" for k, v in it["res"].stages.items())
+            for it in staged))  # fmt: skip
     out.append("")
     return out
 
 
-def headline(summary: list[dict[str, Any]]) -> str:
-    """gigaseg end to end vs MONAI gaussian: time and memory ratios per size; seam ratios."""
-    lines = ["Headline (gigaseg end to end ÷ MONAI gaussian, same scene):", ""]
-    by = {(s["case"], s["side"], s["row"]): s for s in summary}
-    for (case, side, row), s in sorted(by.items()):
-        if row != "gigaseg":
-            continue
-        m = by.get((case, side, "monai-gaussian"))
-        g = s["res"]
+def headline(summary: list[dict[str, Any]], min_mpx: float = 4) -> str:
+    """gigaseg vs MONAI gaussian (and channels-last MONAI): time and memory ratios per size; seam ratios."""
+    lines = [
+        "Headline (same scene, same weights / tile / overlap / batch; time ratio of the fastest runs; "
+        "peak RSS as % of MONAI's):",
+        "",
+    ]
+    by = {(s["case"], s["side"], s["row"]): s["res"] for s in summary}
+
+    def ratio(a: str, b: str, case: str, side: int, what: str, targets: bool) -> str | None:
+        ga, mb = by.get((case, side, a)), by.get((case, side, b))
+        if ga is None or mb is None:
+            return None
+        if mb.status != "ok":
+            verdict = f"{b}: {mb.status}"
+            if ga.status == "ok":
+                verdict += f"; {a} finished in {ga.seconds:.0f} s at {ga.rss / 2**20:,.0f} MiB"
+            return f"{what}: {verdict}"
+        if ga.status != "ok":
+            return f"{what}: {a} {ga.status}"
+        t = f"time **{ga.seconds / mb.seconds:.2f}×**" + (" (target ≤ 1 from 64 Mpx)" if targets else "")
+        m = f"peak RSS **{ga.rss / mb.rss:.0%}**" + (" (target ≤ 25%)" if targets else "")
+        return f"{what}: {t}, {m}"
+
+    comparisons = [
+        ("gigaseg", "monai-gaussian", "gigaseg end to end ÷ MONAI gaussian", True),
+        ("gigaseg", "monai-gaussian-cl", "gigaseg end to end ÷ MONAI gaussian channels-last", False),
+        (
+            "gigaseg-array",
+            "monai-gaussian",
+            "gigaseg engine on an array ÷ MONAI gaussian (both in memory)",
+            False,
+        ),
+        ("gigaseg-ray", "monai-gaussian", f"gigaseg on Ray ({RAY_WORKERS} workers) ÷ MONAI gaussian", False),
+    ]
+    for case, side in sorted({(s["case"], s["side"]) for s in summary}):
         mpx = side * side / 1e6
-        if m is None:
+        if mpx < min_mpx:
             continue
-        if m["res"].status != "ok":
-            verdict = f"MONAI: {m['res'].status}"
-            if g.status == "ok":
-                verdict += f"; gigaseg finished in {g.seconds:.0f} s at {g.rss / 2**20:,.0f} MiB"
-            lines.append(f"- {case}, {mpx:.0f} Mpx: {verdict}")
-            continue
-        if g.status != "ok":
-            lines.append(f"- {case}, {mpx:.0f} Mpx: gigaseg {g.status}")
-            continue
-        lines.append(
-            f"- {case}, {mpx:.0f} Mpx: time **{g.seconds / m['res'].seconds:.2f}×** "
-            f"(target ≤ 1 from 64 Mpx), "
-            f"peak RSS **{g.rss / m['res'].rss:.0%}** of MONAI's (target ≤ 25%)"
-        )
+        parts = [r for a, b, what, tg in comparisons if (r := ratio(a, b, case, side, what, tg))]
+        if parts:
+            lines.append(f"- {case}, {_fmt_mpx(mpx)} Mpx — " + "; ".join(parts))
     for case, side in sorted({(s["case"], s["side"]) for s in summary}):
         errs = {
             s["row"]: s["err"]
@@ -704,10 +966,14 @@ def headline(summary: list[dict[str, Any]]) -> str:
         }
         if "gigaseg-array" in errs and "monai-gaussian" in errs and "naive" in errs and errs["naive"]["mean"]:
             g, m, n = errs["gigaseg-array"], errs["monai-gaussian"], errs["naive"]
+            cl = ""
+            if "reference-cl" in errs:
+                cl = f" (channels-last rounding alone: {errs['reference-cl']['mean']:.1e})"
             lines.append(
-                f"- {case}, {side * side / 1e6:.0f} Mpx seam error (mean |Δp|): gigaseg {g['mean']:.2e}, "
-                f"MONAI gaussian {m['mean']:.2e}, naive {n['mean']:.2e} → naive ÷ gigaseg "
-                f"**{n['mean'] / max(g['mean'], 1e-12):.0f}×** (target ≥ 10×)"
+                f"- {case}, {_fmt_mpx(side * side / 1e6)} Mpx seam error (mean |Δp|): "
+                f"gigaseg {g['mean']:.2e} vs reference-cl{cl}, MONAI gaussian {m['mean']:.2e}, "
+                f"naive {n['mean']:.2e} "
+                f"→ naive ÷ gigaseg **{n['mean'] / max(g['mean'], 1e-12):.0f}×** (target ≥ 10×)"
             )
     return "\n".join(lines)
 
