@@ -196,6 +196,11 @@ def _cut_tiles(
     return batch
 
 
+RowSink = Callable[[int, torch.Tensor, torch.Tensor], None]
+"""``(first row, probabilities (classes, rows, ...), covered (rows, ...))``: finished rows of a context,
+rows counted along the first spatial axis from the context's start."""
+
+
 def blend_region(
     raw: np.ndarray,
     valid: np.ndarray,
@@ -206,7 +211,8 @@ def blend_region(
     window: BlendWindow,
     predictor: TilePredictor,
     on_tiles: Callable[[int], None] | None = None,
-) -> RegionResult:
+    on_rows: RowSink | None = None,
+) -> RegionResult | None:
     """Blend every tile meeting ``context``.
 
     ``raw`` ``(C, *footprint)`` is the input as read, ``valid`` ``(*footprint)`` its
@@ -216,19 +222,28 @@ def blend_region(
 
     Per batch: one in-place multiply by the window (one window for the whole batch
     unless blending is ``crop``), then one in-place add per tile into a float32
-    accumulator over the context, in the grid's C order. The total weight is the
-    window's separable coverage, and the valid mask is applied once at the end
-    (see :mod:`pipeline.blending`): no per-tile weight arrays are made.
+    accumulator, in the grid's C order. The total weight is the window's separable
+    coverage, and the valid mask is applied per row range at the end (see
+    :mod:`pipeline.blending`): no per-tile weight arrays are made.
+
+    Without ``on_rows`` the accumulator spans the context and is returned. With it,
+    rows are *streamed*: tiles come in C order, so once the next tile starts at row
+    ``r`` of the first axis no later tile touches the rows before ``r``; those rows
+    are normalised, handed to ``on_rows`` and dropped. The accumulator then holds
+    only about a tile's height of rows (a 4096² block, tile 512: 1/8 of the block),
+    and every pixel still sums the same tiles in the same order: the same bits.
     """
     device = predictor.device
     origin = [a for a, _ in footprint]
     ctx_origin = [a for a, _ in context]
     ctx_shape = [b - a for a, b in context]
     scene = tuple((0, s) for s in grid.shape)
-    acc: torch.Tensor | None = None
+    tiles = list(grid.tiles_meeting(context))
     shared = None if window.mode == "crop" else torch.from_numpy(np.array(window.weights((0,) * grid.ndim)))
     shared = shared.to(device) if shared is not None else None
     weight_cache: dict[tuple, torch.Tensor] = {}
+    coverage = [torch.from_numpy(p).to(device) for p in window.coverage(context)]
+    valid_ctx = valid[_local(context, origin)]
 
     # On CPU the per-tile work is done on numpy views of the same memory: a small torch op costs an
     # OpenMP fork/join, which on a busy machine waits for a time slice (measured 6–15 ms per tile
@@ -236,19 +251,50 @@ def blend_region(
     # float32 operations, so the same bits.
     on_cpu = device.type == "cpu"
     shared_np = shared.numpy() if on_cpu and shared is not None else None
-    acc_np: np.ndarray | None = None
+    buf: torch.Tensor | None = None  # rows [lo, lo + len(buf)) of the context, along axis 0
+    lo = 0
     some_invalid = None if valid.all() else valid
+
+    def row_stop(idx: tuple[int, ...]) -> int:
+        return min(grid.origin(idx)[0] + grid.tile[0], context[0][1]) - ctx_origin[0]
+
+    def ensure(classes: int, stop: int) -> torch.Tensor:
+        nonlocal buf
+        rows = ctx_shape[0] if on_rows is None else stop - lo
+        if buf is None or rows > buf.shape[1]:
+            with torch.inference_mode(False):  # a normal tensor: later steps (CRF) may update it in place
+                grown = torch.zeros((classes, rows, *ctx_shape[1:]), dtype=torch.float32, device=device)
+            if buf is not None:
+                grown[:, : buf.shape[1]] = buf
+            buf = grown
+        return buf
+
+    def normalise(part: torch.Tensor, start: int) -> torch.Tensor:
+        """Divide rows from ``start`` by Σw (separable: one 1-D profile per axis); 0 where uncovered."""
+        stop = start + part.shape[1]
+        covered = torch.from_numpy(valid_ctx[start:stop].copy()).to(device)
+        for axis, profile in enumerate(coverage):
+            total = profile[start:stop] if axis == 0 else profile
+            shape = [1] * len(ctx_shape)
+            shape[axis] = -1
+            total = total.reshape(shape)
+            covered &= total > 0
+            part /= torch.where(total > 0, total, torch.ones_like(total))
+        if not bool(covered.all()):
+            part.mul_(covered)  # 0 where nothing counts, as a per-tile weighted sum would give
+        return covered
+
     with torch.inference_mode():  # the batch's probabilities are inference tensors: update them here
-        for batch in _batched(grid.tiles_meeting(context), predictor.batch_size):
+        for first in range(0, len(tiles), predictor.batch_size):
+            batch = tiles[first : first + predictor.batch_size]
             extents = [_intersect(grid.extent(idx), scene) for idx in batch]
-            tiles = torch.from_numpy(_cut_tiles(raw, some_invalid, normalizer, extents, origin, grid.tile))
+            cut = _cut_tiles(raw, some_invalid, normalizer, extents, origin, grid.tile)
+            x = torch.from_numpy(cut)
             if device.type == "cuda":
-                tiles = tiles.pin_memory()  # the caching host allocator keeps it alive until copied
-            probs = predictor(tiles.to(device, non_blocking=True))
-            if acc is None:
-                with torch.inference_mode(False):  # a normal tensor: later steps (CRF) may update it in place
-                    acc = torch.zeros((probs.shape[1], *ctx_shape), dtype=torch.float32, device=device)
-                acc_np = acc.numpy() if on_cpu else None
+                x = x.pin_memory()  # the caching host allocator keeps it alive until copied
+            probs = predictor(x.to(device, non_blocking=True))
+            acc = ensure(probs.shape[1], max(row_stop(idx) for idx in batch))
+            acc_np = acc.numpy() if on_cpu else None
             probs_np = probs.numpy() if on_cpu else None
             if shared_np is not None:
                 np.multiply(probs_np, shared_np, out=probs_np)
@@ -265,7 +311,8 @@ def blend_region(
                         probs[k].mul_(weight_cache[key])
                 part = _intersect(ext, context)
                 tile_sl = (k, slice(None), *_local(part, grid.origin(idx)))
-                acc_sl = (slice(None), *_local(part, ctx_origin))
+                local = _local(part, ctx_origin)
+                acc_sl = (slice(None), slice(local[0].start - lo, local[0].stop - lo), *local[1:])
                 if on_cpu:
                     view = acc_np[acc_sl]
                     np.add(view, probs_np[tile_sl], out=view)
@@ -273,19 +320,25 @@ def blend_region(
                     acc[acc_sl] += probs[tile_sl]
             if on_tiles is not None:
                 on_tiles(len(batch))
+            if on_rows is None:
+                continue
+            done = first + len(batch) >= len(tiles)
+            next_row = ctx_shape[0] if done else grid.origin(tiles[first + len(batch)])[0] - ctx_origin[0]
+            upto = max(lo, next_row)
+            if upto > lo:
+                n = upto - lo
+                finished = acc[:, :n]
+                on_rows(lo, finished, normalise(finished, lo))
+                keep = acc.shape[1] - n
+                if keep > 0:
+                    acc[:, :keep] = acc[:, n:].clone()
+                acc[:, keep:] = 0.0
+                lo = upto
 
-    assert acc is not None, "a context region always meets at least one tile"
-    # Σw is separable: divide by one 1-D profile per axis in turn (no context-sized weight array).
-    covered = torch.from_numpy(valid[_local(context, origin)].copy()).to(device)  # updated in place below
-    for axis, profile in enumerate(window.coverage(context)):
-        shape = [1] * len(ctx_shape)
-        shape[axis] = -1
-        total = torch.from_numpy(profile).to(device).reshape(shape)
-        covered &= total > 0
-        acc /= torch.where(total > 0, total, torch.ones_like(total))
-    if not bool(covered.all()):
-        acc.mul_(covered)  # 0 where nothing counts, as a per-tile weighted sum would give
-    return RegionResult(acc, covered)
+    if on_rows is not None:
+        return None
+    assert buf is not None, "a context region always meets at least one tile"
+    return RegionResult(buf, normalise(buf, 0))
 
 
 @dataclass
@@ -357,6 +410,58 @@ def _add_label_stats(stats: np.ndarray, labels: np.ndarray, top: np.ndarray, kee
         stats[c, 1] += float(masked.sum())
 
 
+class BlockFinisher:
+    """Turns a block's blended probabilities into its outputs, a range of rows at a time.
+
+    Rows (along the first spatial axis) may come all at once (:func:`finish_block`)
+    or as they are finished (the streaming blend); each range is done in ~1 Mpx
+    slabs, so the temporaries (top probability, masks) stay small whatever the block.
+    """
+
+    def __init__(
+        self, shape: Sequence[int], num_classes: int, with_probabilities: bool, with_uncertainty: bool
+    ):
+        self.num_classes = num_classes
+        self.labels = np.empty(tuple(shape), dtype=label_dtype(num_classes))
+        self.stats = np.zeros((num_classes, 2), dtype=np.float64)
+        self.probabilities = np.empty((num_classes, *shape), np.float32) if with_probabilities else None
+        self.confidence = np.empty(tuple(shape), np.float32) if with_uncertainty else None
+        self.entropy = np.empty(tuple(shape), np.float32) if with_uncertainty else None
+
+    def add(self, start: int, probs: torch.Tensor, covered: torch.Tensor) -> None:
+        """Rows ``[start, start + probs.shape[1])`` of the block: ``(classes, rows, ...)`` and their mask."""
+        covered_np = covered.cpu().numpy()
+        everywhere = bool(covered_np.all())
+        rows_here = probs.shape[1]
+        step = max(1, SLAB_PIXELS // max(1, int(np.prod(probs.shape[2:]))))
+        for first in range(0, rows_here, step):
+            rows = slice(first, first + step)
+            top, winner = _top_class(probs[:, rows])
+            slab = self.labels[start + first : start + min(first + step, rows_here)]
+            slab[...] = winner
+            keep = None if everywhere else covered_np[rows]
+            if keep is not None:
+                slab[~keep] = label_nodata(self.num_classes)
+            _add_label_stats(self.stats, slab, top, keep)
+        out = slice(start, start + rows_here)
+        if self.probabilities is not None:
+            part = self.probabilities[:, out]
+            part[...] = probs.cpu().numpy()
+            part[:, ~covered_np] = np.nan
+        if self.confidence is not None and self.entropy is not None:
+            p = probs.float()
+            confidence = self.confidence[out]
+            entropy = self.entropy[out]
+            confidence[...] = p.amax(dim=0).cpu().numpy()
+            entropy[...] = (-(p * torch.log(p.clamp_min(1e-12))).sum(dim=0)).cpu().numpy()
+            confidence[~covered_np] = np.nan
+            entropy[~covered_np] = np.nan
+
+    def output(self) -> BlockOutput:
+        """The finished block."""
+        return BlockOutput(self.labels, self.probabilities, self.confidence, self.entropy, self.stats)
+
+
 def finish_block(
     result: RegionResult,
     context: Region,
@@ -365,39 +470,12 @@ def finish_block(
     with_probabilities: bool,
     with_uncertainty: bool = False,
 ) -> BlockOutput:
-    """Crop a context result to the block, take the top class, mark nodata (optionally confidence/entropy).
-
-    Done in slabs along the first spatial axis, so the temporaries (top
-    probability, masks) stay small whatever the block size.
-    """
+    """Crop a context result to the block, take the top class, mark nodata (optionally confidence/entropy)."""
     sl = _local(region, [a for a, _ in context])
     probs = result.probabilities[(slice(None), *sl)]
-    covered_np = result.covered[sl].cpu().numpy()
-    everywhere = bool(covered_np.all())
-    labels = np.empty(probs.shape[1:], dtype=label_dtype(num_classes))
-    stats = np.zeros((num_classes, 2), dtype=np.float64)
-    step = max(1, SLAB_PIXELS // max(1, int(np.prod(probs.shape[2:]))))
-    for start in range(0, probs.shape[1], step):
-        rows = slice(start, start + step)
-        top, winner = _top_class(probs[:, rows])
-        slab = labels[rows]
-        slab[...] = winner
-        keep = None if everywhere else covered_np[rows]
-        if keep is not None:
-            slab[~keep] = label_nodata(num_classes)
-        _add_label_stats(stats, slab, top, keep)
-    probs_np = None
-    if with_probabilities:
-        probs_np = probs.cpu().numpy().copy()
-        probs_np[:, ~covered_np] = np.nan
-    if not with_uncertainty:
-        return BlockOutput(labels, probs_np, label_stats=stats)
-    p = probs.float()
-    confidence = p.amax(dim=0).cpu().numpy()
-    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(dim=0).cpu().numpy()
-    confidence[~covered_np] = np.nan
-    entropy[~covered_np] = np.nan
-    return BlockOutput(labels, probs_np, confidence, entropy, stats)
+    finisher = BlockFinisher(probs.shape[1:], num_classes, with_probabilities, with_uncertainty)
+    finisher.add(0, probs, result.covered[sl])
+    return finisher.output()
 
 
 def infer_context(
@@ -435,14 +513,35 @@ def infer_block(
     on_tiles: Callable[[int], None] | None = None,
     with_uncertainty: bool = False,
 ) -> BlockOutput:
-    """Compute one output block: read its footprint, blend, refine, crop."""
+    """Compute one output block: read its footprint, blend, refine, crop.
+
+    Without a refiner the blend is streamed (rows finished as the tiles pass, see
+    :func:`blend_region`); the CRF needs the whole context's probabilities at once.
+    """
     raw, valid = read(block.footprint)
-    result = infer_context(
-        raw, valid, normalizer, block.footprint, block.context, grid, window, predictor, refiner, on_tiles
+    if refiner is not None:
+        result = infer_context(
+            raw, valid, normalizer, block.footprint, block.context, grid, window, predictor, refiner, on_tiles
+        )
+        return finish_block(
+            result, block.context, block.region, num_classes, with_probabilities, with_uncertainty
+        )
+    sl = _local(block.region, [a for a, _ in block.context])
+    first, last = sl[0].start, sl[0].stop
+    finisher = BlockFinisher(
+        [s.stop - s.start for s in sl], num_classes, with_probabilities, with_uncertainty
     )
-    return finish_block(
-        result, block.context, block.region, num_classes, with_probabilities, with_uncertainty
+
+    def on_rows(start: int, probs: torch.Tensor, covered: torch.Tensor) -> None:
+        a, b = max(start, first), min(start + probs.shape[1], last)
+        if a < b:
+            rows = slice(a - start, b - start)
+            finisher.add(a - first, probs[(slice(None), rows, *sl[1:])], covered[(rows, *sl[1:])])
+
+    blend_region(
+        raw, valid, normalizer, block.footprint, block.context, grid, window, predictor, on_tiles, on_rows
     )
+    return finisher.output()
 
 
 def predict_in_memory(
