@@ -333,7 +333,9 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     seam = spec["seam"]
 
     if row in ("gigaseg", "gigaseg-cli", "gigaseg-ray"):
-        os.environ.setdefault("GDAL_CACHEMAX", "256")
+        from pipeline.process_memory import bound_process_memory
+
+        bound_process_memory()  # as the gigaseg command does at start
         cog = out / "labels.tif"
         args = dict(
             tile=tile, overlap=overlap, blend="gaussian", batch_size=batch, quiet=True, amp=spec["amp"]

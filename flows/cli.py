@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 import warnings
@@ -19,6 +18,7 @@ from pathlib import Path
 from rasterio.errors import NotGeoreferencedWarning
 
 from pipeline.errors import InputError
+from pipeline.process_memory import bound_process_memory
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -526,8 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _log_warnings_as_one_line()
     # Said once, in one line, by check_inputs; rasterio would repeat it at every open.
     warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
-    # GDAL's block cache defaults to 5% of RAM and grows with the file: bound it so memory stays flat
-    os.environ.setdefault("GDAL_CACHEMAX", "256")
+    bound_process_memory()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

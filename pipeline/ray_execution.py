@@ -169,8 +169,10 @@ class BlockWorker:
     """
 
     def __init__(self, config: SegmentConfig, threads: int):
+        from pipeline.process_memory import bound_process_memory
         from pipeline.segment import attach, predictor_for
 
+        bound_process_memory()
         torch.set_num_threads(max(1, threads))
         self.job = attach(config)
         # On a GPU actor Ray exposes exactly its GPU (CUDA_VISIBLE_DEVICES): any cuda
