@@ -506,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo-volume", help="3D U-Net on MNI152 GM/WM, one hemisphere held out; Dice")
     p.add_argument("--workdir", type=Path, default=Path("demo_volume"))
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=400, help="optimiser steps, in epochs of at most 50")
     p.add_argument("--resolution", type=int, default=2, choices=(1, 2), help="template voxel size (mm)")
     p.add_argument(
         "--extra-data", type=Path, help="folder with medical/hippocampus and medical/totalsegmentator"

@@ -16,7 +16,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +128,49 @@ def open_pair(
     else:
         train, val = whole, None
     return LabelledScene(str(image_spec), image, labels, train, val), _label_names(label_desc)
+
+
+def slab_regions(
+    shape: Sequence[int], axis: int, start: int, stop: int, val_fraction: float, name: str = "volume"
+) -> tuple[Region, Region, Region]:
+    """Training part, validation strip and held-out slab of a grid cut along ``axis``.
+
+    The slab ``[start, stop)`` lies at one end of the axis; the validation strip
+    is the ``val_fraction`` of the rest next to it; the remainder trains.
+    """
+    n = shape[axis]
+    if not (0 <= start < stop <= n and (start == 0) != (stop == n)):
+        raise InputError(f"{name}: held-out slab {start}–{stop} of axis {axis} (0–{n}) is not at one end")
+    rest = n - (stop - start)
+    strip = round(rest * val_fraction)
+    if not 0 < strip < rest:
+        raise InputError(
+            f"{name}: a {val_fraction} validation strip of the {rest} other slices along axis {axis} "
+            "leaves nothing to train on or to validate on"
+        )
+    if start == 0:
+        val, train = (stop, stop + strip), (stop + strip, n)
+    else:
+        train, val = (0, start - strip), (start - strip, start)
+
+    def along(extent: tuple[int, int]) -> Region:
+        return tuple(extent if a == axis else (0, m) for a, m in enumerate(shape))
+
+    return along(train), along(val), along((start, stop))
+
+
+def hold_out_slab(
+    scene: LabelledScene, axis: int, start: int, stop: int, val_fraction: float
+) -> tuple[LabelledScene, Region]:
+    """``scene`` with the slab ``[start, stop)`` of ``axis`` kept out of training and validation.
+
+    For scoring on a part of one volume: the slab is the test part, whose labels
+    reach neither the loss nor the choice of epoch (see :func:`slab_regions`).
+    Returns the scene and the slab as a region.
+    """
+    shape = scene.image.spatial_shape
+    train, val, held = slab_regions(shape, axis, start, stop, val_fraction, scene.name)
+    return replace(scene, train=train, val=val), held
 
 
 def region_windows(region: Region, size: int) -> list[Region]:

@@ -5,15 +5,18 @@ Cases:
 - ``mni152``: the MNI152 T1 template that ships inside nilearn (no download),
   labels grey matter / white matter / other from the template's own GM and WM
   probability maps (a voxel is GM or WM where that map is ≥ 0.5 and the larger
-  of the two, else other). The left hemisphere (world x < 0) is held out: its
-  labels never reach the loss, and Dice is reported on it.
+  of the two, else other). The left hemisphere (world x < 0) is held out.
 - ``hippocampus`` and ``ct`` from ``../shared/data/medical`` when present: the
   MSD hippocampus crop (anterior / posterior) and the TotalSegmentator CT crop
   (its three largest labels by voxel count plus "other labels"), the last 40% of slices
   held out; the CT model's card uses a Hounsfield window.
 
-Each case goes through the product path: NIfTI in, ``segment`` with blocks and
-Gaussian blending, NIfTI out with the input's affine, Dice read back from it.
+Each case goes through the product path: the trainer ``gigaseg train`` uses
+(:func:`pipeline.trainer.fit`) on the rest of the volume, the held-out part's
+labels reaching neither the loss nor the choice of the kept epoch (that is made
+on a validation strip of the training part, next to the held-out part); then
+``segment`` with blocks and Gaussian blending, NIfTI out with the input's
+affine, Dice on the held-out voxels read back from it.
 """
 
 from __future__ import annotations
@@ -22,18 +25,26 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import nibabel as nib
 import numpy as np
 
+from models.checkpoint import save_checkpoint
 from pipeline.config import SegmentConfig
+from pipeline.grid import Region
 from pipeline.metrics import confusion
 from pipeline.segment import SegmentSummary, segment
-from pipeline.volume_training import train_on_volume
+from pipeline.trainer import EpochResult, TrainOutcome, TrainSettings, fit
+from pipeline.training_data import hold_out_slab, open_pair
 
 MNI_CLASSES = ["other", "grey matter", "white matter"]
 MNI_COLORS = [(0, 0, 0), (200, 120, 120), (240, 240, 240)]
+VAL_FRACTION = 0.2
+"""Share of the training part (next to the held-out part) that picks the kept epoch."""
+STEPS_PER_EPOCH = 50
+
+Slab = tuple[int, int, int]
+"""(store axis, start, stop): a held-out slab at one end of that axis."""
 
 
 @dataclass
@@ -44,9 +55,10 @@ class VolumeCase:
     image: Path
     labels: Path
     class_names: list[str]
-    normalization: dict[str, Any]
-    holdout: Callable[[np.ndarray, np.ndarray], np.ndarray]
-    """(store-order shape as array, affine) → boolean held-out mask in store order."""
+    normalization: str
+    """As ``gigaseg train --normalization``: zscore, percentile, window:LOW,HIGH or dataset."""
+    holdout: Callable[[tuple[int, ...], np.ndarray], Slab]
+    """(store-order shape, affine) → the held-out slab."""
     holdout_text: str
     class_colors: list[tuple[int, int, int]] = field(default_factory=list)
 
@@ -60,6 +72,9 @@ class CaseResult:
     holdout: str
     dice: dict[str, float]
     train_seconds: float
+    epochs: int
+    steps_per_epoch: int
+    best_epoch: int
     segment: SegmentSummary
     output: Path
 
@@ -92,30 +107,28 @@ def mni152_case(workdir: Path, resolution: int = 2) -> VolumeCase:
     nib.save(nib.Nifti1Image(np.asarray(t1.dataobj, dtype=np.float32), t1.affine), str(image_path))
     nib.save(nib.Nifti1Image(labels, t1.affine), str(labels_path))
 
-    def left_hemisphere(shape: np.ndarray, affine: np.ndarray) -> np.ndarray:
-        i = np.arange(shape[2])  # store axis 2 is NIfTI i
-        x = affine[0, 0] * i + affine[0, 3]
-        return np.broadcast_to(x < 0, tuple(shape)).copy()
+    def left_hemisphere(shape: tuple[int, ...], affine: np.ndarray) -> Slab:
+        i = np.arange(shape[2])  # store axis 2 is NIfTI i; x is monotonic in i on this template's grid
+        left = np.flatnonzero(affine[0, 0] * i + affine[0, 3] < 0)
+        return 2, int(left[0]), int(left[-1]) + 1
 
     return VolumeCase(
         "mni152",
         image_path,
         labels_path,
         MNI_CLASSES,
-        {"kind": "zscore"},
+        "zscore",
         left_hemisphere,
         "left hemisphere (x < 0)",
         MNI_COLORS,
     )
 
 
-def _last_slices(fraction: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    def mask(shape: np.ndarray, affine: np.ndarray) -> np.ndarray:
-        out = np.zeros(tuple(shape), dtype=bool)
-        out[round(float(shape[0]) * (1 - fraction)) :] = True
-        return out
+def _last_slices(fraction: float) -> Callable[[tuple[int, ...], np.ndarray], Slab]:
+    def slab(shape: tuple[int, ...], affine: np.ndarray) -> Slab:
+        return 0, round(shape[0] * (1 - fraction)), shape[0]
 
-    return mask
+    return slab
 
 
 def shared_cases(shared: Path, workdir: Path) -> list[VolumeCase]:
@@ -130,7 +143,7 @@ def shared_cases(shared: Path, workdir: Path) -> list[VolumeCase]:
                 hip / "image.nii.gz",
                 hip / "labels.nii.gz",
                 ["background", "anterior", "posterior"],
-                {"kind": "zscore"},
+                "zscore",
                 _last_slices(0.4),
                 "last 40% of slices",
             )
@@ -152,12 +165,60 @@ def shared_cases(shared: Path, workdir: Path) -> list[VolumeCase]:
                 ct / "ct.nii.gz",
                 path,
                 ["background", *[f"label {v}" for v in top], "other labels"],
-                {"kind": "window", "low": -200.0, "high": 300.0},
+                "window:-200,300",
                 _last_slices(0.4),
                 "last 40% of slices",
             )
         )
     return cases
+
+
+def epochs_for(steps: int) -> tuple[int, int]:
+    """Epochs and steps per epoch for about ``steps`` optimiser steps (at least that many, epochs of ≤ 50)."""
+    epochs = -(-steps // STEPS_PER_EPOCH)
+    return epochs, -(-steps // epochs)
+
+
+def train_case(
+    case: VolumeCase,
+    workdir: Path,
+    checkpoint: Path,
+    steps: int = 300,
+    width: int = 4,
+    patch: int = 32,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> tuple[TrainOutcome, Region]:
+    """Fit a 3D U-Net on the case's volume except its held-out slab; save it; return it and the slab."""
+    scene, _ = open_pair(case.image, case.labels, workdir / "stores", val_fraction=0.0)
+    axis, start, stop = case.holdout(scene.image.spatial_shape, nib.load(case.image).affine)
+    scene, held = hold_out_slab(scene, axis, start, stop, VAL_FRACTION)
+    epochs, per_epoch = epochs_for(steps)
+    settings = TrainSettings(
+        arch="unet3d",
+        arch_config={"width": width, "depth": 2, "padding": "same"},
+        tile=patch,
+        batch_size=2,
+        epochs=epochs,
+        steps_per_epoch=per_epoch,
+        lr=3e-3,
+        patience=epochs,
+        seed=seed,
+        normalization=case.normalization,
+    )
+
+    def report(r: EpochResult) -> None:
+        if log:
+            log(
+                f"{case.name}: epoch {r.epoch}/{epochs}: loss {r.train_loss:.3f}, "
+                f"validation-strip mIoU {r.miou:.3f}"
+            )
+
+    outcome = fit(
+        [scene], settings, len(case.class_names), case.class_names, case.class_colors or None, on_epoch=report
+    )
+    save_checkpoint(checkpoint, outcome.model, outcome.card)
+    return outcome, held
 
 
 def run_case(
@@ -171,26 +232,8 @@ def run_case(
     log: Callable[[str], None] | None = None,
 ) -> CaseResult:
     """Train on the case's training part, segment the whole volume, Dice on the held-out part."""
-    img, ref = nib.load(case.image), nib.load(case.labels)
-    image = _store_order(img).astype(np.float32)[None]
-    truth = _store_order(ref).astype(np.int64)
-    affine = img.affine
-    held = case.holdout(np.array(truth.shape), affine)
     checkpoint = workdir / f"{case.name}_unet3d.safetensors"
-    trained = train_on_volume(
-        image,
-        truth,
-        ~held,
-        checkpoint,
-        case.class_names,
-        case.normalization,
-        arch_config={"width": width, "depth": 2, "padding": "same"},
-        class_colors=case.class_colors or None,
-        patch=patch,
-        steps=steps,
-        seed=seed,
-        log=log,
-    )
+    trained, held = train_case(case, workdir, checkpoint, steps, width, patch, seed, log)
     output = workdir / f"{case.name}_labels.nii.gz"
     summary = segment(
         SegmentConfig(
@@ -203,17 +246,21 @@ def run_case(
             volume_block=64,
         )
     )
-    out = nib.load(output)
+    img, out = nib.load(case.image), nib.load(output)
     if not np.array_equal(out.affine, img.affine) or out.shape != img.shape[:3]:
         raise RuntimeError(f"{output}: affine or shape differ from {case.image}")
-    pred = _store_order(out)
-    dice = dice_per_class(pred[held], truth[held], len(case.class_names))
+    sl = tuple(slice(a, b) for a, b in held)
+    pred, truth = _store_order(out)[sl], _store_order(nib.load(case.labels))[sl]
+    dice = dice_per_class(pred, truth, len(case.class_names))
     return CaseResult(
         case.name,
         tuple(img.shape),
         case.holdout_text,
         dict(zip(case.class_names, dice)),
         trained.seconds,
+        len(trained.history),
+        epochs_for(steps)[1],
+        trained.best_epoch,
         summary,
         output,
     )
@@ -239,8 +286,10 @@ def run_demo(
     for case in cases:
         t0 = time.perf_counter()
         if log:
+            epochs, per_epoch = epochs_for(steps)
             log(
-                f"{case.name}: training a width-4 3D U-Net for {steps} steps, holding out {case.holdout_text}"
+                f"{case.name}: training a width-4 3D U-Net for {epochs} epochs of {per_epoch} steps, "
+                f"holding out {case.holdout_text}"
             )
         results.append(run_case(case, workdir, steps=steps, seed=seed, quiet=quiet, log=log))
         if on_result:
