@@ -115,7 +115,16 @@ class Case:
 
 
 def _maxrss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """Peak RSS of this process since it started (bytes): ``VmHWM`` of its own address space.
+
+    Not ``getrusage``'s ``ru_maxrss``: Linux carries it across ``exec``, so a child
+    started by a parent holding 800 MiB would report at least 800 MiB whatever it used.
+    """
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # no procfs
 
 
 def _read_scene(path: str) -> np.ndarray:
