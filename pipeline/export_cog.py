@@ -1,10 +1,11 @@
 """Export: output store → Cloud-Optimized GeoTIFF that GIS tools open directly.
 
 The labels COG has the input's CRS, transform, width and height; 512×512
-internal tiles; lossless DEFLATE with a predictor; overviews resampled with MODE
-(a class map must never be averaged); an embedded palette; a nodata value; class
-names (band metadata inside the TIFF, plus a PAM ``.aux.xml`` sidecar with
-category names and a raster attribute table, which is where QGIS and GDAL look);
+internal tiles; lossless DEFLATE with a predictor; MODE overviews (a class map
+must never be averaged), computed by :mod:`pipeline.label_overviews` in the pass
+that stages the labels; an embedded palette; a nodata value; class names (band
+metadata inside the TIFF, plus a PAM ``.aux.xml`` sidecar with category names and
+a raster attribute table, which is where QGIS and GDAL look);
 BigTIFF when the file could pass 4 GB. Everything is written under temporary
 names in the destination folder and renamed into place last, so a reader never
 sees a half-written file under the final name.
@@ -17,7 +18,7 @@ import os
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,11 @@ import zarr
 from affine import Affine
 from rasterio.crs import CRS
 
+from pipeline.label_overviews import ModePyramid, overview_shapes
+
 COG_BLOCK = 512
 WRITE_WINDOW = (COG_BLOCK, 8192)
+GDAL_TYPES = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32", "int32": "Int32"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,11 @@ class Georeference:
 
     crs_wkt: str | None
     transform: Sequence[float]
+
+    def scaled(self, shape: Sequence[int], to: Sequence[int]) -> Georeference:
+        """The same footprint on a grid of ``to`` pixels instead of ``shape`` (an overview)."""
+        factors = Affine.scale(shape[1] / to[1], shape[0] / to[0])
+        return Georeference(self.crs_wkt, tuple(Affine(*self.transform[:6]) @ factors)[:6])
 
     def profile(self) -> dict[str, Any]:
         """rasterio profile entries."""
@@ -131,6 +140,55 @@ def pam_xml(class_names: Sequence[str], colors: Sequence[Sequence[int]], nodata:
     return ET.tostring(root, encoding="unicode") + "\n"
 
 
+def _vrt_with_overviews(
+    base: Path,
+    overviews: Sequence[Path],
+    shape: Sequence[int],
+    dtype: str,
+    nodata: int,
+    geo: Georeference,
+    colormap: dict[int, tuple[int, ...]] | None,
+    band_tags: dict[str, str],
+    tags: dict[str, str],
+) -> str:
+    """A VRT over ``base`` that declares ``overviews`` as its overview levels.
+
+    The COG driver copies a source's own overviews (``OVERVIEWS=AUTO``) instead of
+    computing them, so this is how precomputed MODE levels reach the COG.
+    """
+    root = ET.Element("VRTDataset", rasterXSize=str(shape[1]), rasterYSize=str(shape[0]))
+    if geo.crs_wkt:
+        ET.SubElement(root, "SRS").text = geo.crs_wkt
+    a, b, c, d, e, f = geo.transform[:6]
+    ET.SubElement(root, "GeoTransform").text = ", ".join(repr(float(v)) for v in (c, a, b, f, d, e))
+    _metadata(root, tags)
+    band = ET.SubElement(root, "VRTRasterBand", dataType=GDAL_TYPES[dtype], band="1")
+    ET.SubElement(band, "Description").text = "class"
+    ET.SubElement(band, "NoDataValue").text = str(nodata)
+    if colormap is not None:
+        ET.SubElement(band, "ColorInterp").text = "Palette"
+        table = ET.SubElement(band, "ColorTable")
+        for value in range(max(colormap) + 1):
+            rgba = colormap.get(value, (0, 0, 0, 0))
+            ET.SubElement(table, "Entry", c1=str(rgba[0]), c2=str(rgba[1]), c3=str(rgba[2]), c4=str(rgba[3]))
+    _metadata(band, band_tags)
+    source = ET.SubElement(band, "SimpleSource")
+    ET.SubElement(source, "SourceFilename", relativeToVRT="0").text = str(base)
+    ET.SubElement(source, "SourceBand").text = "1"
+    for path in overviews:
+        overview = ET.SubElement(band, "Overview")
+        ET.SubElement(overview, "SourceFilename", relativeToVRT="0").text = str(path)
+        ET.SubElement(overview, "SourceBand").text = "1"
+    return ET.tostring(root, encoding="unicode")
+
+
+def _metadata(parent: ET.Element, items: dict[str, str]) -> None:
+    if items:
+        md = ET.SubElement(parent, "Metadata")
+        for key, value in items.items():
+            ET.SubElement(md, "MDI", key=key).text = value
+
+
 def export_labels_cog(
     store_path: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -139,7 +197,12 @@ def export_labels_cog(
     colors: Sequence[Sequence[int]],
     tags: dict[str, str] | None = None,
 ) -> Path:
-    """Write the store's labels as a COG at ``output`` (atomically, with sidecar)."""
+    """Write the store's labels as a COG at ``output`` (atomically, with sidecar).
+
+    One pass over the labels writes the full-resolution staging file and, through
+    :class:`ModePyramid`, every MODE overview level; the COG copy then takes the
+    levels as they are instead of resampling the full raster per level.
+    """
     output = Path(output)
     group = zarr.open_group(str(store_path), mode="r")
     labels = group["labels"]
@@ -149,19 +212,54 @@ def export_labels_cog(
     colormap = {i: (*map(int, rgb[:3]), 255) for i, rgb in enumerate(colors)}
     if dtype == "uint8":
         colormap[nodata] = (0, 0, 0, 0)
-    with _temporary_sibling(output, ".staging.tif") as staging, _temporary_sibling(output, ".cog.tif") as cog:
-        with rasterio.open(staging, "w", **_staging_profile(shape, 1, dtype, nodata, geo)) as dst:
-            for rows, cols in _windows(shape):
-                window = rasterio.windows.Window(
-                    cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start
-                )
-                dst.write(labels[rows, cols], 1, window=window)
-            if dtype == "uint8":  # GDAL palettes exist for 8- and 16-bit; 16-bit ones are huge
-                dst.write_colormap(1, colormap)
-            dst.set_band_description(1, "class")
-            dst.update_tags(1, CLASS_NAMES=json.dumps(list(class_names)))
-            dst.update_tags(**(tags or {}), CLASS_NAMES=json.dumps(list(class_names)))
-        rasterio.shutil.copy(staging, cog, driver="COG", **_cog_options("YES", "MODE"))
+    level_shapes = overview_shapes(shape, COG_BLOCK)
+    names = json.dumps(list(class_names))
+    with ExitStack() as stack:
+        staging = stack.enter_context(_temporary_sibling(output, ".staging.tif"))
+        level_paths = [
+            stack.enter_context(_temporary_sibling(output, f".ovr{k + 1}.tif"))
+            for k in range(len(level_shapes))
+        ]
+        vrt = stack.enter_context(_temporary_sibling(output, ".vrt"))
+        cog = stack.enter_context(_temporary_sibling(output, ".cog.tif"))
+        dst = stack.enter_context(
+            rasterio.open(staging, "w", **_staging_profile(shape, 1, dtype, nodata, geo))
+        )
+        level_files = [
+            stack.enter_context(
+                rasterio.open(path, "w", **_staging_profile(s, 1, dtype, nodata, geo.scaled(shape, s)))
+            )
+            for path, s in zip(level_paths, level_shapes)
+        ]
+
+        def write_level(level: int, first_row: int, rows: np.ndarray) -> None:
+            window = rasterio.windows.Window(0, first_row, rows.shape[1], rows.shape[0])
+            level_files[level - 1].write(rows, 1, window=window)
+
+        pyramid = ModePyramid(shape, len(level_shapes), nodata, write_level)
+        for start in range(0, shape[0], COG_BLOCK):
+            rows = np.asarray(labels[start : start + COG_BLOCK, :])
+            dst.write(rows, 1, window=rasterio.windows.Window(0, start, shape[1], rows.shape[0]))
+            pyramid.push(rows)
+        pyramid.close()
+        for f in (dst, *level_files):
+            f.close()
+        vrt.write_text(
+            _vrt_with_overviews(
+                staging,
+                level_paths,
+                shape,
+                dtype,
+                nodata,
+                geo,
+                colormap
+                if dtype == "uint8"
+                else None,  # GDAL palettes exist for 8- and 16-bit; 16-bit ones are huge
+                {"CLASS_NAMES": names},
+                {**(tags or {}), "CLASS_NAMES": names},
+            )
+        )
+        rasterio.shutil.copy(vrt, cog, driver="COG", **_cog_options("YES", "MODE"))
         aux = output.with_name(output.name + ".aux.xml")
         aux_tmp = aux.with_name(f".{aux.name}.tmp")
         aux_tmp.write_text(pam_xml(class_names, colors, nodata))
