@@ -8,6 +8,12 @@ from __future__ import annotations
 import os
 import sys
 
+from flows.prefect_runtime import configure_prefect
+
+# Before Prefect is imported: run as a script (`ray submit … flows/promote_model.py`) the
+# `flows` package has not been imported yet to set the embedded defaults.
+configure_prefect()
+
 from prefect import flow
 
 from pipeline.promotion import Decision, promote, rollback

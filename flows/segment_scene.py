@@ -17,6 +17,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+from flows.prefect_runtime import configure_prefect
+
+# Before Prefect is imported: run as a script (`ray submit … flows/segment_scene.py`) the
+# `flows` package has not been imported yet to set the embedded defaults.
+configure_prefect()
+
 from prefect import flow, task
 from prefect.cache_policies import NONE
 

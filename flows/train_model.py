@@ -11,6 +11,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from flows.prefect_runtime import configure_prefect
+
+# Before Prefect is imported: run as a script (`ray submit … flows/train_model.py`) the
+# `flows` package has not been imported yet to set the embedded defaults.
+configure_prefect()
+
 from prefect import flow
 
 from pipeline import tracking

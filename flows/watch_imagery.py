@@ -22,6 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+
+from flows.prefect_runtime import configure_prefect
+
+# Before Prefect is imported: run as a script (`ray submit … flows/watch_imagery.py`) the
+# `flows` package has not been imported yet to set the embedded defaults.
+configure_prefect()
+
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.futures import wait

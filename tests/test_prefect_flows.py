@@ -169,3 +169,35 @@ def test_watch_refuses_bad_arguments_before_any_work(tmp_path: Path, capsys) -> 
     code = main(["watch", str(tmp_path), *args, "--overlap", "2"])
     assert code == 2 and "--overlap must be in [0, 1)" in capsys.readouterr().err
     assert not (out / LEDGER_NAME).exists()
+
+
+_PROBE = """
+import os, runpy, sys
+seen = []
+class Probe:
+    def find_spec(self, name, path=None, target=None):
+        if name == "prefect" and not seen:
+            seen.append(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "unset"))
+        return None
+sys.meta_path.insert(0, Probe())
+runpy.run_path(sys.argv[1], run_name="as_a_script")
+print(seen[0])
+"""
+
+
+@pytest.mark.parametrize("script", ["segment_scene", "train_model", "promote_model", "watch_imagery"])
+def test_flow_run_as_a_script_sets_prefect_defaults_before_prefect_loads(script: str, tmp_path: Path) -> None:
+    """`ray submit` copies the flow file to the head and runs it as a plain script: the
+    embedded defaults (a longer ephemeral-server start wait above all) must still be in
+    place when Prefect is imported, or a busy head times out starting the API."""
+    import subprocess
+    import sys
+
+    copied = tmp_path / f"{script}.py"  # away from the checkout, as on a cluster head
+    shutil.copy(Path(__file__).parents[1] / "flows" / f"{script}.py", copied)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    probe = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(copied)], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert probe.stdout.strip().splitlines()[-1] == "180"
