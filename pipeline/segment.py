@@ -454,13 +454,20 @@ def export(job: Job) -> tuple[Path, Path | None]:
 
 
 def class_fractions(job: Job) -> tuple[dict[str, float], int]:
-    """Fraction of valid pixels per class, read back chunk by chunk; and the valid count."""
-    counts = np.zeros(job.num_classes, dtype=np.int64)
-    for block in job.plan:
-        labels = job.store.labels[tuple(slice(a, b) for a, b in block.region)]
-        counts += np.bincount(labels[labels != job.store.nodata].ravel(), minlength=job.num_classes)[
-            : job.num_classes
-        ]
+    """Fraction of valid pixels per class, and the valid count.
+
+    From the per-block label counts the engine stores with every block (reading the
+    labels back cost 0.8 s per 67 Mpx); a store without them (written by an older
+    version, then resumed) is read back chunk by chunk.
+    """
+    if "label_stats" in job.store.group:
+        counts = np.rint(job.store.label_stats()[:, 0]).astype(np.int64)
+    else:
+        counts = np.zeros(job.num_classes, dtype=np.int64)
+        for block in job.plan:
+            labels = job.store.labels[tuple(slice(a, b) for a, b in block.region)]
+            valid = labels[labels != job.store.nodata].ravel()
+            counts += np.bincount(valid, minlength=job.num_classes)[: job.num_classes]
     total = int(counts.sum())
     return {n: float(c) / max(total, 1) for n, c in zip(job.card.class_names, counts)}, total
 

@@ -152,3 +152,31 @@ def test_image_without_georeferencing_is_segmented_with_one_warning_line(tmp_pat
     assert not [w for w in caught if issubclass(w.category, NotGeoreferencedWarning)]
     with rasterio.open(out) as dst:
         assert (dst.width, dst.height) == (300, 200) and dst.crs is None
+
+
+def test_summary_class_fractions_are_the_written_labels_histogram(small_scene, tiny_checkpoint, tmp_path):
+    """The summary counts come from the engine's per-block stats, not a re-read: they must
+    still be exactly the classes of the pixels in the COG (nodata corner excluded)."""
+    from pipeline.config import SegmentConfig
+    from pipeline.segment import segment
+
+    out = tmp_path / "f.tif"
+    summary = segment(
+        SegmentConfig(
+            input=small_scene,
+            model=str(tiny_checkpoint),
+            output=out,
+            tile=64,
+            block=256,
+            chunk=128,
+            quiet=True,
+        )
+    )
+    with rasterio.open(out) as dst:
+        labels = dst.read(1)
+        valid = labels[labels != dst.nodata]
+    counts = np.bincount(valid, minlength=4)
+    assert summary.valid_pixels == valid.size == 530 * 700 - 60 * 90
+    assert summary.class_fractions == {
+        name: count / valid.size for name, count in zip(summary.class_fractions, counts)
+    }
