@@ -12,6 +12,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from pipeline.grid import Region, TileGrid
 from pipeline.model_source import load_model, model_identity
 from pipeline.normalization import normalize, select_bands
 from pipeline.output_store import OutputStore, fingerprint
+from pipeline.process_memory import release_freed_memory
 from pipeline.progress import Progress
 from pipeline.scene_statistics import resolve_normalization
 from pipeline.scene_store import SceneStore
@@ -358,6 +360,7 @@ def prepare(config: SegmentConfig) -> Job:
     checked = check_inputs(config)
     t0 = time.perf_counter()
     scene = ingest_scene(config, checked)
+    release_freed_memory()
     t_ingest = time.perf_counter() - t0
     job = plan_job(config, checked, scene)
     job.timings["ingest"] = t_ingest
@@ -390,8 +393,10 @@ def compute_block(
     """One block's labels (and probabilities), not yet written.
 
     ``read`` replaces the scene read (a worker passes the footprint it prefetched).
+    The block's freed temporaries go back to the system before it returns (see
+    :func:`~pipeline.process_memory.release_freed_memory`).
     """
-    return infer_block(
+    output = infer_block(
         read or job.read,
         block,
         job.grid,
@@ -404,24 +409,48 @@ def compute_block(
         on_tiles=on_tiles,
         with_uncertainty=job.store.confidence is not None,
     )
+    release_freed_memory()
+    return output
 
 
 def run_blocks_in_process(job: Job, progress: Progress | None = None) -> tuple[int, int]:
-    """Compute and write every pending block here; returns (run, skipped)."""
+    """Compute and write every pending block here; returns (run, skipped).
+
+    One I/O thread reads the next block's footprint and writes the previous block's
+    outputs while this block computes (zarr's codecs release the GIL), so reading
+    and writing hide behind the model instead of adding to it. A block counts as
+    done once its write has finished.
+    """
     if job.config.threads:
         torch.set_num_threads(job.config.threads)
     pending = job.store.pending(job.plan)
     skipped = job.plan.num_blocks - len(pending)
     predictor = predictor_for(job)
+    on_tiles = progress.tiles_done if progress else None
     t0 = time.perf_counter()
-    for block in pending:
-        output = compute_block(job, block, predictor, progress.tiles_done if progress else None)
-        job.store.write_block(block, output)
-        if progress:
-            progress.block_done(block.num_pixels)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gigaseg-io") as io:
+        next_read = io.submit(job.read, pending[0].footprint) if pending else None
+        writing: tuple[Block, Future[None]] | None = None
+        for i, block in enumerate(pending):
+            assert next_read is not None
+            footprint = next_read.result()
+            if i + 1 < len(pending):
+                next_read = io.submit(job.read, pending[i + 1].footprint)
+            output = compute_block(job, block, predictor, on_tiles, read=lambda _region, f=footprint: f)
+            if writing is not None:
+                _finish_write(*writing, progress)
+            writing = (block, io.submit(job.store.write_block, block, output))
+        if writing is not None:
+            _finish_write(*writing, progress)
     job.timings["infer"] = time.perf_counter() - t0
     job.timings["tiles"] = predictor.tiles_run
     return len(pending), skipped
+
+
+def _finish_write(block: Block, write: Future[None], progress: Progress | None) -> None:
+    write.result()
+    if progress:
+        progress.block_done(block.num_pixels)
 
 
 def export(job: Job) -> tuple[Path, Path | None]:

@@ -27,3 +27,35 @@ def test_gdal_cache_is_bounded_by_default():
 
 def test_a_users_gdal_cache_setting_wins():
     assert _cache_after_bounding({**os.environ, "GDAL_CACHEMAX": "512"}) == "512"
+
+
+_TRIM_PROBE = """
+import numpy as np
+from pipeline.process_memory import _malloc_trim, release_freed_memory
+
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) // 1024
+
+if _malloc_trim() is None:
+    print("no-glibc")
+    raise SystemExit
+chunks = [np.ones(8000, dtype=np.float64) for _ in range(8000)]  # 64 kB each: heap, not mmap
+pin = np.ones(8000)  # allocated last: keeps the heap's top in use, so free() cannot shrink it
+filled = rss()
+del chunks
+freed = rss()
+release_freed_memory()
+print(filled, freed, rss())
+"""
+
+
+def test_freed_heap_goes_back_to_the_system():
+    done = subprocess.run([sys.executable, "-c", _TRIM_PROBE], capture_output=True, text=True, check=True)
+    if done.stdout.strip() == "no-glibc":
+        import pytest
+
+        pytest.skip("malloc_trim is glibc's; nothing to release elsewhere")
+    filled, freed, trimmed = map(int, done.stdout.split())
+    assert freed > filled - 100, "the probe's freed chunks stay resident until trimmed"
+    assert trimmed < freed - 300, (filled, freed, trimmed)
