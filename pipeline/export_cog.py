@@ -20,6 +20,7 @@ import os
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,10 +240,18 @@ def export_labels_cog(
             level_files[level - 1].write(rows, 1, window=window)
 
         pyramid = ModePyramid(shape, len(level_shapes), nodata, write_level)
-        for start in range(0, shape[0], COG_BLOCK):
-            rows = np.asarray(labels[start : start + COG_BLOCK, :])
-            dst.write(rows, 1, window=rasterio.windows.Window(0, start, shape[1], rows.shape[0]))
-            pyramid.push(rows)
+        # The pyramid (and its files) on a second thread, strips in order, while this one
+        # reads the next strip and writes the full resolution: numpy and GDAL release the GIL.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gigaseg-overviews") as overviews:
+            pushed: list[Future[None]] = []
+            for start in range(0, shape[0], COG_BLOCK):
+                rows = np.asarray(labels[start : start + COG_BLOCK, :])
+                pushed.append(overviews.submit(pyramid.push, rows))
+                dst.write(rows, 1, window=rasterio.windows.Window(0, start, shape[1], rows.shape[0]))
+                if len(pushed) > 2:  # at most two strips queued: memory stays a few strips
+                    pushed.pop(0).result()
+            for done in pushed:
+                done.result()
         pyramid.close()
         for f in (dst, *level_files):
             f.close()
