@@ -212,9 +212,10 @@ def export_labels_cog(
     nodata = int(group.attrs["nodata"])
     dtype = str(labels.dtype)
     shape = labels.shape
-    colormap = {i: (*map(int, rgb[:3]), 255) for i, rgb in enumerate(colors)}
+    palette = None  # GDAL palettes exist for 8- and 16-bit; 16-bit ones are huge
     if dtype == "uint8":
-        colormap[nodata] = (0, 0, 0, 0)
+        palette = {i: (*map(int, rgb[:3]), 255) for i, rgb in enumerate(colors)}
+        palette[nodata] = (0, 0, 0, 0)
     level_shapes = overview_shapes(shape, COG_BLOCK)
     names = json.dumps(list(class_names))
     with ExitStack() as stack:
@@ -239,7 +240,7 @@ def export_labels_cog(
             window = rasterio.windows.Window(0, first_row, rows.shape[1], rows.shape[0])
             level_files[level - 1].write(rows, 1, window=window)
 
-        pyramid = ModePyramid(shape, len(level_shapes), nodata, write_level)
+        pyramid = ModePyramid(len(level_shapes), nodata, write_level)
         # The pyramid (and its files) on a second thread, strips in order, while this one
         # reads the next strip and writes the full resolution: numpy and GDAL release the GIL.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gigaseg-overviews") as overviews:
@@ -263,9 +264,7 @@ def export_labels_cog(
                 dtype,
                 nodata,
                 geo,
-                colormap
-                if dtype == "uint8"
-                else None,  # GDAL palettes exist for 8- and 16-bit; 16-bit ones are huge
+                palette,
                 {"CLASS_NAMES": names},
                 {**(tags or {}), "CLASS_NAMES": names},
             )

@@ -74,13 +74,12 @@ class ModePyramid:
     ``close`` flushes the odd last rows. ``sink`` receives finished overview rows.
     """
 
-    def __init__(self, shape: tuple[int, int], levels: int, nodata: int, sink: RowSink) -> None:
+    def __init__(self, levels: int, nodata: int, sink: RowSink) -> None:
         self.levels = levels
         self.nodata = nodata
         self.sink = sink
         self._pending: list[np.ndarray | None] = [None] * levels
         self._next_row = [0] * (levels + 1)
-        self._width = shape[1]
 
     def push(self, rows: np.ndarray) -> None:
         """Add the next rows of level 0 (full resolution)."""

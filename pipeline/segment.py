@@ -486,17 +486,9 @@ def class_fractions(job: Job) -> tuple[dict[str, float], int]:
     """Fraction of valid pixels per class, and the valid count.
 
     From the per-block label counts the engine stores with every block (reading the
-    labels back cost 0.8 s per 67 Mpx); a store without them (written by an older
-    version, then resumed) is read back chunk by chunk.
+    labels back cost 0.8 s per 67 Mpx).
     """
-    if "label_stats" in job.store.group:
-        counts = np.rint(job.store.label_stats()[:, 0]).astype(np.int64)
-    else:
-        counts = np.zeros(job.num_classes, dtype=np.int64)
-        for block in job.plan:
-            labels = job.store.labels[tuple(slice(a, b) for a, b in block.region)]
-            valid = labels[labels != job.store.nodata].ravel()
-            counts += np.bincount(valid, minlength=job.num_classes)[: job.num_classes]
+    counts = np.rint(job.store.label_stats()[:, 0]).astype(np.int64)
     total = int(counts.sum())
     return {n: float(c) / max(total, 1) for n, c in zip(job.card.class_names, counts)}, total
 

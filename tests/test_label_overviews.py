@@ -76,7 +76,7 @@ def test_streamed_strips_build_the_same_pyramid_as_the_whole_array(labels, strip
         assert (target == 77).all(), "every overview row is written once"
         target[...] = rows
 
-    pyramid = ModePyramid(labels.shape, len(shapes), NODATA, sink)
+    pyramid = ModePyramid(len(shapes), NODATA, sink)
     start, i = 0, 0
     while start < labels.shape[0]:
         height = strip_heights[i % len(strip_heights)]
