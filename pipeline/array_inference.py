@@ -74,7 +74,7 @@ def segment_array(
 
     def read(region: Region) -> tuple[np.ndarray, np.ndarray]:
         sl = tuple(slice(a, b) for a, b in region)
-        mask = valid[sl] if valid is not None else np.ones([b - a for a, b in region], dtype=bool)
+        mask = valid[sl] if valid is not None else np.broadcast_to(np.True_, [b - a for a, b in region])
         return image[(slice(None), *sl)], mask
 
     for b in plan:

@@ -85,17 +85,23 @@ class SceneStore:
     def read(self, region: Region, bands: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Image ``(B, *region)`` and valid mask ``(*region)`` of a region.
 
-        ``bands`` are 0-based indices; ``None`` reads all.
+        ``bands`` are 0-based indices; ``None`` reads all. A run of consecutive
+        bands is one zarr read straight into the result (no stacked copy). The
+        mask is read-only; without nodata it is a broadcast ``True`` that takes
+        no memory (a 4096² block's footprint: 17 MiB less per block in flight).
         """
         sl = region_slices(region)
         if bands is None:
             image = self.image[(slice(None), *sl)]
+        elif len(bands) and list(bands) == list(range(int(bands[0]), int(bands[0]) + len(bands))):
+            image = self.image[(slice(int(bands[0]), int(bands[0]) + len(bands)), *sl)]
         else:
             image = np.stack([self.image[(int(b), *sl)] for b in bands])
         if self.has_mask:
             valid = np.asarray(self.group["valid"][sl], dtype=bool)
+            valid.flags.writeable = False
         else:
-            valid = np.ones(image.shape[1:], dtype=bool)
+            valid = np.broadcast_to(np.True_, image.shape[1:])
         return image, valid
 
 
