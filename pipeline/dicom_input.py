@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
-from pydicom.errors import InvalidDicomError
 
 from pipeline.errors import InputError
 from pipeline.volume_geometry import VolumeGeometry
@@ -51,6 +49,9 @@ def _float(value: object, default: float) -> float:
 
 
 def _read_header(path: Path) -> _SliceHeader | None:
+    import pydicom  # here, not at the top: a raster run never loads it (~13 MiB)
+    from pydicom.errors import InvalidDicomError
+
     try:
         ds = pydicom.dcmread(str(path), stop_before_pixels=True)
     except (InvalidDicomError, EOFError, OSError, ValueError, TypeError):
@@ -144,6 +145,9 @@ def _geometry(folder: Path, slices: list[_SliceHeader]) -> tuple[list[_SliceHead
 
 
 def _raw_pixels(h: _SliceHeader) -> np.ndarray:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
     try:
         ds = pydicom.dcmread(str(h.path))
         raw = ds.pixel_array

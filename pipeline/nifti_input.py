@@ -16,15 +16,17 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import nibabel as nib
 import numpy as np
-from nibabel.filebasedimages import ImageFileError
 
 from pipeline.errors import InputError
 from pipeline.ingest import content_id
 from pipeline.volume_geometry import VolumeGeometry, reverse_axes_affine
 from pipeline.volume_input import Slab, VolumeSource
+
+if TYPE_CHECKING:
+    import nibabel as nib
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 READ_ERRORS = (EOFError, OSError, ValueError, zlib.error)
@@ -63,6 +65,9 @@ def header_geometry(header: nib.Nifti1Header) -> dict:
 
 
 def _load(path: Path) -> nib.Nifti1Image:
+    import nibabel as nib  # here, not at the top: a raster run never loads it (~18 MiB)
+    from nibabel.filebasedimages import ImageFileError
+
     if not path.is_file():
         raise InputError(f"{path}: no such file" if not path.exists() else f"{path}: is a folder, not NIfTI")
     if path.stat().st_size == 0:

@@ -1,4 +1,4 @@
-"""The process-wide memory bounds: GDAL's cache is bounded unless the user set it."""
+"""Process-wide memory: a bounded GDAL cache (unless the user set it), freed heap returned, lean imports."""
 
 from __future__ import annotations
 
@@ -59,3 +59,24 @@ def test_freed_heap_goes_back_to_the_system():
     filled, freed, trimmed = map(int, done.stdout.split())
     assert freed > filled - 100, "the probe's freed chunks stay resident until trimmed"
     assert trimmed < freed - 300, (filled, freed, trimmed)
+
+
+_IMPORT_PROBE = """
+import sys
+import numpy as np
+from pipeline.formats import describe_input
+from pipeline.segment import segment
+from tests.conftest import write_raster
+
+path = write_raster(__import__("pathlib").Path(sys.argv[1]) / "scene.tif", np.ones((1, 16, 16), np.uint8))
+describe_input(path)
+print(" ".join(m for m in ("nibabel", "pydicom") if m in sys.modules) or "none")
+"""
+
+
+def test_a_raster_run_does_not_load_the_volume_readers(tmp_path):
+    """nibabel and pydicom (~30 MiB resident) load only when a volume is read."""
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_PROBE, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "none"
