@@ -162,6 +162,27 @@ def _intersect(a: Region, b: Region) -> Region:
     return tuple((max(a0, b0), min(a1, b1)) for (a0, a1), (b0, b1) in zip(a, b))
 
 
+def _all_true(mask: np.ndarray) -> bool:
+    """``mask.all()``, at once for a broadcast constant (a scene without nodata reads as one)."""
+    if mask.size and not any(mask.strides):
+        return bool(mask.flat[0])
+    return bool(mask.all())
+
+
+def _shift_rows(acc: torch.Tensor, n: int, keep: int) -> None:
+    """Move rows ``[n, n + keep)`` of ``(C, rows, ...)`` to the front, ``n`` rows at a time.
+
+    Pieces of at most ``n`` rows never overlap their destination, so no copy of the
+    kept rows is made (moving them in one go would need one).
+    """
+    for a in range(0, keep, n):
+        b = min(a + n, keep)
+        if acc.device.type == "cpu":
+            np.copyto(acc[:, a:b].numpy(), acc[:, n + a : n + b].numpy())
+        else:
+            acc[:, a:b].copy_(acc[:, n + a : n + b])
+
+
 def _batched(items: Iterable[tuple[int, ...]], n: int) -> Iterable[list[tuple[int, ...]]]:
     it = iter(items)
     while batch := list(itertools.islice(it, n)):
@@ -253,20 +274,27 @@ def blend_region(
     shared_np = shared.numpy() if on_cpu and shared is not None else None
     buf: torch.Tensor | None = None  # rows [lo, lo + len(buf)) of the context, along axis 0
     lo = 0
-    some_invalid = None if valid.all() else valid
+    some_invalid = None if _all_true(valid) else valid
 
     def row_stop(idx: tuple[int, ...]) -> int:
         return min(grid.origin(idx)[0] + grid.tile[0], context[0][1]) - ctx_origin[0]
 
-    def ensure(classes: int, stop: int) -> torch.Tensor:
+    # Streamed, the accumulator holds the rows from the first unfinished one to the last the current
+    # batch reaches: sized once for the deepest batch, so it never grows (a grown copy is a second
+    # buffer alive at once).
+    rows_held = ctx_shape[0]
+    if on_rows is not None:
+        rows_held, first_open = 0, 0
+        for first in range(0, len(tiles), predictor.batch_size):
+            batch_idx = tiles[first : first + predictor.batch_size]
+            first_open = max(first_open, grid.origin(batch_idx[0])[0] - ctx_origin[0])
+            rows_held = max(rows_held, max(row_stop(idx) for idx in batch_idx) - first_open)
+
+    def ensure(classes: int) -> torch.Tensor:
         nonlocal buf
-        rows = ctx_shape[0] if on_rows is None else stop - lo
-        if buf is None or rows > buf.shape[1]:
+        if buf is None:
             with torch.inference_mode(False):  # a normal tensor: later steps (CRF) may update it in place
-                grown = torch.zeros((classes, rows, *ctx_shape[1:]), dtype=torch.float32, device=device)
-            if buf is not None:
-                grown[:, : buf.shape[1]] = buf
-            buf = grown
+                buf = torch.zeros((classes, rows_held, *ctx_shape[1:]), dtype=torch.float32, device=device)
         return buf
 
     def normalise(part: torch.Tensor, start: int) -> torch.Tensor:
@@ -293,7 +321,7 @@ def blend_region(
             if device.type == "cuda":
                 x = x.pin_memory()  # the caching host allocator keeps it alive until copied
             probs = predictor(x.to(device, non_blocking=True))
-            acc = ensure(probs.shape[1], max(row_stop(idx) for idx in batch))
+            acc = ensure(probs.shape[1])
             acc_np = acc.numpy() if on_cpu else None
             probs_np = probs.numpy() if on_cpu else None
             if shared_np is not None:
@@ -329,9 +357,8 @@ def blend_region(
                 n = upto - lo
                 finished = acc[:, :n]
                 on_rows(lo, finished, normalise(finished, lo))
-                keep = acc.shape[1] - n
-                if keep > 0:
-                    acc[:, :keep] = acc[:, n:].clone()
+                keep = max(0, acc.shape[1] - n)
+                _shift_rows(acc, n, keep)
                 acc[:, keep:] = 0.0
                 lo = upto
 
