@@ -11,10 +11,17 @@ hands them back: 67 Mpx, 1×1 conv, four 16 Mpx blocks, inference-stage peak RSS
 730–744 MiB without, 646–727 MiB with (3–5 runs each), for 0.06 s in all. Most of
 the peak is one block's own working set (footprint, accumulator rows, batches).
 
-Tried and left out: fixing glibc's mmap threshold at 1 MiB (so freed arrays go
-straight back to the system) cut the 67 Mpx peak RSS by ~80 MiB but made every
-activation of a U-Net forward a fresh mapping to fault in: 45% slower (4 Mpx
-U-Net, 9.9 vs 6.8 s).
+Tried and left out (what stays resident is mostly freed heap that the per-batch
+arrays churn through: at the 67 Mpx 1×1-conv peak, 194 of the main heap's 372 MiB
+were free):
+
+- fixing glibc's mmap threshold at 1 MiB (so freed arrays go straight back to the
+  system) cut the 67 Mpx peak RSS by ~80 MiB but made every activation of a U-Net
+  forward a fresh mapping to fault in: 45% slower (4 Mpx U-Net, 9.9 vs 6.8 s);
+  at 4 MiB, 1×1 conv: −140 MiB, +1.4 s of 7; at 17 MiB: −30 MiB, no cost on this
+  bench, but a threshold tuned to one model's array sizes;
+- ``malloc_trim`` after every finished row range: −60 MiB, +0.8 s of 7 (1×1 conv,
+  67 Mpx): the returned pages are faulted in again by the next batch.
 """
 
 from __future__ import annotations
