@@ -285,8 +285,7 @@ def blend_region(
     rows_held = ctx_shape[0]
     if on_rows is not None:
         rows_held, first_open = 0, 0
-        for first in range(0, len(tiles), predictor.batch_size):
-            batch_idx = tiles[first : first + predictor.batch_size]
+        for batch_idx in _batched(tiles, predictor.batch_size):
             first_open = max(first_open, grid.origin(batch_idx[0])[0] - ctx_origin[0])
             rows_held = max(rows_held, max(row_stop(idx) for idx in batch_idx) - first_open)
 

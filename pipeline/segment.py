@@ -440,7 +440,7 @@ def run_blocks_in_process(job: Job, progress: Progress | None = None) -> tuple[i
             if writing is not None:
                 _finish_write(*writing, progress)
             writing = (block, io.submit(job.store.write_block, block, output))
-            del output, footprint  # the write holds the output until it is written, no longer
+            del output  # the queued write holds it until written; not through the next block's compute
         if writing is not None:
             _finish_write(*writing, progress)
     job.timings["infer"] = time.perf_counter() - t0
