@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench peer-tools clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,10 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.engine_bench
 	$(BIN)/python -m bench.models_bench
 	$(BIN)/python -m bench.ray_bench
+
+# nnU-Net for the peer bench (bench/nnunet-requirements.txt says why it has a folder of its own).
+peer-tools: $(STAMP)
+	$(BIN)/python -m pip install -q --no-deps --target $(VENV)/nnunet -r bench/nnunet-requirements.txt
 
 clean:
 	rm -rf demo .pytest_cache .ruff_cache

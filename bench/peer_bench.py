@@ -14,12 +14,21 @@ process, imports included):
   the sizes given by ``--ray-sizes``;
 - ``gigaseg-array``: the engine on the image already in memory
   (:func:`pipeline.array_inference.segment_array`, blockwise);
+- ``gigaseg-array-crop``: the same with crop blending (``--blend crop``: each tile
+  keeps its centre), the engine's counterpart of ``chips-crop``;
 - ``monai-constant`` / ``monai-gaussian``: MONAI ``sliding_window_inference``;
 - ``monai-gaussian-cl``: the gaussian row with the model and tiles channels-last by
   hand, as gigaseg runs them (U-Net only by default: a 1×1 conv does not care), so
   the layout's share of gigaseg's lead is visible;
+- ``nnunet``: nnU-Net v2's ``nnUNetPredictor.predict_sliding_window_return_logits``
+  (gaussian weights, no mirroring, one tile per forward as nnU-Net does, logits
+  blended in float16), then nnU-Net's own softmax; runs where ``make peer-tools``
+  installed nnU-Net into ``.venv/nnunet`` (else the table says it was not run);
 - ``chips-average``: TorchGeo / Raster Vision-style chip prediction (whole scene in
   memory, chips at the same stride, last chip flush with the edge, plain averaging);
+- ``chips-crop``: the same chips, each keeping its centre: half the overlap cropped
+  off every side that is not the scene's edge, later chips written over earlier
+  ones (Raster Vision's ``crop_sz``);
 - ``naive``: non-overlapping tiles.
 
 Peers get the image as an array read before their clock starts (their "seconds"
@@ -64,17 +73,27 @@ ROWS = (
     "gigaseg-cli",
     "gigaseg-ray",
     "gigaseg-array",
+    "gigaseg-array-crop",
     "monai-constant",
     "monai-gaussian",
     "monai-gaussian-cl",
+    "nnunet",
     "chips-average",
+    "chips-crop",
     "naive",
 )
 REFERENCES = ("reference", "reference-cl")
 """Untiled passes over the whole scene: the model in its own layout, and channels-last."""
-CHANNELS_LAST_ROWS = ("gigaseg", "gigaseg-cli", "gigaseg-ray", "gigaseg-array")
+CHANNELS_LAST_ROWS = ("gigaseg", "gigaseg-cli", "gigaseg-ray", "gigaseg-array", "gigaseg-array-crop")
 """Rows whose model runs channels-last (the engine's default): seam error against ``reference-cl``."""
 RAY_WORKERS = 2
+NNUNET_PATH = ROOT / ".venv" / "nnunet"
+"""Where ``make peer-tools`` installs nnU-Net v2 and the few packages its predictor imports.
+
+A folder of its own, put on ``sys.path`` by the ``nnunet`` row only: nnU-Net's full
+dependency tree pulls torchvision and timm, which do not import with this machine's
+torch, and its predictor needs neither.
+"""
 ROW_TEXT = {
     "reference": "untiled pass over the whole scene (reference)",
     "reference-cl": "untiled pass, channels-last (reference-cl; Δp: vs the reference)",
@@ -82,10 +101,13 @@ ROW_TEXT = {
     "gigaseg-cli": "`gigaseg segment --workers 0 --no-track` (whole command, Prefect flow)",
     "gigaseg-ray": f"gigaseg end to end on a local Ray cluster, {RAY_WORKERS} workers (RSS summed)",
     "gigaseg-array": "gigaseg engine on an in-memory array (`segment_array`)",
+    "gigaseg-array-crop": "gigaseg engine on an in-memory array, crop blending (`--blend crop`)",
     "monai-constant": "MONAI `sliding_window_inference`, constant",
     "monai-gaussian": "MONAI `sliding_window_inference`, gaussian",
     "monai-gaussian-cl": "MONAI `sliding_window_inference`, gaussian, model channels-last by hand",
+    "nnunet": "nnU-Net v2 `nnUNetPredictor` sliding window (gaussian, no mirroring; its batch of 1)",
     "chips-average": "chip prediction, plain averaging (TorchGeo / Raster Vision style)",
+    "chips-crop": "chip prediction, edge cropping (Raster Vision `crop_sz` style)",
     "naive": "non-overlapping tiles",
 }
 NORMALIZATION = {"kind": "meanstd", "mean": [127.5], "std": [64.0]}
@@ -267,6 +289,58 @@ def _chips_average(x, predict, tile: int, stride: int, batch: int, classes: int)
     return acc
 
 
+def _chips_crop(x, predict, tile: int, stride: int, batch: int, classes: int):
+    """Chips at ``stride``, each keeping its centre (Raster Vision's ``crop_sz``).
+
+    ``(tile - stride) // 2`` px are cropped off every side of a chip that is not on
+    the scene's edge; a later chip overwrites what an earlier one wrote. No blending.
+    """
+    import torch
+
+    _, h, w = x.shape
+    crop = (tile - stride) // 2
+    out = torch.empty((classes, h, w), dtype=torch.float32)
+    origins = [(r, c) for r in _starts(h, tile, stride) for c in _starts(w, tile, stride)]
+
+    def kept(start: int, size: int) -> tuple[int, int]:
+        return (0 if start == 0 else crop), (tile if start + tile >= size else tile - crop)
+
+    for i in range(0, len(origins), batch):
+        part = origins[i : i + batch]
+        t = torch.stack([x[:, r : r + tile, c : c + tile] for r, c in part])
+        for (r, c), q in zip(part, predict(t).cpu()):
+            (r0, r1), (c0, c1) = kept(r, h), kept(c, w)
+            out[:, r + r0 : r + r1, c + c0 : c + c1] = q[:, r0:r1, c0:c1]
+    return out
+
+
+def _nnunet(x, model, tile: int, overlap: float, classes: int, device):
+    """nnU-Net v2's sliding window over ``x`` (C, H, W) → softmax probabilities (K, H, W).
+
+    The predictor gets what ``manual_initialization`` would give it from a trained
+    model folder, as far as the sliding window reads it: the network, the patch
+    size (a 2D configuration over a one-slice stack, as nnU-Net runs 2D models), a
+    label manager for ``classes`` labels, and no mirroring. nnU-Net forwards one tile
+    at a time and blends logits in float16; its label manager's softmax follows.
+    """
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+
+    with contextlib.redirect_stdout(sys.stderr):  # it prints about CPU devices
+        predictor = nnUNetPredictor(
+            tile_step_size=1 - overlap, use_gaussian=True, use_mirroring=False,
+            perform_everything_on_device=device.type == "cuda", device=device, allow_tqdm=False,
+        )  # fmt: skip
+    predictor.network = model
+    predictor.configuration_manager = ConfigurationManager({"patch_size": [tile, tile], "architecture": {}})
+    labels = {"background": 0, **{f"class {k}": k for k in range(1, classes)}}
+    predictor.label_manager = LabelManager(labels, regions_class_order=None)
+    predictor.allowed_mirroring_axes = None
+    logits = predictor.predict_sliding_window_return_logits(x[:, None])
+    return predictor.label_manager.apply_inference_nonlin(logits[:, 0]).cpu()
+
+
 def _naive(x, predict, tile: int, batch: int, classes: int, keep_probs: bool):
     import torch
 
@@ -316,9 +390,11 @@ _ROW_IMPORTS = {
     "gigaseg-cli": ("flows.cli", "flows.segment_scene"),
     "gigaseg-ray": ("pipeline.segment", "pipeline.config", "pipeline.ray_execution"),
     "gigaseg-array": ("pipeline.array_inference",),
+    "gigaseg-array-crop": ("pipeline.array_inference",),
     "monai-constant": ("monai.inferers",),
     "monai-gaussian": ("monai.inferers",),
     "monai-gaussian-cl": ("monai.inferers",),
+    "nnunet": ("nnunetv2.inference.predict_from_raw_data",),
 }
 
 
@@ -330,6 +406,8 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     from pipeline.normalization import normalize
 
     row, out = spec["row"], Path(spec["out"])
+    if row == "nnunet":
+        sys.path.append(str(NNUNET_PATH))
     # Imports happen before any clock starts, for every row alike.
     import importlib
 
@@ -416,13 +494,14 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
             x = torch.from_numpy(normalize(raw, card.normalization))
             probs = predict(x[None])[0].cpu()
             labels = _labels(probs)
-        elif row == "gigaseg-array":
+        elif row.startswith("gigaseg-array"):
             from functools import partial
 
             from pipeline.array_inference import segment_array
 
             norm = partial(normalize, spec=card.normalization)
-            res = segment_array(raw, model, tile, overlap, "gaussian", normalizer=norm, batch_size=batch,
+            blend = "crop" if row.endswith("-crop") else "gaussian"
+            res = segment_array(raw, model, tile, overlap, blend, normalizer=norm, batch_size=batch,
                                 device=device, amp=spec["amp"])  # fmt: skip
             labels = torch.from_numpy(res.labels)
         elif row.startswith("monai-"):
@@ -436,9 +515,17 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
                 )[0]  # fmt: skip
             probs = torch.as_tensor(probs)
             labels = _labels(probs)
+        elif row == "nnunet":
+            x = torch.from_numpy(normalize(raw, card.normalization))
+            probs = _nnunet(x, model, tile, overlap, classes, device)
+            labels = _labels(probs)
         elif row == "chips-average":
             x = torch.from_numpy(normalize(raw, card.normalization))
             probs = _chips_average(x, predict, tile, stride, batch, classes)
+            labels = _labels(probs)
+        elif row == "chips-crop":
+            x = torch.from_numpy(normalize(raw, card.normalization))
+            probs = _chips_crop(x, predict, tile, stride, batch, classes)
             labels = _labels(probs)
         elif row == "naive":
             x = torch.from_numpy(normalize(raw, card.normalization))
@@ -449,8 +536,8 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     result["rss"] = _maxrss()
     result["gpu_busy"] = gpu.busy
     if seam:  # after the clock and the RSS reading: outputs for the seam error
-        if row == "gigaseg-array":
-            res = segment_array(raw, model, tile, overlap, "gaussian", normalizer=norm, batch_size=batch,
+        if row.startswith("gigaseg-array"):
+            res = segment_array(raw, model, tile, overlap, blend, normalizer=norm, batch_size=batch,
                                 device=device, with_probabilities=True)  # fmt: skip
             probs = torch.from_numpy(res.probabilities)
         elif row == "naive":
@@ -727,6 +814,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         ckpt = make_checkpoint(case, work / f"{case.arch}.safetensors")
         failed: dict[str, str] = {}
+        if _nnunet_version() is None:
+            failed["nnunet"] = failed["nnunet AMP"] = "nnU-Net is not installed: `make peer-tools`"
         for side in case.sizes:
             mpx = side * side / 1e6
             scene = write_scene(work / f"scene_{side}.tif", side)
@@ -816,7 +905,8 @@ def main(argv: list[str] | None = None) -> int:
             f"Command: `{cmd.strip()}`  \nDate: {started:%Y-%m-%d %H:%M}, "
             f"finished {dt.datetime.now():%H:%M}  \n"
             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores "
-            f"({args.device}), torch {torch.__version__}, monai {_monai_version()}; shared with other work: "
+            f"({args.device}), torch {torch.__version__}, monai {_monai_version()}, "
+            f"nnU-Net {_nnunet_version() or 'not installed'}; shared with other work: "
             f"load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end  \n"
             f"Tile / overlap / batch as in each table; gaussian σ = 1/8 tile everywhere; per-row limits "
             f"{args.timeout:.0f} s and {args.mem_cap:.0f} GiB RSS (the machine has "
@@ -837,6 +927,14 @@ def _monai_version() -> str:
         return monai.__version__
     except ImportError:
         return "not installed"
+
+
+def _nnunet_version() -> str | None:
+    """nnU-Net's version in ``NNUNET_PATH`` (what the ``nnunet`` row imports), or None when absent."""
+    import importlib.metadata
+
+    found = list(importlib.metadata.distributions(name="nnunetv2", path=[str(NNUNET_PATH)]))
+    return found[0].version if found else None
 
 
 def _total_gib() -> float:
@@ -961,6 +1059,7 @@ def headline(summary: list[dict[str, Any]], min_mpx: float = 4) -> str:
             False,
         ),
         ("gigaseg-ray", "monai-gaussian", f"gigaseg on Ray ({RAY_WORKERS} workers) ÷ MONAI gaussian", False),
+        ("gigaseg", "nnunet", "gigaseg end to end ÷ nnU-Net", False),
     ]
     for case, side in sorted({(s["case"], s["side"]) for s in summary}):
         mpx = side * side / 1e6
@@ -977,13 +1076,20 @@ def headline(summary: list[dict[str, Any]], min_mpx: float = 4) -> str:
         }
         if "gigaseg-array" in errs and "monai-gaussian" in errs and "naive" in errs and errs["naive"]["mean"]:
             g, m, n = errs["gigaseg-array"], errs["monai-gaussian"], errs["naive"]
+            others = (
+                ("gigaseg-array-crop", "gigaseg crop blending"),
+                ("nnunet", "nnU-Net"),
+                ("chips-average", "chips averaged"),
+                ("chips-crop", "chips cropped"),
+            )
             cl = ""
             if "reference-cl" in errs:
                 cl = f" (channels-last rounding alone: {errs['reference-cl']['mean']:.1e})"
             lines.append(
                 f"- {case}, {_fmt_mpx(side * side / 1e6)} Mpx seam error (mean |Δp|): "
                 f"gigaseg {g['mean']:.2e} vs reference-cl{cl}, MONAI gaussian {m['mean']:.2e}, "
-                f"naive {n['mean']:.2e} "
+                + "".join(f"{what} {errs[r]['mean']:.2e}, " for r, what in others if r in errs)
+                + f"naive {n['mean']:.2e} "
                 f"→ naive ÷ gigaseg **{n['mean'] / max(g['mean'], 1e-12):.0f}×** (target ≥ 10×)"
             )
     return "\n".join(lines)
