@@ -10,11 +10,17 @@ difference is what tiling adds, so the smaller the less the tiles show. A frame
 of ``--frame`` px at the image's edge is left out (there the untiled pass
 zero-pads and the engine reflects: padding, not tiling).
 
+Seam contrast says how much the tile edges stand out without an untiled pass to
+compare with: the mean probability step across the lines where ``crop`` switches
+tiles ÷ the mean step across every line. It is the measure that matters for
+models with global pooling, whose untiled pass pools over the whole image and so
+differs from any tiling everywhere.
+
 The peer bench does the same with seeded random weights; trained weights are the
 case users meet. The default model and image are the ones ``make demo`` leaves in
 ``demo/``.
 
-Run: ``python -m bench.blend_bench [--model CKPT] [--image TIF] [--side N]``;
+Run: ``python -m bench.blend_bench [--models CKPT,…] [--image TIF] [--side N]``;
 results go to the "Blending modes" section of ``bench/RESULTS.md``.
 """
 
@@ -34,6 +40,31 @@ ROOT = Path(__file__).resolve().parents[1]
 MODES = ("gaussian", "crop", "constant")
 
 
+def seam_contrast(probs: np.ndarray, lines: np.ndarray, frame: int) -> float:
+    """Mean |step| of the probabilities across ``lines`` ÷ the mean |step| across every line (both axes).
+
+    ``lines`` are the positions where neighbouring tiles' kept parts meet (see
+    :func:`kept_edges`); a step there is a seam a viewer sees. 1 means the tile
+    edges do not stand out from the image's own texture; the untiled pass is 1 up
+    to chance.
+    """
+    ratios = []
+    for axis in (1, 2):
+        steps = np.abs(np.diff(probs, axis=axis))  # step i lies between pixels i and i + 1
+        n = steps.shape[axis]
+        at = lines[(lines - 1 >= frame) & (lines - 1 < n - frame)] - 1
+        inner = np.take(steps, np.arange(frame, n - frame), axis=axis)
+        ratios.append(float(np.take(steps, at, axis=axis).mean() / max(inner.mean(), 1e-12)))
+    return float(np.mean(ratios))
+
+
+def kept_edges(size: int, tile: int, stride: int) -> np.ndarray:
+    """Where ``crop`` switches from one tile to the next (the middle of each overlap): the first
+    kept pixel of every tile but the first (:mod:`pipeline.blending` drops ``(tile - stride) // 2``)."""
+    starts = np.arange(stride, max(size - tile, 0) + stride, stride)
+    return starts[starts < size] + (tile - stride) // 2
+
+
 def compare(probs: np.ndarray, labels: np.ndarray, ref: np.ndarray, frame: int) -> dict[str, float]:
     """|Δp| (mean, p99, max) and % of labels differing from the untiled pass, inside the frame."""
     inner = (slice(frame, -frame or None), slice(frame, -frame or None))
@@ -48,7 +79,11 @@ def compare(probs: np.ndarray, labels: np.ndarray, ref: np.ndarray, frame: int) 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", type=Path, default=ROOT / "demo" / "unet_sample.safetensors")
+    p.add_argument(
+        "--models",
+        default=str(ROOT / "demo" / "unet_sample.safetensors"),
+        help="checkpoints (comma list), each with the image's bands",
+    )
     p.add_argument("--image", type=Path, default=ROOT / "demo" / "sample.tif")
     p.add_argument("--side", type=int, default=1536, help="side of the image's top-left square used (px)")
     p.add_argument("--tiles", default="256,128", help="tile sizes (comma list)")
@@ -56,9 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frame", type=int, default=64, help="px at the image's edge left out")
     p.add_argument("--no-record", action="store_true", help="do not update bench/RESULTS.md")
     args = p.parse_args(argv)
-    for path in (args.model, args.image):
+    models = [Path(m) for m in args.models.split(",") if m]
+    for path in (*models, args.image):
         if not path.exists():
-            print(f"blend_bench: {path}: not found (run `make demo` first, or pass --model / --image)")
+            print(f"blend_bench: {path}: not found (run `make demo` first, or pass --models / --image)")
             return 2
 
     import rasterio
@@ -66,40 +102,51 @@ def main(argv: list[str] | None = None) -> int:
 
     from models.checkpoint import load_checkpoint
     from pipeline.array_inference import segment_array
+    from pipeline.grid import TileGrid
     from pipeline.normalization import normalize
 
-    model, card = load_checkpoint(args.model)
-    model = model.eval().to(memory_format=torch.channels_last)
     with rasterio.open(args.image) as src:
         side = min(args.side, src.height, src.width)
         raw = src.read(window=rasterio.windows.Window(0, 0, side, side))
-    x = normalize(raw, card.normalization)
-    with torch.inference_mode():
-        t = torch.from_numpy(x)[None].contiguous(memory_format=torch.channels_last)
-        ref = torch.softmax(model(t).float(), dim=1)[0].numpy()
-
-    rows = []
-    for tile in (int(v) for v in args.tiles.split(",")):
-        for overlap in (float(v) for v in args.overlaps.split(",")):
-            for mode in MODES:
-                t0 = time.perf_counter()
-                res = segment_array(x, model, tile, overlap, mode, batch_size=4, with_probabilities=True)
-                seconds = time.perf_counter() - t0
-                err = compare(res.probabilities, res.labels, ref, args.frame)
-                rows.append((tile, overlap, mode, seconds, err))
-                print(f"tile {tile} overlap {overlap} {mode}: {seconds:.1f} s {err}", flush=True)
-
     lines = [
-        "| tile | overlap | kept margin (px) | blend | mean abs Δp | p99 abs Δp | max abs Δp | labels ≠ (%) "
-        "| seconds |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | tile | overlap (asked → used) | kept margin (px) | blend | mean abs Δp | p99 abs Δp "
+        "| max abs Δp | labels ≠ (%) | seam contrast | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for tile, overlap, mode, seconds, e in rows:
-        margin = round(tile * overlap) // 2
-        lines.append(
-            f"| {tile} | {overlap} | {margin} | `{mode}` | {e['mean']:.2e} | {e['p99']:.2e} | {e['max']:.2e} "
-            f"| {e['labels']:.4f} | {seconds:.1f} |"
-        )
+    described = []
+    for path in models:
+        model, card = load_checkpoint(path)
+        model = model.eval().to(memory_format=torch.channels_last)
+        name = f"`{path.stem}`"
+        kind = "fully convolutional" if model.spec.fully_convolutional else "global pooling"
+        described.append(f"{name}: `{_shown(path)}`, {model.arch}, {kind}, reach {model.reach} px")
+        x = normalize(raw, card.normalization)
+        with torch.inference_mode():
+            t = torch.from_numpy(x)[None].contiguous(memory_format=torch.channels_last)
+            ref = torch.softmax(model(t).float(), dim=1)[0].numpy()
+        for tile in (int(v) for v in args.tiles.split(",")):
+            for overlap in (float(v) for v in args.overlaps.split(",")):
+                grid = TileGrid.create((side, side), tile, overlap, align=model.downsampling)
+                edges = kept_edges(side, grid.tile[0], grid.stride[0])
+                margin = (grid.tile[0] - grid.stride[0]) // 2
+                used = f"{overlap} → {(grid.tile[0] - grid.stride[0]) / grid.tile[0]:.3g}"
+                untiled = seam_contrast(ref, edges, args.frame)
+                lines.append(
+                    f"| {name} | {grid.tile[0]} | {used} | {margin} | (untiled pass) | – | – | – | – "
+                    f"| {untiled:.2f} | – |"
+                )
+                for mode in MODES:
+                    t0 = time.perf_counter()
+                    res = segment_array(x, model, tile, overlap, mode, batch_size=4, with_probabilities=True)
+                    seconds = time.perf_counter() - t0
+                    e = compare(res.probabilities, res.labels, ref, args.frame)
+                    e["contrast"] = seam_contrast(res.probabilities, edges, args.frame)
+                    print(f"{path.stem} {tile} {overlap} {mode}: {seconds:.1f} s {e}", flush=True)
+                    lines.append(
+                        f"| {name} | {grid.tile[0]} | {used} | {margin} | `{mode}` | {e['mean']:.2e} "
+                        f"| {e['p99']:.2e} | {e['max']:.2e} | {e['labels']:.4f} | {e['contrast']:.2f} "
+                        f"| {seconds:.1f} |"
+                    )
     table = "\n".join(lines)
     print(table)
     if not args.no_record:
@@ -112,12 +159,15 @@ def main(argv: list[str] | None = None) -> int:
             "Blending modes",
             f"Command: `{cmd}`  \nDate: {dt.datetime.now():%Y-%m-%d %H:%M}  \n"
             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}  \n"
-            f"Model: `{_shown(args.model)}` ({model.arch}, reach {model.reach} px, "
-            f"{card.num_classes} classes); image: the top-left {side}² of `{_shown(args.image)}`. "
+            f"Models: {'; '.join(described)}. Image: the top-left {side}² of `{_shown(args.image)}`. "
             f"Each row: the engine in memory (blocks of 4096, batch 4) against one untiled pass of the "
             f"same model over the whole square, both channels-last; a {args.frame}-px frame at the "
-            f"image's edge left out. Kept margin: what `crop` discards of each tile side (half the "
-            f"overlap).\n\n{table}\n",
+            f"image's edge left out. Kept margin: what `crop` drops of each tile side (half the "
+            f"overlap; the grid rounds the stride down to the model's downsampling, so the overlap used "
+            f"can exceed the one asked). Seam contrast: the mean probability step across the lines where "
+            f"`crop` "
+            f"switches tiles (the middle of each overlap), ÷ the mean step across every line; the "
+            f"untiled pass's own value is the row above each group.\n\n{table}\n",
         )
     return 0
 
