@@ -32,7 +32,7 @@ bench: $(STAMP)
 
 # nnU-Net for the peer bench (bench/nnunet-requirements.txt says why it has a folder of its own).
 peer-tools: $(STAMP)
-	$(BIN)/python -m pip install -q --no-deps --target $(VENV)/nnunet -r bench/nnunet-requirements.txt
+	$(BIN)/python -m pip install -q --no-deps --upgrade --target $(VENV)/nnunet -r bench/nnunet-requirements.txt
 
 clean:
 	rm -rf demo .pytest_cache .ruff_cache
