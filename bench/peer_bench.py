@@ -490,11 +490,7 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     probs = None
     with _GpuSampler(spec["device"]) as gpu:
         t0 = time.perf_counter()
-        if row in REFERENCES:
-            x = torch.from_numpy(normalize(raw, card.normalization))
-            probs = predict(x[None])[0].cpu()
-            labels = _labels(probs)
-        elif row.startswith("gigaseg-array"):
+        if row.startswith("gigaseg-array"):
             from functools import partial
 
             from pipeline.array_inference import segment_array
@@ -504,34 +500,32 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
             res = segment_array(raw, model, tile, overlap, blend, normalizer=norm, batch_size=batch,
                                 device=device, amp=spec["amp"])  # fmt: skip
             labels = torch.from_numpy(res.labels)
-        elif row.startswith("monai-"):
-            from monai.inferers import sliding_window_inference
+        else:  # the references and the peers normalise the whole scene in memory, on the clock
+            x = torch.from_numpy(normalize(raw, card.normalization))
+            if row in REFERENCES:
+                probs = predict(x[None])[0].cpu()
+            elif row.startswith("monai-"):
+                from monai.inferers import sliding_window_inference
 
-            x = torch.from_numpy(normalize(raw, card.normalization))[None]
-            with torch.inference_mode():
-                probs = sliding_window_inference(
-                    x, (tile, tile), batch, predict, overlap=overlap, mode=row.split("-")[1],
-                    sigma_scale=0.125, padding_mode="reflect", sw_device=device, device=torch.device("cpu"),
-                )[0]  # fmt: skip
-            probs = torch.as_tensor(probs)
-            labels = _labels(probs)
-        elif row == "nnunet":
-            x = torch.from_numpy(normalize(raw, card.normalization))
-            probs = _nnunet(x, model, tile, overlap, classes, device)
-            labels = _labels(probs)
-        elif row == "chips-average":
-            x = torch.from_numpy(normalize(raw, card.normalization))
-            probs = _chips_average(x, predict, tile, stride, batch, classes)
-            labels = _labels(probs)
-        elif row == "chips-crop":
-            x = torch.from_numpy(normalize(raw, card.normalization))
-            probs = _chips_crop(x, predict, tile, stride, batch, classes)
-            labels = _labels(probs)
-        elif row == "naive":
-            x = torch.from_numpy(normalize(raw, card.normalization))
-            labels, _ = _naive(x, predict, tile, batch, classes, keep_probs=False)
-        else:
-            raise ValueError(f"unknown row {row!r}")
+                with torch.inference_mode():
+                    probs = sliding_window_inference(
+                        x[None], (tile, tile), batch, predict, overlap=overlap, mode=row.split("-")[1],
+                        sigma_scale=0.125, padding_mode="reflect", sw_device=device,
+                        device=torch.device("cpu"),
+                    )[0]  # fmt: skip
+                probs = torch.as_tensor(probs)
+            elif row == "nnunet":
+                probs = _nnunet(x, model, tile, overlap, classes, device)
+            elif row == "chips-average":
+                probs = _chips_average(x, predict, tile, stride, batch, classes)
+            elif row == "chips-crop":
+                probs = _chips_crop(x, predict, tile, stride, batch, classes)
+            elif row == "naive":
+                labels, _ = _naive(x, predict, tile, batch, classes, keep_probs=False)
+            else:
+                raise ValueError(f"unknown row {row!r}")
+            if probs is not None:
+                labels = _labels(probs)
         result["seconds"] = time.perf_counter() - t0
     result["rss"] = _maxrss()
     result["gpu_busy"] = gpu.busy
