@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.blending import BlendWindow
+
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("gaussian", "crop", "constant")
 
@@ -58,11 +60,15 @@ def seam_contrast(probs: np.ndarray, lines: np.ndarray, frame: int) -> float:
     return float(np.mean(ratios))
 
 
-def kept_edges(size: int, tile: int, stride: int) -> np.ndarray:
-    """Where ``crop`` switches from one tile to the next (the middle of each overlap): the first
-    kept pixel of every tile but the first (:mod:`pipeline.blending` drops ``(tile - stride) // 2``)."""
-    starts = np.arange(stride, max(size - tile, 0) + stride, stride)
-    return starts[starts < size] + (tile - stride) // 2
+def kept_edges(window: BlendWindow, axis: int = 0) -> np.ndarray:
+    """Where a ``crop`` window switches from one tile to the next along ``axis`` (the middle of
+    each overlap): the first pixel every tile but the first keeps, read off the window itself."""
+    grid = window.grid
+    starts = (
+        i * grid.stride[axis] + int(np.flatnonzero(window.axis_profile(axis, i))[0])
+        for i in range(1, grid.counts[axis])
+    )
+    return np.array([x for x in starts if x < grid.shape[axis]], dtype=int)
 
 
 def compare(probs: np.ndarray, labels: np.ndarray, ref: np.ndarray, frame: int) -> dict[str, float]:
@@ -127,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         for tile in (int(v) for v in args.tiles.split(",")):
             for overlap in (float(v) for v in args.overlaps.split(",")):
                 grid = TileGrid.create((side, side), tile, overlap, align=model.downsampling)
-                edges = kept_edges(side, grid.tile[0], grid.stride[0])
-                margin = (grid.tile[0] - grid.stride[0]) // 2
+                edges = kept_edges(BlendWindow(grid, "crop"))
+                margin = int(edges[0]) - grid.stride[0] if len(edges) else 0
                 used = f"{overlap} → {(grid.tile[0] - grid.stride[0]) / grid.tile[0]:.3g}"
                 untiled = seam_contrast(ref, edges, args.frame)
                 lines.append(

@@ -23,7 +23,10 @@ def test_kept_edges_are_where_crop_changes_the_owning_tile(size, tile, overlap):
         owner[kept[kept < size]] = i
     assert (owner >= 0).all()
     switches = np.flatnonzero(np.diff(owner)) + 1
-    assert switches.tolist() == kept_edges(size, t, s).tolist()
+    assert switches.tolist() == kept_edges(window).tolist()
+    # half the overlap dropped on each side: the switch is in the middle of every overlap
+    middles = [i * s + (t - s) // 2 for i in range(1, grid.counts[0]) if i * s + (t - s) // 2 < size]
+    assert switches.tolist() == middles
 
 
 def test_seam_contrast_sees_a_step_and_not_a_smooth_image():
