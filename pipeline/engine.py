@@ -96,8 +96,14 @@ class TilePredictor:
         self.batch_size = fit_batch_size(self.batch_size, per_tile, free)
         return self.batch_size
 
-    def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
-        """``(N, C, *tile)`` normalised input → ``(N, classes, *tile)`` probabilities (float32)."""
+    def __call__(self, tiles: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``(N, C, *tile)`` normalised input → ``(N, classes, *tile)`` probabilities (float32).
+
+        ``out``, a contiguous float32 ``(N, classes, *tile)`` tensor on the device, receives
+        them and is returned: a caller running batch after batch reuses one buffer instead
+        of allocating a fresh one per batch (and a channels-last copy of it), which on CPU
+        leaves freed holes in the heap that a block's peak memory carries.
+        """
         ctx = (
             torch.autocast(self.device.type, dtype=self.amp_dtype)
             if self.amp_dtype is not None
@@ -107,9 +113,10 @@ class TilePredictor:
             if self.memory_format is not None:
                 tiles = tiles.contiguous(memory_format=self.memory_format)
             if not self.tta:
-                probs = torch.softmax(self.model(tiles).float(), dim=1)
+                probs = torch.softmax(self.model(tiles).float(), dim=1, out=out)
             else:
                 probs = self._mirrored_mean(tiles)
+                probs = probs if out is None else out.copy_(probs)
             probs = probs.contiguous()  # blending cuts and adds per class plane
         self.tiles_run += tiles.shape[0]
         return probs
@@ -196,6 +203,7 @@ def _cut_tiles(
     extents: Sequence[Region],
     origin: Sequence[int],
     tile: Sequence[int],
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """``(N, C, *tile)`` float32: each tile's in-scene part normalised, nodata zeroed, edges padded.
 
@@ -204,7 +212,8 @@ def _cut_tiles(
     tile keeps only the raw footprint (1 byte/px for 8-bit imagery) in memory
     instead of a float32 copy of it. ``valid`` is None when every pixel is valid.
     """
-    batch = np.empty((len(extents), raw.shape[0], *tile), dtype=np.float32)
+    shape = (len(extents), raw.shape[0], *tile)
+    batch = np.empty(shape, dtype=np.float32) if out is None else out[: len(extents)]
     for k, ext in enumerate(extents):
         sl = _local(ext, origin)
         x = normalizer(raw[(slice(None), *sl)])
@@ -241,7 +250,8 @@ def blend_region(
     then set to 0); ``footprint`` must contain every tile's in-scene part
     (``grid.footprint(context)`` does).
 
-    Per batch: one in-place multiply by the window (one window for the whole batch
+    Per batch (its input and probabilities in two buffers reused by every batch): one
+    in-place multiply by the window (one window for the whole batch
     unless blending is ``crop``), then one in-place add per tile into a float32
     accumulator, in the grid's C order. The total weight is the window's separable
     coverage, and the valid mask is applied per row range at the end (see
@@ -311,15 +321,23 @@ def blend_region(
             part.mul_(covered)  # 0 where nothing counts, as a per-tile weighted sum would give
         return covered
 
+    # One input and one probability buffer for every batch of the region (the first full batch's
+    # probabilities become the latter), so batches do not churn the heap.
+    cut_buf = np.empty((min(len(tiles), predictor.batch_size), raw.shape[0], *grid.tile), dtype=np.float32)
+    probs_buf: torch.Tensor | None = None
+
     with torch.inference_mode():  # the batch's probabilities are inference tensors: update them here
         for first in range(0, len(tiles), predictor.batch_size):
             batch = tiles[first : first + predictor.batch_size]
             extents = [_intersect(grid.extent(idx), scene) for idx in batch]
-            cut = _cut_tiles(raw, some_invalid, normalizer, extents, origin, grid.tile)
+            cut = _cut_tiles(raw, some_invalid, normalizer, extents, origin, grid.tile, cut_buf)
             x = torch.from_numpy(cut)
             if device.type == "cuda":
                 x = x.pin_memory()  # the caching host allocator keeps it alive until copied
-            probs = predictor(x.to(device, non_blocking=True))
+            out = None if probs_buf is None else probs_buf[: len(batch)]
+            probs = predictor(x.to(device, non_blocking=True), out=out)
+            if probs_buf is None and len(batch) == len(cut_buf):
+                probs_buf = probs
             acc = ensure(probs.shape[1])
             acc_np = acc.numpy() if on_cpu else None
             probs_np = probs.numpy() if on_cpu else None
