@@ -29,7 +29,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import mmap
 import os
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
 
 GDAL_CACHE_MB = 64
 
@@ -53,3 +58,21 @@ def release_freed_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+def mapped_zeros(shape: Sequence[int], dtype: npt.DTypeLike) -> np.ndarray:
+    """A zeroed array in its own anonymous memory mapping, unmapped when the array is freed.
+
+    For arrays that live as long as a block (its accumulator, labels, batch
+    buffers). glibc puts arrays of up to 32 MiB on the heap once its mmap
+    threshold has risen past their size (it does after the first large free),
+    where a block's arrays leave holes among the per-batch ones. Mapped apart,
+    they go back to the system whole when the block ends, at one page fault per
+    page first touched, as any fresh array. 67 Mpx, 1×1 conv, inference-stage
+    peak RSS: 478–513 MiB against 517–530 MiB from the heap (3 runs each, same
+    time).
+    """
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape, dtype=np.int64))
+    buffer = mmap.mmap(-1, max(1, count * dtype.itemsize))
+    return np.frombuffer(buffer, dtype=dtype, count=count).reshape(tuple(shape))

@@ -51,7 +51,9 @@ def _tile_by_tile(model, image, valid, grid, window) -> np.ndarray:
     blend=st.sampled_from(["gaussian", "crop", "constant"]),
     channels_last=st.booleans(),
 )
-def test_blend_equals_the_weighted_mean_of_each_tiles_softmax(height, width, batch_size, blend, channels_last):
+def test_blend_equals_the_weighted_mean_of_each_tiles_softmax(
+    height, width, batch_size, blend, channels_last
+):
     torch.manual_seed(1)
     model = build("unet", in_channels=2, num_classes=3, width=4, depth=2).eval()
     rng = np.random.default_rng(height * 100 + width)
