@@ -10,6 +10,9 @@ the process, and what one block leaves behind fragments under the next.
 hands them back: 67 Mpx, 1×1 conv, four 16 Mpx blocks, inference-stage peak RSS
 730–744 MiB without, 646–727 MiB with (3–5 runs each), for 0.06 s in all. Most of
 the peak is one block's own working set (footprint, accumulator rows, batches).
+Since then the engine reuses its batch buffers and keeps block-lifetime arrays in
+their own mappings (:func:`mapped_zeros`), so fewer holes form: the same run's
+inference peak is now ~480–530 MiB.
 
 Tried and left out (what stays resident is mostly freed heap that the per-batch
 arrays churn through: at the 67 Mpx 1×1-conv peak, 194 of the main heap's 372 MiB
