@@ -28,7 +28,6 @@ from pipeline.blending import BlendWindow
 from pipeline.blocks import Block
 from pipeline.device import autocast_dtype, fit_batch_size, free_memory
 from pipeline.grid import Region, TileGrid
-from pipeline.process_memory import mapped_zeros
 
 Refiner = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """(probs (C, *ctx), image (B, *ctx), valid (*ctx)) → refined probs: the CRF hook."""
@@ -303,12 +302,8 @@ def blend_region(
     def ensure(classes: int) -> torch.Tensor:
         nonlocal buf
         if buf is None:
-            shape = (classes, rows_held, *ctx_shape[1:])
             with torch.inference_mode(False):  # a normal tensor: later steps (CRF) may update it in place
-                if on_cpu:
-                    buf = torch.from_numpy(mapped_zeros(shape, np.float32))
-                else:
-                    buf = torch.zeros(shape, dtype=torch.float32, device=device)
+                buf = torch.zeros((classes, rows_held, *ctx_shape[1:]), dtype=torch.float32, device=device)
         return buf
 
     def normalise(part: torch.Tensor, start: int) -> torch.Tensor:
@@ -326,10 +321,9 @@ def blend_region(
             part.mul_(covered)  # 0 where nothing counts, as a per-tile weighted sum would give
         return covered
 
-    # One input and one probability buffer for every batch of the region (the latter shaped after
-    # the first full batch's probabilities), so batches do not churn the heap; on CPU both, like
-    # the accumulator, are mapped apart from it (see mapped_zeros).
-    cut_buf = mapped_zeros((min(len(tiles), predictor.batch_size), raw.shape[0], *grid.tile), np.float32)
+    # One input and one probability buffer for every batch of the region (the first full batch's
+    # probabilities become the latter), so batches do not churn the heap.
+    cut_buf = np.empty((min(len(tiles), predictor.batch_size), raw.shape[0], *grid.tile), dtype=np.float32)
     probs_buf: torch.Tensor | None = None
 
     with torch.inference_mode():  # the batch's probabilities are inference tensors: update them here
@@ -343,7 +337,7 @@ def blend_region(
             out = None if probs_buf is None else probs_buf[: len(batch)]
             probs = predictor(x.to(device, non_blocking=True), out=out)
             if probs_buf is None and len(batch) == len(cut_buf):
-                probs_buf = torch.from_numpy(mapped_zeros(probs.shape, np.float32)) if on_cpu else probs
+                probs_buf = probs
             acc = ensure(probs.shape[1])
             acc_np = acc.numpy() if on_cpu else None
             probs_np = probs.numpy() if on_cpu else None
@@ -472,11 +466,11 @@ class BlockFinisher:
         self, shape: Sequence[int], num_classes: int, with_probabilities: bool, with_uncertainty: bool
     ):
         self.num_classes = num_classes
-        self.labels = mapped_zeros(shape, label_dtype(num_classes))
+        self.labels = np.empty(tuple(shape), dtype=label_dtype(num_classes))
         self.stats = np.zeros((num_classes, 2), dtype=np.float64)
-        self.probabilities = mapped_zeros((num_classes, *shape), np.float32) if with_probabilities else None
-        self.confidence = mapped_zeros(shape, np.float32) if with_uncertainty else None
-        self.entropy = mapped_zeros(shape, np.float32) if with_uncertainty else None
+        self.probabilities = np.empty((num_classes, *shape), np.float32) if with_probabilities else None
+        self.confidence = np.empty(tuple(shape), np.float32) if with_uncertainty else None
+        self.entropy = np.empty(tuple(shape), np.float32) if with_uncertainty else None
 
     def add(self, start: int, probs: torch.Tensor, covered: torch.Tensor) -> None:
         """Rows ``[start, start + probs.shape[1])`` of the block: ``(classes, rows, ...)`` and their mask."""

@@ -10,9 +10,9 @@ the process, and what one block leaves behind fragments under the next.
 hands them back: 67 Mpx, 1×1 conv, four 16 Mpx blocks, inference-stage peak RSS
 730–744 MiB without, 646–727 MiB with (3–5 runs each), for 0.06 s in all. Most of
 the peak is one block's own working set (footprint, accumulator rows, batches).
-Since then the engine reuses its batch buffers and keeps block-lifetime arrays in
-their own mappings (:func:`mapped_zeros`), so fewer holes form: the same run's
-inference peak is now ~480–530 MiB.
+Since then the engine reuses one input and one probability buffer for every batch
+of a block, which leaves fewer holes: the same run's inference peak is now
+~490–550 MiB.
 
 Tried and left out (what stays resident is mostly freed heap that the per-batch
 arrays churn through: at the 67 Mpx 1×1-conv peak, 194 of the main heap's 372 MiB
@@ -24,7 +24,11 @@ were free):
   at 4 MiB, 1×1 conv: −140 MiB, +1.4 s of 7; at 17 MiB: −30 MiB, no cost on this
   bench, but a threshold tuned to one model's array sizes;
 - ``malloc_trim`` after every finished row range: −60 MiB, +0.8 s of 7 (1×1 conv,
-  67 Mpx): the returned pages are faulted in again by the next batch.
+  67 Mpx): the returned pages are faulted in again by the next batch;
+- each block's accumulator, batch buffers and labels in their own anonymous
+  mappings (returned whole when the block ends): −20–25 MiB at that peak, but the
+  in-memory engine took 2.3–3.4 s instead of 2.1–2.7 s (4 blocks, interleaved
+  runs): every block faults its pages in afresh where the heap reuses warm ones.
 """
 
 from __future__ import annotations
@@ -32,12 +36,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import mmap
 import os
-from collections.abc import Sequence
-
-import numpy as np
-import numpy.typing as npt
 
 GDAL_CACHE_MB = 64
 
@@ -61,21 +60,3 @@ def release_freed_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
-
-
-def mapped_zeros(shape: Sequence[int], dtype: npt.DTypeLike) -> np.ndarray:
-    """A zeroed array in its own anonymous memory mapping, unmapped when the array is freed.
-
-    For arrays that live as long as a block (its accumulator, labels, batch
-    buffers). glibc puts arrays of up to 32 MiB on the heap once its mmap
-    threshold has risen past their size (it does after the first large free),
-    where a block's arrays leave holes among the per-batch ones. Mapped apart,
-    they go back to the system whole when the block ends, at one page fault per
-    page first touched, as any fresh array. 67 Mpx, 1×1 conv, inference-stage
-    peak RSS: 478–513 MiB against 517–530 MiB from the heap (3 runs each, same
-    time).
-    """
-    dtype = np.dtype(dtype)
-    count = int(np.prod(shape, dtype=np.int64))
-    buffer = mmap.mmap(-1, max(1, count * dtype.itemsize))
-    return np.frombuffer(buffer, dtype=dtype, count=count).reshape(tuple(shape))

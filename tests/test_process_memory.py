@@ -61,36 +61,6 @@ def test_freed_heap_goes_back_to_the_system():
     assert trimmed < freed - 300, (filled, freed, trimmed)
 
 
-_MAPPED_PROBE = """
-import numpy as np
-import torch
-from pipeline.process_memory import mapped_zeros
-
-def rss():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) // 1024
-
-np.ones(30 << 17)  # made and freed at once: glibc's mmap threshold rises past 20 MiB
-mapped = mapped_zeros((5 << 20,), np.float32)
-assert not mapped.any() and mapped.flags.writeable
-torch.from_numpy(mapped).fill_(1.0)  # torch shares it (the accumulator's use): every page touched
-heap = np.ones(5 << 20, np.float32)  # the same 20 MiB from malloc: on the heap now
-pin = np.ones(8000)  # keeps the heap's top in use, so free() cannot shrink it
-before = rss()
-del mapped
-after_mapped = rss()
-del heap
-print(before, after_mapped, rss())
-"""
-
-
-def test_block_arrays_are_mapped_apart_and_go_back_whole():
-    done = subprocess.run([sys.executable, "-c", _MAPPED_PROBE], capture_output=True, text=True, check=True)
-    before, after_mapped, after_heap = map(int, done.stdout.split())
-    assert after_mapped < before - 18, "a freed mapped array returns its 20 MiB at once"
-    assert after_heap > after_mapped - 2, "the same array from the heap stays resident (what mapping avoids)"
-
-
 _IMPORT_PROBE = """
 import sys
 import numpy as np
