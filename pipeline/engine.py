@@ -250,9 +250,9 @@ def blend_region(
     then set to 0); ``footprint`` must contain every tile's in-scene part
     (``grid.footprint(context)`` does).
 
-    Per batch (its input and probabilities in two buffers reused by every batch): one
-    in-place multiply by the window (one window for the whole batch
-    unless blending is ``crop``), then one in-place add per tile into a float32
+    Per batch (its input and probabilities in two buffers reused by every batch):
+    one in-place multiply by the window (one window for the whole batch unless
+    blending is ``crop``), then one in-place add per tile into a float32
     accumulator, in the grid's C order. The total weight is the window's separable
     coverage, and the valid mask is applied per row range at the end (see
     :mod:`pipeline.blending`): no per-tile weight arrays are made.
