@@ -171,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             f"image's edge left out. Kept margin: what `crop` drops of each tile side (half the "
             f"overlap; the grid rounds the stride down to the model's downsampling, so the overlap used "
             f"can exceed the one asked). Seam contrast: the mean probability step across the lines where "
-            f"`crop` "
-            f"switches tiles (the middle of each overlap), ÷ the mean step across every line; the "
+            f"`crop` switches tiles (the middle of each overlap), ÷ the mean step across every line; the "
             f"untiled pass's own value is the row above each group.\n\n{table}\n",
         )
     return 0
