@@ -2,7 +2,7 @@
 
 For each tile size, overlap and blending mode (``gaussian``, ``crop``,
 ``constant``), the engine segments the image in memory
-(:func:`pipeline.array_inference.segment_array`) and its probabilities are
+(:func:`pipeline.engine.in_memory.segment_array`) and its probabilities are
 compared with a single forward pass of the same model over the whole image (both
 channels-last, as the engine runs): mean, 99th percentile and largest absolute
 probability difference, and the share of pixels whose label differs. That
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.blending import BlendWindow
+from pipeline.tiling.blending import BlendWindow
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("gaussian", "crop", "constant")
@@ -107,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from models.checkpoint import load_checkpoint
-    from pipeline.array_inference import segment_array
-    from pipeline.grid import TileGrid
-    from pipeline.normalization import normalize
+    from pipeline.engine.in_memory import segment_array
+    from pipeline.inputs.normalization import normalize
+    from pipeline.tiling.grid import TileGrid
 
     with rasterio.open(args.image) as src:
         side = min(args.side, src.height, src.width)

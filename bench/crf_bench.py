@@ -1,7 +1,7 @@
 """Does the CRF help? mIoU, boundary F1 and CRF seconds per Mpx on five real labelled sets.
 
 For each set a small network is trained with the project's trainer on one part and the held-out
-part is segmented through the real pipeline (:func:`pipeline.segment.segment`: blocks, halo,
+part is segmented through the real pipeline (:func:`pipeline.job.steps.segment`: blocks, halo,
 blending) three times: ``crf none``, ``local`` and ``dense`` (2D only), each with the CRF
 defaults untouched. The CRF's own wall time comes from the engine's refinement hook
 (``timings["crf"]``), per megapixel (megavoxel) of the segmented part.
@@ -9,7 +9,7 @@ defaults untouched. The CRF's own wall time comes from the engine's refinement h
 ``--tune`` first runs a small grid of CRF settings on the LoveDA validation strips (the right
 20% of the three training halves, never trained on and not part of any reported evaluation), on the
 network's probabilities from the pipeline, and prints/records the grid; the defaults in
-``pipeline/crf.py`` / ``pipeline/config.py`` are set from it by hand.
+``pipeline/engine/crf.py`` / ``pipeline/job/config.py`` are set from it by hand.
 
 Run: ``python -m bench.crf_bench [--tune] [--cases loveda,nrcan,...] [--cache DIR]``; writes the
 "CRF" sections of bench/RESULTS.md. Trained checkpoints are cached under ``--cache`` (outside
@@ -36,13 +36,13 @@ from tifffile import imread
 
 from bench.results import write_section
 from models.checkpoint import save_checkpoint
-from pipeline.boundary_metrics import BoundaryCounts, boundary_counts
-from pipeline.config import SegmentConfig
-from pipeline.crf import DEFAULT_ITERATIONS, CRFParams, band_stats, refine
-from pipeline.metrics import confusion, iou_per_class, nanmean
-from pipeline.segment import segment
-from pipeline.trainer import TrainSettings, fit
-from pipeline.training_data import LabelledScene, hold_out_slab, open_pair
+from pipeline.engine.crf import DEFAULT_ITERATIONS, CRFParams, band_stats, refine
+from pipeline.evaluation.boundary_metrics import BoundaryCounts, boundary_counts
+from pipeline.evaluation.metrics import confusion, iou_per_class, nanmean
+from pipeline.job.config import SegmentConfig
+from pipeline.job.steps import segment
+from pipeline.training.data import LabelledScene, hold_out_slab, open_pair
+from pipeline.training.trainer import TrainSettings, fit
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 IGNORE = -1
@@ -587,7 +587,8 @@ def _machine(load0: float) -> str:
 def _defaults_text() -> str:
     p = CRFParams()
     return (
-        f"CRF defaults (pipeline/crf.py, SegmentConfig): iterations {DEFAULT_ITERATIONS['local']} local / "
+        f"CRF defaults (pipeline/engine/crf.py, SegmentConfig): iterations "
+        f"{DEFAULT_ITERATIONS['local']} local / "
         f"{DEFAULT_ITERATIONS['dense']} dense, radius {p.radius} "
         f"({p.window}), w2 {p.smooth_weight}, σγ {p.smooth_sigma}, w1 {p.appearance_weight}, "
         f"σα {p.appearance_sigma_pos}, σβ {p.appearance_sigma_feat} — DenseCRF's best of the LoveDA tuning "
@@ -600,7 +601,7 @@ METHOD = (
     "Per set a U-Net (width 8, depth 3, batch norm, same padding; 3D: width 8, depth 2) is trained from "
     "scratch on CPU with the project's trainer (128-px tiles, batch 8, 50 steps/epoch, AdamW one-cycle; "
     "the best epoch on the training images' own right-hand validation strip is kept), then the held-out "
-    "part is segmented by `pipeline.segment` (256-px tiles, 25% overlap, Gaussian blending, 512-px blocks "
+    "part is segmented by `pipeline.job.steps` (256-px tiles, 25% overlap, Gaussian blending, 512-px blocks "
     "plus the CRF's halo; 3D: 32³ tiles, 64³ blocks) with `--crf none|local|dense` and the CRF defaults "
     "untouched. 3D training: patches of up to 32 voxels a side, batch 2, 4 epochs; the held-out slices' "
     "labels stay out of the loss and of the epoch choice (made on the 20% of the other slices next to "
@@ -645,7 +646,8 @@ def main() -> None:
                 "Tuning set: LoveDA validation strips (right 20% of the left halves of tiles 0–2, "
                 "3 × 1024×102 px; held out from training, used only for early stopping), the bench's "
                 "LoveDA model's probabilities from "
-                "the pipeline (`--crf none --probabilities`), CRF applied with `pipeline.crf.refine` and "
+                "the pipeline (`--crf none --probabilities`), CRF applied with "
+                "`pipeline.engine.crf.refine` and "
                 "scene-wide band statistics as the pipeline does. Staged grid: each stage varies its "
                 "parameters with the rest at the best so far (start: the DeepLab-derived settings); "
                 "criterion mIoU + boundary F1.  ",

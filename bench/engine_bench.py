@@ -33,8 +33,8 @@ from rasterio.crs import CRS
 
 from bench.results import write_section
 from models import build
-from pipeline.config import SegmentConfig
-from pipeline.grid import TileGrid
+from pipeline.job.config import SegmentConfig
+from pipeline.tiling.grid import TileGrid
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ batch, each row runs in a fresh child process (so its peak RSS is its own, whole
 process, imports included):
 
 - ``gigaseg``: end to end, GeoTIFF → scene store → blocks → COG, in process
-  (``pipeline.segment.segment``, the library call under ``gigaseg segment --workers 0
+  (``pipeline.job.steps.segment``, the library call under ``gigaseg segment --workers 0
   --no-track``: no Ray, no MLflow, no Prefect start-up);
 - ``gigaseg-cli``: the same through the ``gigaseg segment --workers 0 --no-track``
   command (Prefect flow included), at the sizes given by ``--cli-sizes``;
@@ -13,7 +13,7 @@ process, imports included):
   (start-up counted; RSS summed over the driver and the cluster's processes), at
   the sizes given by ``--ray-sizes``;
 - ``gigaseg-array``: the engine on the image already in memory
-  (:func:`pipeline.array_inference.segment_array`, blockwise);
+  (:func:`pipeline.engine.in_memory.segment_array`, blockwise);
 - ``gigaseg-array-crop``: the same with crop blending (``--blend crop``: each tile
   keeps its centre), the engine's counterpart of ``chips-crop``;
 - ``monai-constant`` / ``monai-gaussian``: MONAI ``sliding_window_inference``;
@@ -239,7 +239,7 @@ def _predictor(model, device, amp: bool, channels_last: bool = False):
     """
     import torch
 
-    from pipeline.device import autocast_dtype
+    from pipeline.engine.device import autocast_dtype
 
     dtype = autocast_dtype(device) if amp else None
 
@@ -378,7 +378,7 @@ def _start_ray():
 
     import ray
 
-    from pipeline.ray_execution import RayBlockRunner
+    from pipeline.execution.ray_pool import RayBlockRunner
 
     t0 = time.perf_counter()
     ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
@@ -386,11 +386,11 @@ def _start_ray():
 
 
 _ROW_IMPORTS = {
-    "gigaseg": ("pipeline.segment", "pipeline.config"),
+    "gigaseg": ("pipeline.job.steps", "pipeline.job.config"),
     "gigaseg-cli": ("flows.cli", "flows.segment_scene"),
-    "gigaseg-ray": ("pipeline.segment", "pipeline.config", "pipeline.ray_execution"),
-    "gigaseg-array": ("pipeline.array_inference",),
-    "gigaseg-array-crop": ("pipeline.array_inference",),
+    "gigaseg-ray": ("pipeline.job.steps", "pipeline.job.config", "pipeline.execution.ray_pool"),
+    "gigaseg-array": ("pipeline.engine.in_memory",),
+    "gigaseg-array-crop": ("pipeline.engine.in_memory",),
     "monai-constant": ("monai.inferers",),
     "monai-gaussian": ("monai.inferers",),
     "monai-gaussian-cl": ("monai.inferers",),
@@ -403,7 +403,7 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from models.checkpoint import load_checkpoint
-    from pipeline.normalization import normalize
+    from pipeline.inputs.normalization import normalize
 
     row, out = spec["row"], Path(spec["out"])
     if row == "nnunet":
@@ -420,7 +420,7 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     seam = spec["seam"]
 
     if row in ("gigaseg", "gigaseg-cli", "gigaseg-ray"):
-        from pipeline.process_memory import bound_process_memory
+        from pipeline.execution.process_memory import bound_process_memory
 
         bound_process_memory()  # as the gigaseg command does at start
         cog = out / "labels.tif"
@@ -430,8 +430,8 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
         with _GpuSampler(spec["device"]) as gpu, _TreeRss(on=row == "gigaseg-ray") as tree:
             t0 = time.perf_counter()
             if row in ("gigaseg", "gigaseg-ray"):
-                from pipeline.config import SegmentConfig
-                from pipeline.segment import segment
+                from pipeline.job.config import SegmentConfig
+                from pipeline.job.steps import segment
 
                 stages: dict[str, float] = {}
                 runner = None
@@ -493,7 +493,7 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
         if row.startswith("gigaseg-array"):
             from functools import partial
 
-            from pipeline.array_inference import segment_array
+            from pipeline.engine.in_memory import segment_array
 
             norm = partial(normalize, spec=card.normalization)
             blend = "crop" if row.endswith("-crop") else "gaussian"

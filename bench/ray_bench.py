@@ -27,10 +27,10 @@ import torch
 from bench.results import write_section
 from models import build
 from models.checkpoint import card_for, save_checkpoint
-from pipeline.config import SegmentConfig
-from pipeline.ray_execution import RayBlockRunner, connect
-from pipeline.sample_scene import write_sample_scene
-from pipeline.segment import prepare, run_blocks_in_process
+from pipeline.demos.sample_scene import write_sample_scene
+from pipeline.execution.ray_pool import RayBlockRunner, connect
+from pipeline.job.config import SegmentConfig
+from pipeline.job.steps import prepare, run_blocks_in_process
 
 
 def _job(scene: Path, model: Path, work: Path, threads: int):

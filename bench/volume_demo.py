@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from bench.results import write_section
-from pipeline.volume_demo import run_demo
+from pipeline.demos.volume_demo import run_demo
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -79,7 +79,8 @@ def main() -> None:
 
 METHOD = (
     "A width-4, depth-2 3D U-Net (zero padding) trained from scratch by `gigaseg train`'s trainer "
-    "(`pipeline.trainer.fit`: random patches of 32 voxels a side, or the training part's extent where "
+    "(`pipeline.training.trainer.fit`: random patches of 32 voxels a side, or the training part's "
+    "extent where "
     "thinner, drawn inside the training part; batch 2; 90° rotations, flips, intensity jitter; "
     "cross-entropy; AdamW one-cycle, lr 3e-3; epochs of 50 steps, the epoch with the best mIoU on a "
     "validation strip kept: the 20% of the training part next to the held-out part along the same axis). "

@@ -18,7 +18,7 @@ from pathlib import Path
 from rasterio.errors import NotGeoreferencedWarning
 
 from pipeline.errors import InputError
-from pipeline.process_memory import bound_process_memory
+from pipeline.execution.process_memory import bound_process_memory
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -120,7 +120,7 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
 
 def segment_config_from_args(args: argparse.Namespace):  # -> SegmentConfig
     """Build the shared job configuration from parsed arguments."""
-    from pipeline.config import SegmentConfig
+    from pipeline.job.config import SegmentConfig
 
     return SegmentConfig(
         input=args.input,
@@ -182,7 +182,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_sample_scene(args: argparse.Namespace) -> int:
-    from pipeline.sample_scene import write_sample_scene
+    from pipeline.demos.sample_scene import write_sample_scene
 
     if args.size < 64:
         raise InputError(f"--size must be at least 64 pixels, got {args.size}")
@@ -195,7 +195,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import json
 
     from flows.train_model import train_model
-    from pipeline.trainer import TrainSettings
+    from pipeline.training.trainer import TrainSettings
 
     if args.model_name is None and args.output is None:
         raise InputError("give --model-name NAME (register in MLflow) and/or -o CHECKPOINT")
@@ -277,11 +277,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Generate a scene, train and register a small U-Net on part of it, segment it all, score it."""
     from flows.segment_scene import segment_scene
     from flows.train_model import train_model
-    from pipeline.config import SegmentConfig
-    from pipeline.metrics import evaluate_labels
-    from pipeline.preview import write_preview
-    from pipeline.sample_scene import CLASS_COLORS, CLASS_NAMES, write_sample_scene
-    from pipeline.trainer import TrainSettings
+    from pipeline.demos.sample_scene import CLASS_COLORS, CLASS_NAMES, write_sample_scene
+    from pipeline.evaluation.metrics import evaluate_labels
+    from pipeline.evaluation.preview import write_preview
+    from pipeline.job.config import SegmentConfig
+    from pipeline.training.trainer import TrainSettings
 
     work: Path = args.workdir
     work.mkdir(parents=True, exist_ok=True)
@@ -344,7 +344,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_demo_volume(args: argparse.Namespace) -> int:
     """Train a small 3D U-Net on MNI152 (one hemisphere held out), segment it, print Dice per class."""
-    from pipeline.volume_demo import run_demo
+    from pipeline.demos.volume_demo import run_demo
 
     if args.steps <= 0:
         raise InputError(f"--steps must be positive, got {args.steps}")

@@ -16,7 +16,7 @@ configure_prefect()
 
 from prefect import flow
 
-from pipeline.promotion import Decision, promote, rollback
+from pipeline.tracking.promotion import Decision, promote, rollback
 
 
 @flow(name="promote-model", validate_parameters=False)

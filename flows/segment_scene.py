@@ -2,7 +2,7 @@
 
 Runnable as a script with the same arguments as ``gigaseg segment`` (this is what
 ``ray submit ray_cluster.yaml flows/segment_scene.py -- ARGS`` runs on a cluster
-head). Each stage is a task over the plain functions of :mod:`pipeline.segment`,
+head). Each stage is a task over the plain functions of :mod:`pipeline.job.steps`,
 so the flow's result is the library's result. Tasks retry transient failures
 (I/O hiccups, a lost worker) but never input errors, which fail the run at once
 with the stage named. CRF refinement runs inside each block's inference (it needs
@@ -26,10 +26,9 @@ configure_prefect()
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
-from pipeline.config import SegmentConfig
 from pipeline.errors import InputError
-from pipeline.scene_store import SceneStore
-from pipeline.segment import (
+from pipeline.job.config import SegmentConfig
+from pipeline.job.steps import (
     BlockRunner,
     CheckedInput,
     Job,
@@ -41,7 +40,8 @@ from pipeline.segment import (
     plan_job,
     summarize,
 )
-from pipeline.segment_tracking import check_reference_files
+from pipeline.stores.scene import SceneStore
+from pipeline.tracking.segment_run import check_reference_files
 
 WORKERS_ENV = "GIGASEG_WORKERS"
 """Default for ``--workers`` when neither the option nor the config sets it."""
@@ -60,7 +60,7 @@ def block_runner(config: SegmentConfig) -> BlockRunner | None:
     workers = resolved_workers(config)
     if workers == 0:
         return None
-    from pipeline.ray_execution import RayBlockRunner
+    from pipeline.execution.ray_pool import RayBlockRunner
 
     return RayBlockRunner(workers=workers, address=config.ray_address)
 
@@ -123,7 +123,7 @@ def metrics_stage(
 
 
 def run_stages(config: SegmentConfig, on_finished: Callable[[Job], None] | None = None) -> SegmentSummary:
-    """The stages as tasks of the current flow run (same signature as :func:`pipeline.segment.segment`)."""
+    """The stages as tasks of the current flow run (same signature as :func:`pipeline.job.steps.segment`)."""
     t0 = time.perf_counter()
     checked = check_stage(config)
     t_ingest = time.perf_counter()
@@ -146,7 +146,7 @@ def segment_scene_flow(
     """
     if not track:
         return run_stages(config)
-    from pipeline.segment_tracking import track_segment_run
+    from pipeline.tracking.segment_run import track_segment_run
 
     return track_segment_run(config, labels=labels, regions=regions, run=run_stages).summary
 

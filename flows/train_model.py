@@ -19,13 +19,13 @@ configure_prefect()
 
 from prefect import flow
 
-from pipeline import tracking
 from pipeline.errors import InputError
-from pipeline.model_versions import ModelVersion, register_version
-from pipeline.preview import compose_preview
-from pipeline.tiff_stack_input import parse_spacing
-from pipeline.trainer import TrainOutcome, TrainSettings, fit
-from pipeline.training_data import open_pair, scan_classes
+from pipeline.evaluation.preview import compose_preview
+from pipeline.inputs.tiff_stack import parse_spacing
+from pipeline.tracking import runs as tracking
+from pipeline.tracking.model_versions import ModelVersion, register_version
+from pipeline.training.data import open_pair, scan_classes
+from pipeline.training.trainer import TrainOutcome, TrainSettings, fit
 
 
 @dataclass

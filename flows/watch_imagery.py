@@ -35,10 +35,10 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.segment_scene import segment_scene_flow
-from pipeline.config import SegmentConfig
 from pipeline.errors import InputError
-from pipeline.ingest import content_id
-from pipeline.scene_ledger import LEDGER_NAME, SceneLedger, output_name
+from pipeline.inputs.ingest import content_id
+from pipeline.job.config import SegmentConfig
+from pipeline.watch.ledger import LEDGER_NAME, SceneLedger, output_name
 
 DEFAULT_PATTERN = "*.tif"
 DOWNLOADS = ".gigaseg-downloads"

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from models import build
-from pipeline.array_inference import segment_array
-from pipeline.blending import BlendWindow
-from pipeline.engine import TilePredictor, label_nodata, predict_in_memory
-from pipeline.grid import TileGrid
+from pipeline.engine.accumulation import TilePredictor, label_nodata, predict_in_memory
+from pipeline.engine.in_memory import segment_array
+from pipeline.tiling.blending import BlendWindow
+from pipeline.tiling.grid import TileGrid
 
 
 @pytest.mark.parametrize("blend", ["gaussian", "crop"])

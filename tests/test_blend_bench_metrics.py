@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.blend_bench import kept_edges, seam_contrast
-from pipeline.blending import BlendWindow
-from pipeline.grid import TileGrid
+from pipeline.tiling.blending import BlendWindow
+from pipeline.tiling.grid import TileGrid
 
 
 @given(size=st.integers(40, 400), tile=st.integers(8, 64), overlap=st.sampled_from([0.0, 0.125, 0.25, 0.5]))

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.blending import GAUSSIAN_FLOOR, BlendWindow
-from pipeline.grid import TileGrid
+from pipeline.tiling.blending import GAUSSIAN_FLOOR, BlendWindow
+from pipeline.tiling.grid import TileGrid
 
 
 @given(

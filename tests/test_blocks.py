@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.blocks import BlockPlan
-from pipeline.grid import TileGrid
+from pipeline.tiling.blocks import BlockPlan
+from pipeline.tiling.grid import TileGrid
 
 
 @given(

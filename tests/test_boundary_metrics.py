@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from pipeline.boundary_metrics import BoundaryCounts, boundary_counts, boundary_map
+from pipeline.evaluation.boundary_metrics import BoundaryCounts, boundary_counts, boundary_map
 
 
 def halves(shape: tuple[int, ...], cut: int) -> np.ndarray:

@@ -11,7 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.crf import (
+from pipeline.engine.crf import (
     CRFParams,
     band_stats,
     dense_crf,

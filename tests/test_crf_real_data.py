@@ -12,9 +12,9 @@ import rasterio
 import torch
 from scipy import ndimage
 
-from pipeline.boundary_metrics import boundary_counts
-from pipeline.crf import CRFParams, band_stats, refine
-from pipeline.metrics import confusion, iou_per_class, nanmean
+from pipeline.engine.crf import CRFParams, band_stats, refine
+from pipeline.evaluation.boundary_metrics import boundary_counts
+from pipeline.evaluation.metrics import confusion, iou_per_class, nanmean
 
 
 def noisy_probabilities(truth: np.ndarray, classes: int, seed: int = 0) -> np.ndarray:

@@ -6,9 +6,9 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from pipeline.config import SegmentConfig
-from pipeline.crf import local_crf
-from pipeline.segment import prepare, segment
+from pipeline.engine.crf import local_crf
+from pipeline.job.config import SegmentConfig
+from pipeline.job.steps import prepare, segment
 from tests._volume_cases import unet3d_checkpoint, write_nifti
 
 #: NIfTI voxel size (i, j, k) = store axes (x, y, z): thick slices along z.

@@ -10,10 +10,10 @@ from torch import nn
 from models import build
 from models.registry import ArchSpec
 from models.wrapper import SegmentationModel
-from pipeline.blending import BlendWindow
-from pipeline.blocks import BlockPlan
-from pipeline.engine import TilePredictor, infer_block, label_nodata, predict_in_memory
-from pipeline.grid import TileGrid
+from pipeline.engine.accumulation import TilePredictor, infer_block, label_nodata, predict_in_memory
+from pipeline.tiling.blending import BlendWindow
+from pipeline.tiling.blocks import BlockPlan
+from pipeline.tiling.grid import TileGrid
 
 
 def _identity(x: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models import build
-from pipeline.engine import TilePredictor
+from pipeline.engine.accumulation import TilePredictor
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import pipeline.engine as engine
-from pipeline.engine import RegionResult, finish_block, label_nodata
+import pipeline.engine.accumulation as engine
+from pipeline.engine.accumulation import RegionResult, finish_block, label_nodata
 
 
 @settings(max_examples=40, deadline=None)

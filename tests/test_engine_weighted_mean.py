@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models import build
-from pipeline.blending import BlendWindow
-from pipeline.engine import TilePredictor, blend_region
-from pipeline.grid import TileGrid
+from pipeline.engine.accumulation import TilePredictor, blend_region
+from pipeline.tiling.blending import BlendWindow
+from pipeline.tiling.grid import TileGrid
 
 
 def _identity(x: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.grid import TileGrid
+from pipeline.tiling.grid import TileGrid
 
 shapes = st.lists(st.integers(1, 300), min_size=1, max_size=3).map(tuple)
 

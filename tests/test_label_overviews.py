@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from pipeline.label_overviews import ModePyramid, mode_2x2, overview_shapes
+from pipeline.exporters.overviews import ModePyramid, mode_2x2, overview_shapes
 
 NODATA = 255
 
@@ -106,11 +106,11 @@ def test_the_cog_carries_the_pyramid_computed_from_the_labels(tmp_path):
     import rasterio
     from rio_cogeo.cogeo import cog_validate
 
-    from pipeline.blocks import BlockPlan
-    from pipeline.engine import BlockOutput
-    from pipeline.export_cog import Georeference, export_labels_cog
-    from pipeline.grid import TileGrid
-    from pipeline.output_store import OutputStore
+    from pipeline.engine.accumulation import BlockOutput
+    from pipeline.exporters.cog import Georeference, export_labels_cog
+    from pipeline.stores.output import OutputStore
+    from pipeline.tiling.blocks import BlockPlan
+    from pipeline.tiling.grid import TileGrid
 
     shape = (1500, 1100)
     rng = np.random.default_rng(3)

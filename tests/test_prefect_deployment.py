@@ -41,7 +41,7 @@ def test_prefect_yaml_deployments_point_at_real_flows_with_valid_parameters() ->
 def test_segment_flow_takes_its_config_as_plain_json() -> None:
     """A deployment run passes parameters as JSON: they become the same SegmentConfig the CLI builds."""
     from flows.segment_scene import segment_scene_flow
-    from pipeline.config import SegmentConfig
+    from pipeline.job.config import SegmentConfig
 
     given = {"input": "/data/a.tif", "model": "arch:conv1x1", "output": "/out/a.tif", "tile": 256}
     params = segment_scene_flow.validate_parameters({"config": given})

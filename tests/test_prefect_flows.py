@@ -16,9 +16,9 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from flows.cli import main
 from flows.segment_scene import segment_scene_flow
 from flows.watch_imagery import process_new_imagery
-from pipeline.config import SegmentConfig
-from pipeline.scene_ledger import LEDGER_NAME, SceneLedger
-from pipeline.segment import segment
+from pipeline.job.config import SegmentConfig
+from pipeline.job.steps import segment
+from pipeline.watch.ledger import LEDGER_NAME, SceneLedger
 from tests.conftest import write_raster
 
 ENGINE = {"tile": 64, "block": 256, "chunk": 128, "quiet": True}

@@ -6,13 +6,13 @@ import os
 import subprocess
 import sys
 
-from pipeline.process_memory import GDAL_CACHE_MB
+from pipeline.execution.process_memory import GDAL_CACHE_MB
 
 
 def _cache_after_bounding(env: dict[str, str]) -> str:
     code = (
         "import os\n"
-        "from pipeline.process_memory import bound_process_memory\n"
+        "from pipeline.execution.process_memory import bound_process_memory\n"
         "bound_process_memory()\n"
         "print(os.environ['GDAL_CACHEMAX'])\n"
     )
@@ -31,7 +31,7 @@ def test_a_users_gdal_cache_setting_wins():
 
 _TRIM_PROBE = """
 import numpy as np
-from pipeline.process_memory import _malloc_trim, release_freed_memory
+from pipeline.execution.process_memory import _malloc_trim, release_freed_memory
 
 def rss():
     with open("/proc/self/status") as f:
@@ -64,8 +64,8 @@ def test_freed_heap_goes_back_to_the_system():
 _IMPORT_PROBE = """
 import sys
 import numpy as np
-from pipeline.formats import describe_input
-from pipeline.segment import segment
+from pipeline.inputs.formats import describe_input
+from pipeline.job.steps import segment
 from tests.conftest import write_raster
 
 path = write_raster(__import__("pathlib").Path(sys.argv[1]) / "scene.tif", np.ones((1, 16, 16), np.uint8))

@@ -8,7 +8,7 @@ import warnings
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.progress import Progress
+from pipeline.execution.progress import Progress
 
 
 class _Terminal(io.StringIO):

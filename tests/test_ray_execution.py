@@ -22,10 +22,10 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from pipeline.config import SegmentConfig
-from pipeline.progress import Progress
-from pipeline.ray_execution import BlockFailedError, BlockReport, RayBlockRunner
-from pipeline.segment import export, prepare, segment
+from pipeline.execution.progress import Progress
+from pipeline.execution.ray_pool import BlockFailedError, BlockReport, RayBlockRunner
+from pipeline.job.config import SegmentConfig
+from pipeline.job.steps import export, prepare, segment
 from tests.conftest import write_raster
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -28,7 +28,7 @@ import pytest
 import rasterio
 import yaml
 
-from pipeline.sample_scene import write_sample_scene
+from pipeline.demos.sample_scene import write_sample_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 SSHD = "/usr/sbin/sshd"

@@ -8,10 +8,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.device import autocast_dtype, fit_batch_size, free_memory, select_device
-from pipeline.engine import TilePredictor
+from pipeline.engine.accumulation import TilePredictor
+from pipeline.engine.device import autocast_dtype, fit_batch_size, free_memory, select_device
 from pipeline.errors import InputError
-from pipeline.ray_execution import CORES_PER_CPU_ACTOR, BlockFailedError, BlockQueue, plan_pool
+from pipeline.execution.ray_pool import CORES_PER_CPU_ACTOR, BlockFailedError, BlockQueue, plan_pool
 
 
 @given(

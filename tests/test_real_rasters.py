@@ -10,8 +10,8 @@ import pytest
 import rasterio
 from rio_cogeo.cogeo import cog_validate
 
-from pipeline.config import SegmentConfig
-from pipeline.segment import segment
+from pipeline.job.config import SegmentConfig
+from pipeline.job.steps import segment
 
 EDGE_CASES = [
     "satellite/edge/RGBA.byte.tif",  # alpha band instead of nodata

@@ -13,8 +13,8 @@ from affine import Affine
 from rasterio.warp import transform as warp_points
 from skimage.draw import polygon as draw_polygon
 
-from pipeline.config import SegmentConfig
-from pipeline.segment_tracking import track_segment_run
+from pipeline.job.config import SegmentConfig
+from pipeline.tracking.segment_run import track_segment_run
 from tests.conftest import write_raster
 
 TRANSFORM = Affine(10.0, 0, 400_000.0, 0, -10.0, 5_000_000.0)

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.ingest import ingest_raster
-from pipeline.scene_store import SceneStore
+from pipeline.inputs.ingest import ingest_raster
+from pipeline.stores.scene import SceneStore
 from tests.conftest import write_raster
 
 SHAPE = (4, 90, 70)

@@ -74,11 +74,11 @@ def test_large_output_gets_overviews_resampled_by_mode(tmp_path, tiny_checkpoint
 
 def test_overviews_take_the_mode_never_an_average(tmp_path):
     """Columns alternating 0 and 2: an average would invent class 1."""
-    from pipeline.blocks import BlockPlan
-    from pipeline.engine import BlockOutput
-    from pipeline.export_cog import Georeference, export_labels_cog
-    from pipeline.grid import TileGrid
-    from pipeline.output_store import OutputStore
+    from pipeline.engine.accumulation import BlockOutput
+    from pipeline.exporters.cog import Georeference, export_labels_cog
+    from pipeline.stores.output import OutputStore
+    from pipeline.tiling.blocks import BlockPlan
+    from pipeline.tiling.grid import TileGrid
 
     shape = (1024, 1024)
     plan = BlockPlan.create(TileGrid.create(shape, 256, 0.0), 1024, 512)
@@ -157,8 +157,8 @@ def test_image_without_georeferencing_is_segmented_with_one_warning_line(tmp_pat
 def test_summary_class_fractions_are_the_written_labels_histogram(small_scene, tiny_checkpoint, tmp_path):
     """The summary counts come from the engine's per-block stats, not a re-read: they must
     still be exactly the classes of the pixels in the COG (nodata corner excluded)."""
-    from pipeline.config import SegmentConfig
-    from pipeline.segment import segment
+    from pipeline.job.config import SegmentConfig
+    from pipeline.job.steps import segment
 
     out = tmp_path / "f.tif"
     summary = segment(

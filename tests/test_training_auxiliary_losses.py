@@ -1,6 +1,6 @@
 """The training step uses every auxiliary output a model exposes, with its paper's weight.
 
-One step of the trainer's loss (``pipeline.trainer.batch_loss``) on EncNet
+One step of the trainer's loss (``pipeline.training.trainer.batch_loss``) on EncNet
 (FCN auxiliary head + SE-loss) and ICNet (cascade label guidance), with the
 registry's weights and with them switched off: the auxiliary losses must change
 the gradients of the shared trunk and be the only source of the heads' own.
@@ -13,8 +13,8 @@ import torch
 from _models_cases import build_small
 
 import models
-from pipeline.losses import class_presence
-from pipeline.trainer import TrainSettings, auxiliary_loss_weights, batch_loss
+from pipeline.training.losses import class_presence
+from pipeline.training.trainer import TrainSettings, auxiliary_loss_weights, batch_loss
 
 
 def _gradients(model, x, y, aux_weights, se_weight) -> dict[str, torch.Tensor]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.band_stack import check_same_grid
 from pipeline.errors import InputError
-from pipeline.raster_input import inspect_raster
-from pipeline.trainer import TrainSettings, fit
-from pipeline.training_data import open_pair, scan_classes
+from pipeline.inputs.band_stack import check_same_grid
+from pipeline.inputs.raster import inspect_raster
+from pipeline.training.data import open_pair, scan_classes
+from pipeline.training.trainer import TrainSettings, fit
 from tests.conftest import write_raster
 
 # 5 epochs × 8 steps of a 8-wide U-Net on 80% of a 489×443 scene; the majority class alone is

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from flows.cli import main
 from models.checkpoint import load_checkpoint
 from pipeline.errors import InputError
-from pipeline.trainer import TrainSettings, fit
-from pipeline.training_data import augment, open_pair, region_windows, scan_classes
+from pipeline.training.data import augment, open_pair, region_windows, scan_classes
+from pipeline.training.trainer import TrainSettings, fit
 from tests.conftest import write_raster
 
 

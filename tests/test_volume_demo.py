@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.checkpoint import load_checkpoint
-from pipeline.training_data import slab_regions
-from pipeline.volume_demo import VAL_FRACTION, VolumeCase, dice_per_class, run_case, train_case
+from pipeline.demos.volume_demo import VAL_FRACTION, VolumeCase, dice_per_class, run_case, train_case
+from pipeline.training.data import slab_regions
 
 SHAPE = (30, 28, 26)  # store order (z, y, x)
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from flows.cli import main
-from pipeline.dicom_input import open_dicom_series
-from pipeline.volume_input import ingest_volume
+from pipeline.inputs.dicom import open_dicom_series
+from pipeline.inputs.volume import ingest_volume
 from tests._volume_cases import unet3d_checkpoint, write_dicom_series
 
 

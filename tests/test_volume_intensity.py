@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.normalization import normalize
-from pipeline.scene_statistics import array_reader, resolve_normalization
+from pipeline.inputs.normalization import normalize
+from pipeline.inputs.scene_statistics import array_reader, resolve_normalization
 
 
 def test_ct_window_clips_hounsfield_units_to_zero_one():
@@ -41,7 +41,7 @@ def test_zscore_is_the_whole_volume_s_statistics_whatever_the_slab(slab, seed):
 @settings(max_examples=20, deadline=None)
 @given(slab=st.integers(1, 30), seed=st.integers(0, 1000))
 def test_percentiles_use_one_lattice_whatever_the_slab(slab, seed):
-    import pipeline.scene_statistics as stats
+    import pipeline.inputs.scene_statistics as stats
 
     rng = np.random.default_rng(seed)
     image = rng.gamma(2.0, 50.0, size=(1, 30, 12, 10))

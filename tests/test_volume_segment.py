@@ -14,10 +14,10 @@ import zarr
 from flows.cli import main
 from models import build
 from models.checkpoint import ModelCard, save_checkpoint
-from pipeline.config import SegmentConfig
-from pipeline.engine import predict_in_memory
-from pipeline.ome_zarr_input import open_ome_zarr
-from pipeline.segment import export, label_metrics, predictor_for, prepare, run_blocks_in_process
+from pipeline.engine.accumulation import predict_in_memory
+from pipeline.inputs.ome_zarr import open_ome_zarr
+from pipeline.job.config import SegmentConfig
+from pipeline.job.steps import export, label_metrics, predictor_for, prepare, run_blocks_in_process
 from tests._volume_cases import oblique_affine, unet3d_checkpoint, write_nifti
 
 SMALL = ["--quiet", "--volume-block", "64", "--volume-chunk", "16", "--tile", "24"]

@@ -12,7 +12,7 @@ Cases:
   held out; the CT model's card uses a Hounsfield window.
 
 Each case goes through the product path: the trainer ``gigaseg train`` uses
-(:func:`pipeline.trainer.fit`) on the rest of the volume, the held-out part's
+(:func:`pipeline.training.trainer.fit`) on the rest of the volume, the held-out part's
 labels reaching neither the loss nor the choice of the kept epoch (that is made
 on a validation strip of the training part, next to the held-out part); then
 ``segment`` with blocks and Gaussian blending, NIfTI out with the input's
@@ -30,12 +30,12 @@ import nibabel as nib
 import numpy as np
 
 from models.checkpoint import save_checkpoint
-from pipeline.config import SegmentConfig
-from pipeline.grid import Region
-from pipeline.metrics import confusion
-from pipeline.segment import SegmentSummary, segment
-from pipeline.trainer import EpochResult, TrainOutcome, TrainSettings, fit
-from pipeline.training_data import hold_out_slab, open_pair
+from pipeline.evaluation.metrics import confusion
+from pipeline.job.config import SegmentConfig
+from pipeline.job.steps import SegmentSummary, segment
+from pipeline.tiling.grid import Region
+from pipeline.training.data import hold_out_slab, open_pair
+from pipeline.training.trainer import EpochResult, TrainOutcome, TrainSettings, fit
 
 MNI_CLASSES = ["other", "grey matter", "white matter"]
 MNI_COLORS = [(0, 0, 0), (200, 120, 120), (240, 240, 240)]

@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from models import SegmentationModel
-from pipeline.blending import BlendWindow
-from pipeline.blocks import Block
-from pipeline.device import autocast_dtype, fit_batch_size, free_memory
-from pipeline.grid import Region, TileGrid
+from pipeline.engine.device import autocast_dtype, fit_batch_size, free_memory
+from pipeline.tiling.blending import BlendWindow
+from pipeline.tiling.blocks import Block
+from pipeline.tiling.grid import Region, TileGrid
 
 Refiner = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """(probs (C, *ctx), image (B, *ctx), valid (*ctx)) → refined probs: the CRF hook."""
@@ -255,7 +255,7 @@ def blend_region(
     blending is ``crop``), then one in-place add per tile into a float32
     accumulator, in the grid's C order. The total weight is the window's separable
     coverage, and the valid mask is applied per row range at the end (see
-    :mod:`pipeline.blending`): no per-tile weight arrays are made.
+    :mod:`pipeline.tiling.blending`): no per-tile weight arrays are made.
 
     Without ``on_rows`` the accumulator spans the context and is returned. With it,
     rows are *streamed*: tiles come in C order, so once the next tile starts at row

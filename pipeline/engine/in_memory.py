@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from models import SegmentationModel
-from pipeline.blending import BlendWindow
-from pipeline.blocks import BlockPlan
-from pipeline.engine import TilePredictor, infer_block, label_dtype
-from pipeline.grid import Region, TileGrid
+from pipeline.engine.accumulation import TilePredictor, infer_block, label_dtype
+from pipeline.tiling.blending import BlendWindow
+from pipeline.tiling.blocks import BlockPlan
+from pipeline.tiling.grid import Region, TileGrid
 
 
 @dataclass
@@ -56,7 +56,7 @@ def segment_array(
 
     ``valid`` (``(*spatial)`` bool, default all valid) marks nodata; ``normalizer``
     maps a raw ``(C, *region)`` block to float32 model input (default: a float32 copy).
-    Equal to the whole-scene pass (:func:`pipeline.engine.predict_in_memory`) and to
+    Equal to the whole-scene pass (:func:`pipeline.engine.accumulation.predict_in_memory`) and to
     ``gigaseg segment`` with the same grid, blending and block size.
     """
     if image.ndim != model.spatial_dims + 1:

@@ -10,7 +10,7 @@ import numpy as np
 import rasterio
 from PIL import Image, ImageDraw
 
-from pipeline.raster_input import inspect_raster
+from pipeline.inputs.raster import inspect_raster
 
 
 def _stretch(band: np.ndarray, valid: np.ndarray) -> np.ndarray:

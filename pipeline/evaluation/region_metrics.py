@@ -30,11 +30,11 @@ from rasterio.crs import CRS
 from rasterio.features import geometry_mask
 from rasterio.warp import transform_geom
 
-from pipeline.band_stack import check_same_grid
 from pipeline.errors import InputError
-from pipeline.metrics import dice_per_class, iou_per_class, nanmean
-from pipeline.output_store import OutputStore
-from pipeline.raster_input import RasterInfo, inspect_raster
+from pipeline.evaluation.metrics import dice_per_class, iou_per_class, nanmean
+from pipeline.inputs.band_stack import check_same_grid
+from pipeline.inputs.raster import RasterInfo, inspect_raster
+from pipeline.stores.output import OutputStore
 
 Window = tuple[tuple[int, int], tuple[int, int]]
 WINDOW = 1024

@@ -1,8 +1,8 @@
 """Running a job's blocks on Ray: a pool of long-lived actors, one per GPU or N on CPU.
 
 The driver (:class:`RayBlockRunner`) has already ingested the scene and planned the
-blocks (:func:`pipeline.segment.prepare`). Each actor reopens the same stores from
-the configuration (:func:`pipeline.segment.attach`, no re-ingest), loads the model
+blocks (:func:`pipeline.job.steps.prepare`). Each actor reopens the same stores from
+the configuration (:func:`pipeline.job.steps.attach`, no re-ingest), loads the model
 once, and for every block it is handed reads the footprint, computes, and writes
 the block's own chunks to the output store itself; only a few numbers come back.
 Tiles and probabilities never pass through the driver or the object store, so the
@@ -38,11 +38,11 @@ import ray
 import torch
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
-from pipeline.blocks import Block
-from pipeline.config import SegmentConfig
-from pipeline.device import select_device
+from pipeline.engine.device import select_device
 from pipeline.errors import InputError
-from pipeline.progress import Progress
+from pipeline.execution.progress import Progress
+from pipeline.job.config import SegmentConfig
+from pipeline.tiling.blocks import Block
 
 log = logging.getLogger("gigaseg")
 
@@ -169,8 +169,8 @@ class BlockWorker:
     """
 
     def __init__(self, config: SegmentConfig, threads: int):
-        from pipeline.process_memory import bound_process_memory
-        from pipeline.segment import attach, predictor_for
+        from pipeline.execution.process_memory import bound_process_memory
+        from pipeline.job.steps import attach, predictor_for
 
         bound_process_memory()
         torch.set_num_threads(max(1, threads))
@@ -198,7 +198,7 @@ class BlockWorker:
 
     def run(self, index: BlockIndex) -> BlockReport:
         """Read, compute and write one block; report how it went."""
-        from pipeline.segment import compute_block
+        from pipeline.job.steps import compute_block
 
         t0 = time.perf_counter()
         block = self.blocks[tuple(index)]

@@ -23,8 +23,8 @@ import nibabel as nib
 import numpy as np
 import zarr
 
-from pipeline.export_cog import _temporary_sibling
-from pipeline.volume_geometry import VolumeGeometry, reverse_axes_affine
+from pipeline.exporters.cog import _temporary_sibling
+from pipeline.inputs.volume_geometry import VolumeGeometry, reverse_axes_affine
 
 
 def nifti_header(

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from pipeline.scene_store import COMPRESSORS
-from pipeline.volume_geometry import VolumeGeometry, is_volume
+from pipeline.inputs.volume_geometry import VolumeGeometry, is_volume
+from pipeline.stores.scene import COMPRESSORS
 
 NGFF_VERSION = "0.5"
 MAX_LEVELS = 5

@@ -18,7 +18,7 @@ import rasterio
 from rasterio.warp import transform as transform_points
 
 from pipeline.errors import InputError
-from pipeline.raster_input import RasterInfo, inspect_raster
+from pipeline.inputs.raster import RasterInfo, inspect_raster
 
 SEPARATOR = ","
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.volume_geometry import VolumeGeometry
-from pipeline.volume_input import Slab, VolumeSource
+from pipeline.inputs.volume import Slab, VolumeSource
+from pipeline.inputs.volume_geometry import VolumeGeometry
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 SPACING_TOLERANCE = 0.01  # relative deviation of slice gaps accepted as even

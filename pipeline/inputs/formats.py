@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.dicom_input import is_dicom_folder, open_dicom_series
 from pipeline.errors import InputError
-from pipeline.ingest import ingest_raster
-from pipeline.nifti_input import is_nifti, open_nifti
-from pipeline.ome_zarr_input import is_ome_zarr, open_ome_zarr
-from pipeline.raster_input import RasterInfo, inspect_raster
-from pipeline.scene_store import SceneStore
-from pipeline.tiff_stack_input import is_tiff, open_tiff_stack, stack_depth
-from pipeline.volume_input import VolumeSource, ingest_volume
+from pipeline.inputs.dicom import is_dicom_folder, open_dicom_series
+from pipeline.inputs.ingest import ingest_raster
+from pipeline.inputs.nifti import is_nifti, open_nifti
+from pipeline.inputs.ome_zarr import is_ome_zarr, open_ome_zarr
+from pipeline.inputs.raster import RasterInfo, inspect_raster
+from pipeline.inputs.tiff_stack import is_tiff, open_tiff_stack, stack_depth
+from pipeline.inputs.volume import VolumeSource, ingest_volume
+from pipeline.stores.scene import SceneStore
 
 OUTPUT_FORMATS = ("cog", "nifti", "ome_zarr")
 
@@ -106,8 +106,8 @@ def export_volume_outputs(
     colors: Sequence[Sequence[int]],
 ) -> tuple[Path, Path | None]:
     """Write labels (and probabilities) as NIfTI or OME-Zarr, each by its own name."""
-    from pipeline.export_nifti import export_labels_nifti, export_probabilities_nifti
-    from pipeline.export_ome_zarr import export_ome_zarr, export_probabilities_ome_zarr
+    from pipeline.exporters.nifti import export_labels_nifti, export_probabilities_nifti
+    from pipeline.exporters.ome_zarr import export_ome_zarr, export_probabilities_ome_zarr
 
     attrs: Mapping[str, Any] = scene.attrs
     dims = len(scene.spatial_shape)

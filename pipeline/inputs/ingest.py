@@ -22,8 +22,8 @@ import dask
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
-from pipeline.raster_input import RasterInfo, inspect_raster, read_window
-from pipeline.scene_store import SceneStore, SceneStoreWriter
+from pipeline.inputs.raster import RasterInfo, inspect_raster, read_window
+from pipeline.stores.scene import SceneStore, SceneStoreWriter
 
 DEFAULT_CHUNK = 512
 CHUNKS_PER_TASK = 4  # per axis: one dask task reads a 4×4-chunk window

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.ingest import content_id
-from pipeline.volume_geometry import VolumeGeometry, reverse_axes_affine
-from pipeline.volume_input import Slab, VolumeSource
+from pipeline.inputs.ingest import content_id
+from pipeline.inputs.volume import Slab, VolumeSource
+from pipeline.inputs.volume_geometry import VolumeGeometry, reverse_axes_affine
 
 if TYPE_CHECKING:
     import nibabel as nib

@@ -16,7 +16,7 @@ from pipeline.errors import InputError
 NORMALIZATION_KINDS = ("none", "scale", "meanstd", "minmax", "window", "zscore", "percentile")
 PER_SCENE_KINDS = ("zscore", "percentile")
 """Kinds whose parameters are statistics of the whole scene: resolved once per scene
-(:func:`pipeline.scene_statistics.resolve_normalization`) into fixed ``meanstd`` /
+(:func:`pipeline.inputs.scene_statistics.resolve_normalization`) into fixed ``meanstd`` /
 ``window`` values before any block runs, exactly as training resolved them on its volume."""
 
 

@@ -19,8 +19,8 @@ import numpy as np
 import zarr
 
 from pipeline.errors import InputError
-from pipeline.volume_geometry import UNIT_TO_MM, VolumeGeometry, scale_translation_affine
-from pipeline.volume_input import Slab, VolumeSource
+from pipeline.inputs.volume import Slab, VolumeSource
+from pipeline.inputs.volume_geometry import UNIT_TO_MM, VolumeGeometry, scale_translation_affine
 
 
 def _ngff(attrs: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.grid import Region
+from pipeline.tiling.grid import Region
 
 MAX_SAMPLE = 4_000_000
 Reader = Callable[[Region], tuple[np.ndarray, np.ndarray]]

@@ -15,9 +15,9 @@ import numpy as np
 import tifffile
 
 from pipeline.errors import InputError
-from pipeline.ingest import content_id
-from pipeline.volume_geometry import VolumeGeometry, scale_translation_affine
-from pipeline.volume_input import Slab, VolumeSource
+from pipeline.inputs.ingest import content_id
+from pipeline.inputs.volume import Slab, VolumeSource
+from pipeline.inputs.volume_geometry import VolumeGeometry, scale_translation_affine
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 GEOTIFF_KEY_TAG = 34735

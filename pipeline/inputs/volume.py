@@ -1,7 +1,7 @@
 """Volumes into the scene store, slab by slab: the part every volume format shares.
 
-A format module (:mod:`pipeline.nifti_input`, :mod:`pipeline.dicom_input`,
-:mod:`pipeline.tiff_stack_input`, :mod:`pipeline.ome_zarr_input`) describes its
+A format module (:mod:`pipeline.inputs.nifti`, :mod:`pipeline.inputs.dicom`,
+:mod:`pipeline.inputs.tiff_stack`, :mod:`pipeline.inputs.ome_zarr`) describes its
 input as a :class:`VolumeSource`: the store-order shape ``(z, y, x)``, bands,
 dtype, geometry, and a generator of slabs in reading order. Slabs are whole
 chunks thick along ``z``, so each write fills whole store chunks and the volume
@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.ingest import _reusable
-from pipeline.scene_store import SceneStore, SceneStoreWriter
-from pipeline.volume_geometry import VolumeGeometry
+from pipeline.inputs.ingest import _reusable
+from pipeline.inputs.volume_geometry import VolumeGeometry
+from pipeline.stores.scene import SceneStore, SceneStoreWriter
 
 SUPPORTED_DTYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64"}
 

@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.blending import BLEND_MODES
 from pipeline.errors import InputError
-from pipeline.model_source import check_model_source
+from pipeline.job.model_source import check_model_source
+from pipeline.tiling.blending import BLEND_MODES
 
 
 @dataclass
@@ -123,7 +123,7 @@ class SegmentConfig:
         if self.chunk % 16:
             raise InputError(f"--chunk must be a multiple of 16, got {self.chunk}")
         if self.spacing is not None:
-            from pipeline.tiff_stack_input import parse_spacing
+            from pipeline.inputs.tiff_stack import parse_spacing
 
             self.spacing = parse_spacing(self.spacing)
         if self.slice_axis is not None and self.slice_axis not in (0, 1, 2):

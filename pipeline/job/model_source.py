@@ -57,7 +57,7 @@ def load_model(
         card = card_for(model, tile_size=spec.default_tile, training={"untrained_seed": seed})
         return model.eval(), card
     if source.startswith("models:/"):
-        from pipeline.model_versions import resolve
+        from pipeline.tracking.model_versions import resolve
 
         path = resolve(source).checkpoint
     else:
@@ -79,10 +79,10 @@ def model_identity(source: str, seed: int, model: SegmentationModel) -> str:
     """What identifies the weights, for output fingerprints."""
     if source.startswith(ARCH_PREFIX):
         return f"{source}|seed={seed}|{sorted(model.config.items())}"
-    from pipeline.ingest import content_id
+    from pipeline.inputs.ingest import content_id
 
     if source.startswith("models:/"):
-        from pipeline.model_versions import resolve
+        from pipeline.tracking.model_versions import resolve
 
         found = resolve(source)
         return f"registry:{found.name}/{found.version}:{content_id(found.checkpoint)}"

@@ -21,31 +21,31 @@ import torch
 
 from models import SegmentationModel
 from models.checkpoint import ModelCard
-from pipeline.blending import BlendWindow
-from pipeline.blocks import Block, BlockPlan
-from pipeline.config import SegmentConfig
-from pipeline.crf import CRFParams, band_stats, refine
-from pipeline.device import select_device
-from pipeline.engine import BlockOutput, TilePredictor, infer_block
+from pipeline.engine.accumulation import BlockOutput, TilePredictor, infer_block
+from pipeline.engine.crf import CRFParams, band_stats, refine
+from pipeline.engine.device import select_device
+from pipeline.engine.slicewise import SliceWiseModel, slice_align, slice_tile
 from pipeline.errors import InputError
-from pipeline.export_cog import Georeference, export_labels_cog, export_probabilities_cog
-from pipeline.formats import (
+from pipeline.execution.process_memory import release_freed_memory
+from pipeline.execution.progress import Progress
+from pipeline.exporters.cog import Georeference, export_labels_cog, export_probabilities_cog
+from pipeline.inputs.formats import (
     InputDescription,
     describe_input,
     export_volume_outputs,
     ingest_input,
     output_format,
 )
-from pipeline.grid import Region, TileGrid
-from pipeline.model_source import load_model, model_identity
-from pipeline.normalization import normalize, select_bands
-from pipeline.output_store import OutputStore, fingerprint
-from pipeline.process_memory import release_freed_memory
-from pipeline.progress import Progress
-from pipeline.scene_statistics import resolve_normalization
-from pipeline.scene_store import SceneStore
-from pipeline.slicewise import SliceWiseModel, slice_align, slice_tile
-from pipeline.volume_geometry import VolumeGeometry, is_volume
+from pipeline.inputs.normalization import normalize, select_bands
+from pipeline.inputs.scene_statistics import resolve_normalization
+from pipeline.inputs.volume_geometry import VolumeGeometry, is_volume
+from pipeline.job.config import SegmentConfig
+from pipeline.job.model_source import load_model, model_identity
+from pipeline.stores.output import OutputStore, fingerprint
+from pipeline.stores.scene import SceneStore
+from pipeline.tiling.blending import BlendWindow
+from pipeline.tiling.blocks import Block, BlockPlan
+from pipeline.tiling.grid import Region, TileGrid
 
 log = logging.getLogger("gigaseg")
 
@@ -394,7 +394,7 @@ def compute_block(
 
     ``read`` replaces the scene read (a worker passes the footprint it prefetched).
     The block's freed temporaries go back to the system before it returns (see
-    :func:`~pipeline.process_memory.release_freed_memory`).
+    :func:`~pipeline.execution.process_memory.release_freed_memory`).
     """
     output = infer_block(
         read or job.read,

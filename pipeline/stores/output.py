@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import zarr
 
-from pipeline.blocks import Block, BlockPlan
-from pipeline.engine import BlockOutput, label_dtype, label_nodata
-from pipeline.scene_store import COMPRESSORS, region_slices
+from pipeline.engine.accumulation import BlockOutput, label_dtype, label_nodata
+from pipeline.stores.scene import COMPRESSORS, region_slices
+from pipeline.tiling.blocks import Block, BlockPlan
 
 
 def fingerprint(parts: Mapping[str, Any]) -> str:

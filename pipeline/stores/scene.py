@@ -26,7 +26,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from pipeline.grid import Region
+from pipeline.tiling.grid import Region
 
 COMPRESSORS = (BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),)
 

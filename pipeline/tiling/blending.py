@@ -28,7 +28,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from pipeline.grid import Region, TileGrid
+from pipeline.tiling.grid import Region, TileGrid
 
 BLEND_MODES = ("constant", "gaussian", "crop")
 GAUSSIAN_FLOOR = 1e-3

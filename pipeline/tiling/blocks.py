@@ -15,7 +15,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from pipeline.grid import Region, TileGrid
+from pipeline.tiling.grid import Region, TileGrid
 
 
 @dataclass(frozen=True)

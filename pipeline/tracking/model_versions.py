@@ -28,8 +28,8 @@ import numpy as np
 
 from models import SegmentationModel
 from models.checkpoint import ModelCard, save_checkpoint
-from pipeline import tracking
 from pipeline.errors import InputError
+from pipeline.tracking import runs as tracking
 
 PREFIX = "models:/"
 FLAVOR = "gigaseg"

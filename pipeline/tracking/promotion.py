@@ -19,10 +19,10 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline import tracking
-from pipeline.config import SegmentConfig
 from pipeline.errors import InputError
-from pipeline.model_versions import CHAMPION, PREFIX
+from pipeline.job.config import SegmentConfig
+from pipeline.tracking import runs as tracking
+from pipeline.tracking.model_versions import CHAMPION, PREFIX
 
 METRICS = ("miou", "mdice", "accuracy")
 HISTORY_TAG = "gigaseg.champion_history"
@@ -96,7 +96,7 @@ def evaluate_version(
     block: int = 2048,
 ) -> float:
     """Segment the evaluation scene with ``name``/``version`` (nested tracked run); its scene-wide score."""
-    from pipeline.segment_tracking import track_segment_run
+    from pipeline.tracking.segment_run import track_segment_run
 
     config = SegmentConfig(
         input=Path(image),

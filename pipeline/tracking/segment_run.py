@@ -1,6 +1,6 @@
 """A segmentation job as an MLflow run: parameters, model version, timings, per-region metrics.
 
-:func:`track_segment_run` wraps :func:`pipeline.segment.segment`. The
+:func:`track_segment_run` wraps :func:`pipeline.job.steps.segment`. The
 per-region table is computed from the finished output store (labels plus the
 per-pixel confidence and entropy each block writes), logged as an MLflow table
 and written beside the output as ``NAME.regions.geojson`` and
@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import tracking
-from pipeline.config import SegmentConfig
 from pipeline.errors import InputError
-from pipeline.region_metrics import RegionTable, compute_region_table
-from pipeline.segment import Job, SegmentSummary, segment
+from pipeline.evaluation.region_metrics import RegionTable, compute_region_table
+from pipeline.job.config import SegmentConfig
+from pipeline.job.steps import Job, SegmentSummary, segment
+from pipeline.tracking import runs as tracking
 
 
 @dataclass
@@ -50,7 +50,7 @@ def region_paths(output: Path) -> tuple[Path, Path]:
 def _model_tags(model: str) -> dict[str, str]:
     if not model.startswith("models:/"):
         return {"gigaseg.model": model}
-    from pipeline.model_versions import resolve
+    from pipeline.tracking.model_versions import resolve
 
     found = resolve(model)
     return {
@@ -105,9 +105,9 @@ def track_segment_run(
     found: dict[str, Any] = {}
 
     def on_finished(job: Job) -> None:
-        from pipeline.formats import output_format
-        from pipeline.raster_input import inspect_raster
-        from pipeline.volume_geometry import is_volume
+        from pipeline.inputs.formats import output_format
+        from pipeline.inputs.raster import inspect_raster
+        from pipeline.inputs.volume_geometry import is_volume
 
         found["card"] = job.card
         dims = len(job.scene.spatial_shape)
@@ -163,7 +163,7 @@ def track_segment_run(
         mlflow.log_artifact(str(csv_path), "regions")
         mlflow.log_artifact(str(geojson_path), "regions")
         with tempfile.TemporaryDirectory() as tmp:
-            from pipeline.preview import write_preview
+            from pipeline.evaluation.preview import write_preview
 
             png = write_preview(
                 config.input, summary.output, Path(tmp) / "preview.png", card.class_names, card.class_colors

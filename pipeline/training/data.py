@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from pipeline.band_stack import check_same_grid, resolve_image
 from pipeline.errors import InputError
-from pipeline.formats import InputDescription, describe_input, ingest_input
-from pipeline.grid import Region
-from pipeline.scene_store import SceneStore
+from pipeline.inputs.band_stack import check_same_grid, resolve_image
+from pipeline.inputs.formats import InputDescription, describe_input, ingest_input
+from pipeline.stores.scene import SceneStore
+from pipeline.tiling.grid import Region
 
 IGNORE = -1
 

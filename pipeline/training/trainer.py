@@ -32,14 +32,13 @@ import torch
 from models import SegmentationModel, build, get_spec
 from models.backbones import BackboneWeightsError, load_backbone_weights
 from models.checkpoint import ModelCard, default_colors, load_checkpoint, save_checkpoint
-from pipeline.device import autocast_dtype, select_device
+from pipeline.engine.device import autocast_dtype, select_device
 from pipeline.errors import InputError
-from pipeline.losses import LOSSES, segmentation_loss
-from pipeline.metrics import confusion, dice_per_class, iou_per_class, nanmean
-from pipeline.normalization import normalize
-from pipeline.output_store import fingerprint
-from pipeline.scene_statistics import resolve_normalization
-from pipeline.training_data import (
+from pipeline.evaluation.metrics import confusion, dice_per_class, iou_per_class, nanmean
+from pipeline.inputs.normalization import normalize
+from pipeline.inputs.scene_statistics import resolve_normalization
+from pipeline.stores.output import fingerprint
+from pipeline.training.data import (
     IGNORE,
     LabelledScene,
     TileSampler,
@@ -48,6 +47,7 @@ from pipeline.training_data import (
     region_windows,
     window_side,
 )
+from pipeline.training.losses import LOSSES, segmentation_loss
 
 
 def load_pretrained_backbone(model: torch.nn.Module, path: Path, log: Callable[[str], None] | None) -> None:

@@ -1,0 +1,1 @@
+"""Metrics against reference labels, per-region tables, previews."""

@@ -1,0 +1,3 @@
+"""Output store → files the next tool opens: COG (+ MODE overviews, palette, QGIS metadata),
+NIfTI, OME-Zarr.
+"""

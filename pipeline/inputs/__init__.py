@@ -1,0 +1,1 @@
+"""Readers per format, ingest into the scene store, band selection and normalisation."""

@@ -1,0 +1,1 @@
+"""The segmentation job as steps (check → ingest → plan → infer → export → summary) and its config."""

@@ -1,0 +1,1 @@
+"""MLflow: where runs and the registry live, model versions, promotion, a segmentation run's record."""

@@ -1,0 +1,1 @@
+"""Fitting registered architectures: labelled scenes, tile sampling, losses, the training loop."""

@@ -1,0 +1,1 @@
+"""Watching imagery: the ledger of scenes already segmented."""
