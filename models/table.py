@@ -95,7 +95,7 @@ def render() -> str:
         "and classes); `paper's figure` is the count the paper states, if it states one.",
         "`downsampling` is the factor input sizes are padded to (the wrapper does it);",
         "`reach` the receptive-field radius in input pixels, which sizes the halo;",
-        "both are measured against the networks by `tests/test_models_registry_metadata.py`.",
+        "both are measured against the networks by `tests/models/test_models_registry_metadata.py`.",
         "A model that is not fully convolutional (global image pooling, attention over",
         "all positions, context encoding) gives tile-dependent results under tiled",
         "inference; the engine warns about it. Multi-path networks declare their reach",

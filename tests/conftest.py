@@ -26,9 +26,9 @@ os.environ.setdefault("GIGASEG_WORKERS", "0")
 
 # `make test` runs `pytest -n 2 --dist loadfile`: a test file's tests stay on one worker, so its
 # module fixtures (a trained model, a server process, a Ray cluster) are built once. The
-# model-registry files are the exception: their many independent tests share no fixture, and as
+# model-registry folder is the exception: its many independent tests share no fixture, and as
 # whole files they would keep one worker busy long after the other has finished.
-SPREAD_OVER_WORKERS = ("test_models_",)
+SPREAD_OVER_WORKERS = ("tests/models/",)
 
 try:
     from xdist.scheduler import LoadFileScheduling
@@ -40,10 +40,10 @@ if LoadFileScheduling is not None:
     class _FilesExceptModelTests(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
-            return nodeid if Path(path).name.startswith(SPREAD_OVER_WORKERS) else path
+            return nodeid if path.startswith(SPREAD_OVER_WORKERS) else path
 
     def pytest_xdist_make_scheduler(config: pytest.Config, log):
-        """``--dist loadfile``, except that model-registry tests are handed out one by one."""
+        """``--dist loadfile``, except that the model-registry folder's tests are handed out one by one."""
         if config.getvalue("dist") == "loadfile":
             return _FilesExceptModelTests(config, log)
         return None

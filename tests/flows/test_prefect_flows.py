@@ -194,7 +194,7 @@ def test_flow_run_as_a_script_sets_prefect_defaults_before_prefect_loads(script:
     import sys
 
     copied = tmp_path / f"{script}.py"  # away from the checkout, as on a cluster head
-    shutil.copy(Path(__file__).parents[1] / "flows" / f"{script}.py", copied)
+    shutil.copy(Path(__file__).parents[2] / "flows" / f"{script}.py", copied)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     probe = subprocess.run(
         [sys.executable, "-c", _PROBE, str(copied)], env=env, cwd=tmp_path, capture_output=True, text=True

@@ -14,7 +14,7 @@ import numpy as np
 
 from tests.conftest import write_raster
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _command(scene: Path, model: Path, out: Path, work: Path) -> list[str]:

@@ -30,7 +30,7 @@ import yaml
 
 from pipeline.demos.sample_scene import write_sample_scene
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SSHD = "/usr/sbin/sshd"
 RAY = str(Path(sys.executable).with_name("ray"))
 

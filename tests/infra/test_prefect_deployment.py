@@ -20,7 +20,7 @@ import yaml
 
 from tests.conftest import write_raster
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_prefect_yaml_deployments_point_at_real_flows_with_valid_parameters() -> None:

@@ -28,7 +28,7 @@ from pipeline.job.config import SegmentConfig
 from pipeline.job.steps import export, prepare, segment
 from tests.conftest import write_raster
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # torch CPU kernels round differently with other thread counts (~1e-7): compare like with like.
 SETTINGS = {"tile": 64, "block": 128, "chunk": 128, "quiet": True, "threads": 1}
 

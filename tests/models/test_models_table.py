@@ -6,7 +6,7 @@ from pathlib import Path
 
 from models.table import COMMAND, render
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "models.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "models.md"
 
 
 def test_models_doc_is_up_to_date():
