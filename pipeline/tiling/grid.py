@@ -24,8 +24,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-Region = tuple[tuple[int, int], ...]
-"""Half-open ``(start, stop)`` per axis, in scene pixel coordinates."""
+from pipeline.tiling.regions import Region
 
 
 def _ceil_to(value: int, multiple: int) -> int:

@@ -1,0 +1,92 @@
+"""The tree shows the architecture: sizes stay readable, imports point one way, examples run."""
+
+from __future__ import annotations
+
+import ast
+import doctest
+import importlib
+import pkgutil
+from pathlib import Path
+
+import pytest
+
+import pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 80
+
+
+def _library_files() -> list[Path]:
+    return sorted((ROOT / "pipeline").rglob("*.py"))
+
+
+def _long_functions(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text())
+    return [
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+
+
+def test_no_library_module_is_over_400_lines():
+    long = [
+        f"{p.relative_to(ROOT)} ({n} lines)"
+        for p in _library_files()
+        if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
+    ]
+    assert not long, long
+
+
+def test_no_function_in_the_library_flows_or_models_is_over_80_lines():
+    files = _library_files() + sorted((ROOT / "flows").glob("*.py")) + sorted((ROOT / "models").rglob("*.py"))
+    long = [f for p in files for f in _long_functions(p)]
+    assert not long, long
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_no_flow_imports_the_command_line():
+    offenders = [
+        p.name for p in (ROOT / "flows").glob("*.py") if p.name != "cli.py" and "flows.cli" in _imports(p)
+    ]
+    assert not offenders
+
+
+@pytest.mark.parametrize(
+    ("folder", "forbidden"),
+    [
+        ("pipeline", ("flows",)),
+        ("models", ("pipeline", "flows")),
+        ("pipeline/stores", ("pipeline.engine", "pipeline.execution", "pipeline.job", "torch")),
+        ("pipeline/tiling", ("pipeline.engine", "pipeline.stores", "pipeline.inputs", "torch")),
+    ],
+)
+def test_imports_point_one_way(folder, forbidden):
+    offenders = [
+        f"{p.relative_to(ROOT)} imports {name}"
+        for p in sorted((ROOT / folder).rglob("*.py"))
+        for name in _imports(p)
+        if name.split(".")[0] in forbidden or any(name == f or name.startswith(f + ".") for f in forbidden)
+    ]
+    assert not offenders, offenders
+
+
+def test_docstring_examples_run():
+    failed = []
+    for info in pkgutil.walk_packages(pipeline.__path__, "pipeline."):
+        module = importlib.import_module(info.name)
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+        if result.failed:
+            failed.append(info.name)
+    assert not failed, failed
