@@ -23,11 +23,6 @@ from pipeline.inputs.raster import RasterInfo, inspect_raster
 SEPARATOR = ","
 
 
-def is_stack(spec: str | os.PathLike[str]) -> bool:
-    """Whether an image argument names several band files."""
-    return SEPARATOR in str(spec)
-
-
 def stack_members(spec: str | os.PathLike[str]) -> list[Path]:
     """The files of ``a.tif,b.tif,…`` (a single path gives itself)."""
     parts = [p.strip() for p in str(spec).split(SEPARATOR)]

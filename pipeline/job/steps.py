@@ -29,13 +29,8 @@ from pipeline.errors import InputError
 from pipeline.execution.process_memory import release_freed_memory
 from pipeline.execution.progress import Progress
 from pipeline.exporters.cog import Georeference, export_labels_cog, export_probabilities_cog
-from pipeline.inputs.formats import (
-    InputDescription,
-    describe_input,
-    export_volume_outputs,
-    ingest_input,
-    output_format,
-)
+from pipeline.exporters.formats import export_volume_outputs, output_format
+from pipeline.inputs.formats import InputDescription, describe_input, ingest_input
 from pipeline.inputs.normalization import normalize, select_bands
 from pipeline.inputs.scene_statistics import resolve_normalization
 from pipeline.inputs.volume_geometry import VolumeGeometry, is_volume
@@ -461,7 +456,7 @@ def export(job: Job) -> tuple[Path, Path | None]:
     t0 = time.perf_counter()
     attrs = job.scene.attrs
     if is_volume(attrs) or output_format(job.config.output, len(job.scene.spatial_shape)) != "cog":
-        out, probs = export_volume_outputs(
+        outputs = export_volume_outputs(
             job.store.path,
             job.scene,
             job.config.output,
@@ -470,7 +465,7 @@ def export(job: Job) -> tuple[Path, Path | None]:
             job.card.class_colors,
         )
         job.timings["export"] = time.perf_counter() - t0
-        return out, probs
+        return outputs.labels, outputs.probabilities
     geo = Georeference(attrs.get("crs"), attrs["transform"])
     tags = {"GIGASEG_MODEL": job.config.model, "GIGASEG_ARCH": job.card.arch}
     out = export_labels_cog(

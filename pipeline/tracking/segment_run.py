@@ -105,7 +105,7 @@ def track_segment_run(
     found: dict[str, Any] = {}
 
     def on_finished(job: Job) -> None:
-        from pipeline.inputs.formats import output_format
+        from pipeline.exporters.formats import output_format
         from pipeline.inputs.raster import inspect_raster
         from pipeline.inputs.volume_geometry import is_volume
 
