@@ -28,9 +28,10 @@ from bench.results import write_section
 from models import build
 from models.checkpoint import card_for, save_checkpoint
 from pipeline.demos.sample_scene import write_sample_scene
+from pipeline.execution.in_process import run_blocks_in_process
 from pipeline.execution.ray_pool import RayBlockRunner, connect
 from pipeline.job.config import SegmentConfig
-from pipeline.job.steps import prepare, run_blocks_in_process
+from pipeline.job.steps import prepare
 
 
 def _job(scene: Path, model: Path, work: Path, threads: int):

@@ -27,19 +27,12 @@ from prefect import flow, task
 from prefect.cache_policies import NONE
 
 from pipeline.errors import InputError
+from pipeline.exporters.formats import ExportedOutputs
+from pipeline.job.checks import CheckedInput, check_inputs
 from pipeline.job.config import SegmentConfig
-from pipeline.job.steps import (
-    BlockRunner,
-    CheckedInput,
-    Job,
-    SegmentSummary,
-    check_inputs,
-    export,
-    infer,
-    ingest_scene,
-    plan_job,
-    summarize,
-)
+from pipeline.job.plan import Job, plan_job
+from pipeline.job.steps import BlockRunner, export, infer, ingest_scene
+from pipeline.job.summary import BlockCounts, SegmentSummary, summarize
 from pipeline.stores.scene import SceneStore
 from pipeline.tracking.segment_run import check_reference_files
 
@@ -99,13 +92,13 @@ def plan_stage(config: SegmentConfig, checked: CheckedInput, scene: SceneStore) 
 
 
 @task(name="infer", **RETRYING)
-def infer_stage(job: Job) -> tuple[int, int, int]:
+def infer_stage(job: Job) -> BlockCounts:
     """Every pending block, on Ray unless configured otherwise (a retry skips the blocks already done)."""
     return infer(job, block_runner(job.config))
 
 
 @task(name="export", **RETRYING)
-def export_stage(job: Job):  # -> tuple[Path, Path | None]
+def export_stage(job: Job) -> ExportedOutputs:
     """Cloud-optimised GeoTIFF(s) of the finished store."""
     return export(job)
 
@@ -113,8 +106,8 @@ def export_stage(job: Job):  # -> tuple[Path, Path | None]
 @task(name="metrics", **STAGE)
 def metrics_stage(
     job: Job,
-    outputs: tuple,
-    counts: tuple[int, int, int],
+    outputs: ExportedOutputs,
+    counts: BlockCounts,
     seconds: float,
     on_finished: Callable[[Job], None] | None,
 ) -> SegmentSummary:

@@ -32,7 +32,8 @@ import numpy as np
 from models.checkpoint import save_checkpoint
 from pipeline.evaluation.metrics import confusion
 from pipeline.job.config import SegmentConfig
-from pipeline.job.steps import SegmentSummary, segment
+from pipeline.job.steps import segment
+from pipeline.job.summary import SegmentSummary
 from pipeline.tiling.grid import Region
 from pipeline.training.data import hold_out_slab, open_pair
 from pipeline.training.trainer import EpochResult, TrainOutcome, TrainSettings, fit

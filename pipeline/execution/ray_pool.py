@@ -2,7 +2,7 @@
 
 The driver (:class:`RayBlockRunner`) has already ingested the scene and planned the
 blocks (:func:`pipeline.job.steps.prepare`). Each actor reopens the same stores from
-the configuration (:func:`pipeline.job.steps.attach`, no re-ingest), loads the model
+the configuration (:func:`pipeline.job.plan.attach`, no re-ingest), loads the model
 once, and for every block it is handed reads the footprint, computes, and writes
 the block's own chunks to the output store itself; only a few numbers come back.
 Tiles and probabilities never pass through the driver or the object store, so the
@@ -169,8 +169,9 @@ class BlockWorker:
     """
 
     def __init__(self, config: SegmentConfig, threads: int):
+        from pipeline.execution.in_process import predictor_for
         from pipeline.execution.process_memory import bound_process_memory
-        from pipeline.job.steps import attach, predictor_for
+        from pipeline.job.plan import attach
 
         bound_process_memory()
         torch.set_num_threads(max(1, threads))
@@ -198,7 +199,7 @@ class BlockWorker:
 
     def run(self, index: BlockIndex) -> BlockReport:
         """Read, compute and write one block; report how it went."""
-        from pipeline.job.steps import compute_block
+        from pipeline.execution.in_process import compute_block
 
         t0 = time.perf_counter()
         block = self.blocks[tuple(index)]

@@ -20,7 +20,9 @@ from typing import Any
 from pipeline.errors import InputError
 from pipeline.evaluation.region_metrics import RegionTable, compute_region_table
 from pipeline.job.config import SegmentConfig
-from pipeline.job.steps import Job, SegmentSummary, segment
+from pipeline.job.plan import Job
+from pipeline.job.steps import segment
+from pipeline.job.summary import SegmentSummary
 from pipeline.tracking import runs as tracking
 
 

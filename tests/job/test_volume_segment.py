@@ -15,9 +15,11 @@ from flows.cli import main
 from models import build
 from models.checkpoint import ModelCard, save_checkpoint
 from pipeline.engine.accumulation import predict_in_memory
+from pipeline.execution.in_process import predictor_for, run_blocks_in_process
 from pipeline.inputs.ome_zarr import open_ome_zarr
 from pipeline.job.config import SegmentConfig
-from pipeline.job.steps import export, label_metrics, predictor_for, prepare, run_blocks_in_process
+from pipeline.job.steps import export, prepare
+from pipeline.job.summary import label_metrics
 from tests._volume_cases import oblique_affine, unet3d_checkpoint, write_nifti
 
 SMALL = ["--quiet", "--volume-block", "64", "--volume-chunk", "16", "--tile", "24"]
@@ -80,7 +82,8 @@ def test_blockwise_volume_equals_one_in_memory_pass(tmp_path, model3d, mode):
     job = prepare(config)
     assert job.plan.num_blocks >= 8
     run_blocks_in_process(job)
-    labels_path, probs_path = export(job)
+    outputs = export(job)
+    labels_path, probs_path = outputs.labels, outputs.probabilities
 
     raw, valid = job.scene.read(tuple((0, s) for s in job.scene.spatial_shape), job.bands)
     ref = predict_in_memory(raw, valid, job.grid, job.window, predictor_for(job), job.normalizer(), 3)
@@ -162,7 +165,8 @@ def test_label_volumes_in_millilitres(tmp_path, model3d):
     config = SegmentConfig(input=src, model=str(model3d), output=tmp_path / "l.nii", tile=24, quiet=True)
     job = prepare(config)
     run_blocks_in_process(job)
-    volumes, mean_p = label_metrics(job)
+    metrics = label_metrics(job)
+    volumes, mean_p = metrics.volumes_ml, metrics.mean_probability
     labels = job.store.labels[...]
     for i, name in enumerate(job.card.class_names):
         assert volumes[name] == pytest.approx((labels == i).sum() * 12.0 / 1000.0)

@@ -1,0 +1,81 @@
+"""The job's first step: the options, the input's header and the model agree, before any data is read."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from models import SegmentationModel
+from models.checkpoint import ModelCard
+from pipeline.errors import InputError
+from pipeline.exporters.formats import output_format
+from pipeline.inputs.formats import InputDescription, describe_input
+from pipeline.inputs.normalization import select_bands
+from pipeline.job.config import SegmentConfig
+from pipeline.job.model_source import load_model
+
+log = logging.getLogger("gigaseg")
+
+
+@dataclass
+class CheckedInput:
+    """What :func:`check_inputs` established: the input is readable and fits the model."""
+
+    model: SegmentationModel
+    card: ModelCard
+    bands: list[int]
+    info: InputDescription | None
+    """The input's header (None when a worker reattaches to an ingested scene)."""
+    slice_axis: int | None = None
+
+
+def check_inputs(config: SegmentConfig) -> CheckedInput:
+    """Validate the options, open the input's header and load the model (no data is read yet)."""
+    config.validate()
+    info = describe_input(config.input, config.spacing)
+    for out in (config.output, config.probabilities):
+        if out is not None:
+            output_format(out, info.spatial_dims)
+    model, card = load_model(
+        config.model,
+        in_channels=config.in_channels or info.num_bands,
+        num_classes=config.num_classes,
+        seed=config.seed,
+    )
+    if info.kind == "nifti" and card.bands is None and info.num_bands != card.in_channels:
+        raise InputError(  # the channel rule, said out loud: a 4D NIfTI's 4th axis holds channels
+            f"{config.input}: has {info.num_bands} channel(s) (a NIfTI's 4th axis is read as channels) "
+            f"but the model expects {card.in_channels}"
+        )
+    bands = select_bands(card.bands, info.num_bands, card.in_channels, str(config.input))
+    default_axis = info.volume.geometry.slice_axis if info.volume is not None else 0
+    slice_axis = slice_axis_for(config, info.spatial_dims, model, default_axis)
+    _warn_about(config, info, model)
+    return CheckedInput(model=model, card=card, bands=bands, info=info, slice_axis=slice_axis)
+
+
+def _warn_about(config: SegmentConfig, info: InputDescription, model: SegmentationModel) -> None:
+    """Log what runs but may surprise: no georeference, or a model whose output depends on the tile."""
+    if info.raster is not None and not info.raster.georeferenced:
+        log.warning("%s: not georeferenced; the output has pixel coordinates only", config.input)
+    if not model.spec.fully_convolutional:
+        log.warning(
+            "%s is not fully convolutional (global pooling): tiled output depends on the tile size",
+            model.arch,
+        )
+
+
+def slice_axis_for(
+    config: SegmentConfig, scene_dims: int, model: SegmentationModel, default: int
+) -> int | None:
+    """The axis a 2D model runs along over a volume (None when model and scene dims agree)."""
+    if model.spatial_dims == scene_dims:
+        if config.slice_axis is not None and scene_dims == 3:
+            raise InputError(f"--slice-axis is for 2D models over volumes; {model.arch} is 3D")
+        return None
+    if model.spatial_dims == 2 and scene_dims == 3:
+        return config.slice_axis if config.slice_axis is not None else default
+    raise InputError(
+        f"{config.input}: is a {scene_dims}D {'volume' if scene_dims == 3 else 'raster'} "
+        f"but {model.arch} is a {model.spatial_dims}D model"
+    )
