@@ -212,10 +212,6 @@ def export_labels_cog(
     nodata = int(group.attrs["nodata"])
     dtype = str(labels.dtype)
     shape = labels.shape
-    palette = None  # GDAL palettes exist for 8- and 16-bit; 16-bit ones are huge
-    if dtype == "uint8":
-        palette = {i: (*map(int, rgb[:3]), 255) for i, rgb in enumerate(colors)}
-        palette[nodata] = (0, 0, 0, 0)
     level_shapes = overview_shapes(shape, COG_BLOCK)
     names = json.dumps(list(class_names))
     with ExitStack() as stack:
@@ -226,6 +222,47 @@ def export_labels_cog(
         ]
         vrt = stack.enter_context(_temporary_sibling(output, ".vrt"))
         cog = stack.enter_context(_temporary_sibling(output, ".cog.tif"))
+        _stage_labels(labels, nodata, geo, staging, level_paths, level_shapes)
+        vrt.write_text(
+            _vrt_with_overviews(
+                staging,
+                level_paths,
+                shape,
+                dtype,
+                nodata,
+                geo,
+                _palette(dtype, colors, nodata),
+                {"CLASS_NAMES": names},
+                {**(tags or {}), "CLASS_NAMES": names},
+            )
+        )
+        rasterio.shutil.copy(vrt, cog, driver="COG", **_cog_options("NO", "MODE"))
+        _write_sidecar(output, pam_xml(class_names, colors, nodata))
+        os.replace(cog, output)
+    return output
+
+
+def _palette(dtype: str, colors: Sequence[Sequence[int]], nodata: int) -> dict[int, tuple[int, ...]] | None:
+    """The class colours as a GDAL palette, nodata transparent; None beyond 8 bits (16-bit ones are huge)."""
+    if dtype != "uint8":
+        return None
+    palette = {i: (*map(int, rgb[:3]), 255) for i, rgb in enumerate(colors)}
+    palette[nodata] = (0, 0, 0, 0)
+    return palette
+
+
+def _stage_labels(
+    labels: zarr.Array,
+    nodata: int,
+    geo: Georeference,
+    staging: Path,
+    level_paths: Sequence[Path],
+    level_shapes: Sequence[tuple[int, int]],
+) -> None:
+    """Write the labels to ``staging`` and their MODE overview levels to ``level_paths``, in one pass."""
+    dtype = str(labels.dtype)
+    shape = labels.shape
+    with ExitStack() as stack:
         dst = stack.enter_context(
             rasterio.open(staging, "w", **_staging_profile(shape, 1, dtype, nodata, geo))
         )
@@ -241,41 +278,37 @@ def export_labels_cog(
             level_files[level - 1].write(rows, 1, window=window)
 
         pyramid = ModePyramid(len(level_shapes), nodata, write_level)
-        # The pyramid (and its files) on a second thread, strips in order, while this one
-        # reads the next strip and writes the full resolution: numpy and GDAL release the GIL.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gigaseg-overviews") as overviews:
-            pushed: list[Future[None]] = []
-            for start in range(0, shape[0], COG_BLOCK):
-                rows = np.asarray(labels[start : start + COG_BLOCK, :])
-                pushed.append(overviews.submit(pyramid.push, rows))
-                dst.write(rows, 1, window=rasterio.windows.Window(0, start, shape[1], rows.shape[0]))
-                if len(pushed) > 2:  # at most two strips queued: memory stays a few strips
-                    pushed.pop(0).result()
-            for done in pushed:
-                done.result()
+        _stream_strips(labels, dst, pyramid)
         pyramid.close()
         for f in (dst, *level_files):
             f.close()
-        vrt.write_text(
-            _vrt_with_overviews(
-                staging,
-                level_paths,
-                shape,
-                dtype,
-                nodata,
-                geo,
-                palette,
-                {"CLASS_NAMES": names},
-                {**(tags or {}), "CLASS_NAMES": names},
-            )
-        )
-        rasterio.shutil.copy(vrt, cog, driver="COG", **_cog_options("NO", "MODE"))
-        aux = output.with_name(output.name + ".aux.xml")
-        aux_tmp = aux.with_name(f".{aux.name}.tmp")
-        aux_tmp.write_text(pam_xml(class_names, colors, nodata))
-        os.replace(aux_tmp, aux)
-        os.replace(cog, output)
-    return output
+
+
+def _stream_strips(labels: zarr.Array, dst: rasterio.io.DatasetWriter, pyramid: ModePyramid) -> None:
+    """Each strip of rows to ``dst`` here, and to the pyramid on a second thread, in order.
+
+    numpy and GDAL release the GIL, so the pyramid (and its files) run while this
+    thread reads the next strip and writes the full resolution.
+    """
+    shape = labels.shape
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gigaseg-overviews") as overviews:
+        pushed: list[Future[None]] = []
+        for start in range(0, shape[0], COG_BLOCK):
+            rows = np.asarray(labels[start : start + COG_BLOCK, :])
+            pushed.append(overviews.submit(pyramid.push, rows))
+            dst.write(rows, 1, window=rasterio.windows.Window(0, start, shape[1], rows.shape[0]))
+            if len(pushed) > 2:  # at most two strips queued: memory stays a few strips
+                pushed.pop(0).result()
+        for done in pushed:
+            done.result()
+
+
+def _write_sidecar(output: Path, pam: str) -> None:
+    """The PAM ``.aux.xml`` beside ``output``, written under a temporary name and renamed."""
+    aux = output.with_name(output.name + ".aux.xml")
+    aux_tmp = aux.with_name(f".{aux.name}.tmp")
+    aux_tmp.write_text(pam)
+    os.replace(aux_tmp, aux)
 
 
 def export_probabilities_cog(
