@@ -167,16 +167,7 @@ def export_ome_zarr(
                 "ome": {
                     "version": NGFF_VERSION,
                     "multiscales": [_multiscale("segmentation", shapes, scale, translation, False, unit)],
-                    "image-label": {
-                        "version": NGFF_VERSION,
-                        "colors": [
-                            {"label-value": i, "rgba": [*map(int, rgb[:3]), 255]}
-                            for i, rgb in enumerate(colors)
-                        ]
-                        + [{"label-value": nodata, "rgba": [0, 0, 0, 0]}],
-                        "properties": [{"label-value": i, "class": n} for i, n in enumerate(class_names)],
-                        **({"source": {"image": "../../"}} if with_image else {}),
-                    },
+                    "image-label": _image_label(class_names, colors, nodata, with_image),
                 },
                 **extra,
             }
@@ -185,6 +176,19 @@ def export_ome_zarr(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return output
+
+
+def _image_label(
+    class_names: Sequence[str], colors: Sequence[Sequence[int]], nodata: int, with_image: bool
+) -> dict[str, Any]:
+    """NGFF ``image-label`` metadata: a colour per class (nodata transparent), class names, the image."""
+    return {
+        "version": NGFF_VERSION,
+        "colors": [{"label-value": i, "rgba": [*map(int, rgb[:3]), 255]} for i, rgb in enumerate(colors)]
+        + [{"label-value": nodata, "rgba": [0, 0, 0, 0]}],
+        "properties": [{"label-value": i, "class": n} for i, n in enumerate(class_names)],
+        **({"source": {"image": "../../"}} if with_image else {}),
+    }
 
 
 def export_probabilities_ome_zarr(
