@@ -48,6 +48,39 @@ def _transforms(items: list[Mapping[str, Any]] | None, ndim: int) -> tuple[np.nd
     return scale, translation
 
 
+def _space_and_channel_axes(
+    path: Path, axes: list[Mapping[str, Any]], shape: tuple[int, ...]
+) -> tuple[list[int], list[int]]:
+    """The three space axes and the channel axis (an empty list or one) of the array; others are refused."""
+    names = [a["name"] for a in axes]
+    types = [a.get("type", "space" if a["name"] in "zyx" else "channel") for a in axes]
+    if len(shape) != len(axes):
+        raise InputError(f"{path}: {len(axes)} axes in the metadata but the array has shape {shape}")
+    if any(s == 0 for s in shape):
+        raise InputError(f"{path}: has a zero-sized axis (shape {shape})")
+    space = [i for i, t in enumerate(types) if t == "space"]
+    channel = [i for i, t in enumerate(types) if t == "channel"]
+    time_axes = [i for i, t in enumerate(types) if t == "time"]
+    if len(space) != 3 or len(channel) > 1 or any(shape[i] != 1 for i in time_axes):
+        raise InputError(
+            f"{path}: axes {names} with shape {shape}: expected three space axes, "
+            "at most one channel axis and no time points beyond one"
+        )
+    return space, channel
+
+
+def _spacing_and_origin(
+    multiscale: Mapping[str, Any], level: Mapping[str, Any], axes: list[Mapping[str, Any]], space: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Voxel size and origin in mm along the space axes: the level's transforms, then the multiscale's."""
+    ndim = len(axes)
+    scale, translation = _transforms(level.get("coordinateTransformations"), ndim)
+    s2, t2 = _transforms(multiscale.get("coordinateTransformations"), ndim)
+    scale, translation = scale * s2, translation * s2 + t2
+    to_mm = np.array([UNIT_TO_MM.get(axes[i].get("unit", "millimeter"), 1.0) for i in space])
+    return scale[space] * to_mm, translation[space] * to_mm
+
+
 def _directory_id(path: Path) -> str:
     """Identity of a Zarr folder: every file's relative name, size and modification time."""
     digest = hashlib.blake2b(digest_size=16)
@@ -71,26 +104,9 @@ def open_ome_zarr(path: str | Path) -> VolumeSource:
     except (ValueError, FileNotFoundError, KeyError, IndexError, TypeError) as exc:
         raise InputError(f"{path}: not an OME-Zarr image ({type(exc).__name__}: {exc})") from None
     names = [a["name"] for a in axes]
-    types = [a.get("type", "space" if a["name"] in "zyx" else "channel") for a in axes]
     shape = tuple(int(s) for s in array.shape)
-    if len(shape) != len(axes):
-        raise InputError(f"{path}: {len(axes)} axes in the metadata but the array has shape {shape}")
-    if any(s == 0 for s in shape):
-        raise InputError(f"{path}: has a zero-sized axis (shape {shape})")
-    space = [i for i, t in enumerate(types) if t == "space"]
-    channel = [i for i, t in enumerate(types) if t == "channel"]
-    time_axes = [i for i, t in enumerate(types) if t == "time"]
-    if len(space) != 3 or len(channel) > 1 or any(shape[i] != 1 for i in time_axes):
-        raise InputError(
-            f"{path}: axes {names} with shape {shape}: expected three space axes, "
-            "at most one channel axis and no time points beyond one"
-        )
-    scale, translation = _transforms(level.get("coordinateTransformations"), len(shape))
-    s2, t2 = _transforms(ms.get("coordinateTransformations"), len(shape))
-    scale, translation = scale * s2, translation * s2 + t2
-    to_mm = np.array([UNIT_TO_MM.get(axes[i].get("unit", "millimeter"), 1.0) for i in space])
-    spacing = scale[space] * to_mm
-    origin = translation[space] * to_mm
+    space, channel = _space_and_channel_axes(path, axes, shape)
+    spacing, origin = _spacing_and_origin(ms, level, axes, space)
     bands = shape[channel[0]] if channel else 1
     depth, rows, cols = (shape[i] for i in space)
     dtype = np.dtype(array.dtype)
