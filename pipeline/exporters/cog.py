@@ -60,6 +60,16 @@ class Georeference:
         }
 
 
+@dataclass(frozen=True)
+class _LabelGrid:
+    """The labels as the GeoTIFFs carry them: size, data type, nodata value and georeference."""
+
+    shape: tuple[int, int]
+    dtype: str
+    nodata: int
+    geo: Georeference
+
+
 def _windows(shape: Sequence[int]) -> Iterator[tuple[slice, slice]]:
     rows, cols = shape
     for r in range(0, rows, WRITE_WINDOW[0]):
@@ -146,10 +156,7 @@ def pam_xml(class_names: Sequence[str], colors: Sequence[Sequence[int]], nodata:
 def _vrt_with_overviews(
     base: Path,
     overviews: Sequence[Path],
-    shape: Sequence[int],
-    dtype: str,
-    nodata: int,
-    geo: Georeference,
+    grid: _LabelGrid,
     colormap: dict[int, tuple[int, ...]] | None,
     band_tags: dict[str, str],
     tags: dict[str, str],
@@ -159,6 +166,7 @@ def _vrt_with_overviews(
     The COG driver copies a source's own overviews (``OVERVIEWS=AUTO``) instead of
     computing them, so this is how precomputed MODE levels reach the COG.
     """
+    shape, dtype, nodata, geo = grid.shape, grid.dtype, grid.nodata, grid.geo
     root = ET.Element("VRTDataset", rasterXSize=str(shape[1]), rasterYSize=str(shape[0]))
     if geo.crs_wkt:
         ET.SubElement(root, "SRS").text = geo.crs_wkt
@@ -210,9 +218,8 @@ def export_labels_cog(
     group = zarr.open_group(str(store_path), mode="r")
     labels = group["labels"]
     nodata = int(group.attrs["nodata"])
-    dtype = str(labels.dtype)
-    shape = labels.shape
-    level_shapes = overview_shapes(shape, COG_BLOCK)
+    grid = _LabelGrid(labels.shape, str(labels.dtype), nodata, geo)
+    level_shapes = overview_shapes(grid.shape, COG_BLOCK)
     names = json.dumps(list(class_names))
     with ExitStack() as stack:
         staging = stack.enter_context(_temporary_sibling(output, ".staging.tif"))
@@ -222,16 +229,13 @@ def export_labels_cog(
         ]
         vrt = stack.enter_context(_temporary_sibling(output, ".vrt"))
         cog = stack.enter_context(_temporary_sibling(output, ".cog.tif"))
-        _stage_labels(labels, nodata, geo, staging, level_paths, level_shapes)
+        _stage_labels(labels, grid, staging, level_paths, level_shapes)
         vrt.write_text(
             _vrt_with_overviews(
                 staging,
                 level_paths,
-                shape,
-                dtype,
-                nodata,
-                geo,
-                _palette(dtype, colors, nodata),
+                grid,
+                _palette(grid.dtype, colors, nodata),
                 {"CLASS_NAMES": names},
                 {**(tags or {}), "CLASS_NAMES": names},
             )
@@ -253,15 +257,13 @@ def _palette(dtype: str, colors: Sequence[Sequence[int]], nodata: int) -> dict[i
 
 def _stage_labels(
     labels: zarr.Array,
-    nodata: int,
-    geo: Georeference,
+    grid: _LabelGrid,
     staging: Path,
     level_paths: Sequence[Path],
     level_shapes: Sequence[tuple[int, int]],
 ) -> None:
     """Write the labels to ``staging`` and their MODE overview levels to ``level_paths``, in one pass."""
-    dtype = str(labels.dtype)
-    shape = labels.shape
+    shape, dtype, nodata, geo = grid.shape, grid.dtype, grid.nodata, grid.geo
     with ExitStack() as stack:
         dst = stack.enter_context(
             rasterio.open(staging, "w", **_staging_profile(shape, 1, dtype, nodata, geo))
