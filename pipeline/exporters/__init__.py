@@ -1,3 +1,3 @@
 """Output store → files the next tool opens: COG (+ MODE overviews, palette, QGIS metadata),
-NIfTI, OME-Zarr.
+NIfTI, OME-Zarr; :mod:`pipeline.exporters.formats` picks the writer from the output name.
 """
