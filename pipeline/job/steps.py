@@ -36,8 +36,7 @@ from pipeline.inputs.formats import (
     ingest_input,
     output_format,
 )
-from pipeline.inputs.normalization import normalize, select_bands
-from pipeline.inputs.scene_statistics import resolve_normalization
+from pipeline.inputs.normalization import normalizer_for, resolve_normalization, select_bands
 from pipeline.inputs.volume_geometry import VolumeGeometry, is_volume
 from pipeline.job.config import SegmentConfig
 from pipeline.job.model_source import load_model, model_identity
@@ -89,7 +88,7 @@ class Job:
 
     def normalizer(self) -> Callable[[np.ndarray], np.ndarray]:
         """The card's normalisation as a function of a raw block."""
-        return functools.partial(normalize, spec=self.normalization or self.card.normalization)
+        return normalizer_for(self.normalization or self.card.normalization)
 
 
 @dataclass

@@ -35,8 +35,7 @@ from models.checkpoint import ModelCard, default_colors, load_checkpoint, save_c
 from pipeline.engine.device import autocast_dtype, select_device
 from pipeline.errors import InputError
 from pipeline.evaluation.metrics import confusion, dice_per_class, iou_per_class, nanmean
-from pipeline.inputs.normalization import normalize
-from pipeline.inputs.scene_statistics import resolve_normalization
+from pipeline.inputs.normalization import normalization_spec, normalize, resolve_normalization
 from pipeline.stores.output import fingerprint
 from pipeline.training.data import (
     IGNORE,
@@ -103,26 +102,6 @@ class TrainSettings:
         if not self.lr > 0:
             raise InputError(f"--lr must be > 0, got {self.lr}")
         normalization_spec(self.normalization, 1)
-
-
-def normalization_spec(option: str, bands: int) -> dict[str, Any] | None:
-    """The card's normalisation for a ``--normalization`` option (None: computed from the data)."""
-    if option == "dataset":
-        return None
-    if option == "zscore":
-        return {"kind": "zscore"}
-    if option == "percentile":
-        return {"kind": "percentile", "lower": 0.5, "upper": 99.5}
-    if option.startswith("window:"):
-        try:
-            low, high = (float(v) for v in option.removeprefix("window:").split(","))
-        except ValueError:
-            low = high = float("nan")
-        if low < high:
-            return {"kind": "window", "low": [low] * bands, "high": [high] * bands}
-    raise InputError(
-        f"--normalization must be dataset, zscore, percentile or window:LOW,HIGH (LOW < HIGH), got {option!r}"
-    )
 
 
 def get_spec_or_fail(arch: str):  # -> ArchSpec
