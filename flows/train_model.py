@@ -25,7 +25,8 @@ from pipeline.inputs.tiff_stack import parse_spacing
 from pipeline.tracking import runs as tracking
 from pipeline.tracking.model_versions import ModelVersion, register_version
 from pipeline.training.data import open_pair, scan_classes
-from pipeline.training.trainer import TrainOutcome, TrainSettings, fit
+from pipeline.training.settings import TrainSettings
+from pipeline.training.trainer import TrainOutcome, fit
 
 
 @dataclass
