@@ -210,13 +210,11 @@ class EpochLoop:
         sampler: TileSampler,
         files: StateFiles | None,
     ) -> None:
-        self.settings, self.data, self.learner, self.sampler, self.files = (
-            settings,
-            data,
-            learner,
-            sampler,
-            files,
-        )
+        self.settings = settings
+        self.data = data
+        self.learner = learner
+        self.sampler = sampler
+        self.files = files
         self.progress = TrainProgress()
         self.best_weights = learner.weights()
 
