@@ -42,7 +42,8 @@ from pipeline.evaluation.metrics import confusion, iou_per_class, nanmean
 from pipeline.job.config import SegmentConfig
 from pipeline.job.steps import segment
 from pipeline.training.data import LabelledScene, hold_out_slab, open_pair
-from pipeline.training.trainer import TrainSettings, fit
+from pipeline.training.settings import TrainSettings
+from pipeline.training.trainer import fit
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 IGNORE = -1

@@ -195,7 +195,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import json
 
     from flows.train_model import train_model
-    from pipeline.training.trainer import TrainSettings
+    from pipeline.training.settings import TrainSettings
 
     if args.model_name is None and args.output is None:
         raise InputError("give --model-name NAME (register in MLflow) and/or -o CHECKPOINT")
@@ -281,7 +281,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.evaluation.metrics import evaluate_labels
     from pipeline.evaluation.preview import write_preview
     from pipeline.job.config import SegmentConfig
-    from pipeline.training.trainer import TrainSettings
+    from pipeline.training.settings import TrainSettings
 
     work: Path = args.workdir
     work.mkdir(parents=True, exist_ok=True)

@@ -30,13 +30,15 @@ import nibabel as nib
 import numpy as np
 
 from models.checkpoint import save_checkpoint
-from pipeline.evaluation.metrics import confusion
+from pipeline.evaluation.metrics import confusion, dice_per_class
 from pipeline.job.config import SegmentConfig
 from pipeline.job.steps import segment
 from pipeline.job.summary import SegmentSummary
 from pipeline.tiling.grid import Region
 from pipeline.training.data import hold_out_slab, open_pair
-from pipeline.training.trainer import EpochResult, TrainOutcome, TrainSettings, fit
+from pipeline.training.settings import TrainSettings
+from pipeline.training.trainer import TrainOutcome, fit
+from pipeline.training.validation import EpochResult
 
 MNI_CLASSES = ["other", "grey matter", "white matter"]
 MNI_COLORS = [(0, 0, 0), (200, 120, 120), (240, 240, 240)]
@@ -78,15 +80,6 @@ class CaseResult:
     best_epoch: int
     segment: SegmentSummary
     output: Path
-
-
-def dice_per_class(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> list[float]:
-    """Dice 2·TP / (2·TP + FP + FN) per class (NaN where a class is absent from both)."""
-    cm = confusion(pred.astype(np.int64).ravel(), truth.astype(np.int64).ravel(), num_classes)
-    tp = np.diag(cm).astype(float)
-    denom = cm.sum(0) + cm.sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return [float(v) for v in np.where(denom > 0, 2 * tp / denom, np.nan)]
 
 
 def _store_order(img: nib.Nifti1Image) -> np.ndarray:
@@ -252,7 +245,8 @@ def run_case(
         raise RuntimeError(f"{output}: affine or shape differ from {case.image}")
     sl = tuple(slice(a, b) for a, b in held)
     pred, truth = _store_order(out)[sl], _store_order(nib.load(case.labels))[sl]
-    dice = dice_per_class(pred, truth, len(case.class_names))
+    cm = confusion(pred.astype(np.int64).ravel(), truth.astype(np.int64).ravel(), len(case.class_names))
+    dice = [float(v) for v in dice_per_class(cm)]
     return CaseResult(
         case.name,
         tuple(img.shape),

@@ -18,6 +18,7 @@ import torch
 
 from models import SegmentationModel
 from pipeline.engine.accumulation import TilePredictor, infer_block, label_dtype
+from pipeline.inputs.normalization import normalizer_for
 from pipeline.tiling.blending import BlendWindow
 from pipeline.tiling.blocks import BlockPlan
 from pipeline.tiling.grid import Region, TileGrid
@@ -30,10 +31,6 @@ class ArrayResult:
     labels: np.ndarray
     probabilities: np.ndarray | None
     tiles_run: int
-
-
-def _identity(x: np.ndarray) -> np.ndarray:
-    return x.astype(np.float32, copy=True)
 
 
 def segment_array(
@@ -79,7 +76,14 @@ def segment_array(
 
     for b in plan:
         out = infer_block(
-            read, b, grid, window, predictor, normalizer or _identity, model.num_classes, with_probabilities
+            read,
+            b,
+            grid,
+            window,
+            predictor,
+            normalizer or normalizer_for(None),
+            model.num_classes,
+            with_probabilities,
         )
         sl = tuple(slice(a, z) for a, z in b.region)
         labels[sl] = out.labels

@@ -1,23 +1,72 @@
 """Band selection and intensity normalisation, as the model card prescribes.
 
-Applied per block with fixed parameters (never statistics of the block itself),
-so every block is normalised exactly as a whole-scene pass would be.
+One home for normalisation: the ``--normalization`` option as a card spec
+(:func:`normalization_spec`), a per-scene spec resolved into fixed values with the
+scene's statistics (:func:`resolve_normalization`), and the spec applied to a block
+(:func:`normalize`, :func:`normalizer`). Applied per block with fixed parameters (never
+statistics of the block itself), so every block is normalised exactly as a
+whole-scene pass would be.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from pipeline.errors import InputError
+from pipeline.inputs.scene_statistics import Reader, scene_statistics
 
 NORMALIZATION_KINDS = ("none", "scale", "meanstd", "minmax", "window", "zscore", "percentile")
 PER_SCENE_KINDS = ("zscore", "percentile")
 """Kinds whose parameters are statistics of the whole scene: resolved once per scene
-(:func:`pipeline.inputs.scene_statistics.resolve_normalization`) into fixed ``meanstd`` /
+(:func:`resolve_normalization`) into fixed ``meanstd`` /
 ``window`` values before any block runs, exactly as training resolved them on its volume."""
+
+
+def normalization_spec(option: str, bands: int) -> dict[str, Any] | None:
+    """The card's normalisation for a ``--normalization`` option (None: computed from the data)."""
+    if option == "dataset":
+        return None
+    if option == "zscore":
+        return {"kind": "zscore"}
+    if option == "percentile":
+        return {"kind": "percentile", "lower": 0.5, "upper": 99.5}
+    if option.startswith("window:"):
+        try:
+            low, high = (float(v) for v in option.removeprefix("window:").split(","))
+        except ValueError:
+            low = high = float("nan")
+        if low < high:
+            return {"kind": "window", "low": [low] * bands, "high": [high] * bands}
+    raise InputError(
+        f"--normalization must be dataset, zscore, percentile or window:LOW,HIGH (LOW < HIGH), got {option!r}"
+    )
+
+
+def resolve_normalization(spec: Mapping[str, Any], read: Reader, shape: Sequence[int], slab: int) -> dict:
+    """A per-scene spec (``zscore`` / ``percentile``) as fixed values for this scene; others unchanged."""
+    kind = spec.get("kind", "none")
+    if kind not in PER_SCENE_KINDS:
+        return dict(spec)
+    stats = scene_statistics(read, shape, slab, want_sample=kind == "percentile")
+    if kind == "zscore":
+        return {
+            "kind": "meanstd",
+            "mean": stats["mean"],
+            "std": [max(s, 1e-6) for s in stats["std"]],
+            "resolved_from": dict(spec),
+        }
+    lower, upper = float(spec.get("lower", 0.5)), float(spec.get("upper", 99.5))
+    bounds = [np.percentile(band, [lower, upper]) for band in stats["sample"]]
+    return {
+        "kind": "window",
+        "low": [float(lo) for lo, _ in bounds],
+        "high": [float(hi) for _, hi in bounds],
+        "resolved_from": dict(spec),
+    }
 
 
 def select_bands(bands: Sequence[int] | None, num_bands: int, in_channels: int, source: str) -> list[int]:
@@ -71,3 +120,8 @@ def normalize(image: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
     if kind in PER_SCENE_KINDS:
         raise ValueError(f"{kind!r} normalisation needs the scene's statistics: resolve it before the blocks")
     raise ValueError(f"unknown normalisation {kind!r}; known: {', '.join(NORMALIZATION_KINDS)}")
+
+
+def normalizer_for(spec: Mapping[str, Any] | None) -> Callable[[np.ndarray], np.ndarray]:
+    """``spec`` as a function of a raw block (None: a float32 copy, unnormalised)."""
+    return functools.partial(normalize, spec=spec if spec is not None else {"kind": "none"})

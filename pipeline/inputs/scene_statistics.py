@@ -6,8 +6,9 @@ divide by its standard deviation, per band, over valid voxels) or
 percentiles and map to [0, 1]). Those parameters belong to the whole scene, never
 to a block, so they are computed once, here, in one pass over the store slab by
 slab (memory: one slab), and turned into a fixed ``meanstd`` / ``window`` spec
-that every block then applies identically. Training resolves its volume with
-the same functions, so inference normalises exactly as training did.
+(:func:`pipeline.inputs.normalization.resolve_normalization`) that every block then
+applies identically. Training resolves its volume with the same functions, so
+inference normalises exactly as training did.
 
 Mean and standard deviation are exact (float64 sums); percentiles come from a
 regular subsample of at most ``MAX_SAMPLE`` voxels per band (every ``step``-th
@@ -17,7 +18,7 @@ voxel along each axis, the same lattice whatever the slab size).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -61,29 +62,6 @@ def scene_statistics(
     if want_sample:
         out["sample"] = np.concatenate(samples, axis=1)
     return out
-
-
-def resolve_normalization(spec: Mapping[str, Any], read: Reader, shape: Sequence[int], slab: int) -> dict:
-    """A per-scene spec (``zscore`` / ``percentile``) as fixed values for this scene; others unchanged."""
-    kind = spec.get("kind", "none")
-    if kind not in ("zscore", "percentile"):
-        return dict(spec)
-    stats = scene_statistics(read, shape, slab, want_sample=kind == "percentile")
-    if kind == "zscore":
-        return {
-            "kind": "meanstd",
-            "mean": stats["mean"],
-            "std": [max(s, 1e-6) for s in stats["std"]],
-            "resolved_from": dict(spec),
-        }
-    lower, upper = float(spec.get("lower", 0.5)), float(spec.get("upper", 99.5))
-    bounds = [np.percentile(band, [lower, upper]) for band in stats["sample"]]
-    return {
-        "kind": "window",
-        "low": [float(lo) for lo, _ in bounds],
-        "high": [float(hi) for _, hi in bounds],
-        "resolved_from": dict(spec),
-    }
 
 
 def array_reader(image: np.ndarray, valid: np.ndarray | None = None) -> Reader:

@@ -20,8 +20,7 @@ from models.checkpoint import ModelCard
 from pipeline.engine.crf import CRFParams, band_stats, refine
 from pipeline.engine.slicewise import slice_align, slice_tile
 from pipeline.errors import InputError
-from pipeline.inputs.normalization import normalize, select_bands
-from pipeline.inputs.scene_statistics import resolve_normalization
+from pipeline.inputs.normalization import normalizer_for, resolve_normalization, select_bands
 from pipeline.inputs.volume_geometry import VolumeGeometry, is_volume
 from pipeline.job.checks import CheckedInput, slice_axis_for
 from pipeline.job.config import SegmentConfig
@@ -72,7 +71,7 @@ class Job:
 
     def normalizer(self) -> Callable[[np.ndarray], np.ndarray]:
         """The card's normalisation as a function of a raw block."""
-        return functools.partial(normalize, spec=self.normalization or self.card.normalization)
+        return normalizer_for(self.normalization or self.card.normalization)
 
 
 def _refine(

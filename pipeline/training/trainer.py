@@ -18,7 +18,6 @@ after the last finished epoch; numbers are drawn from generators seeded by
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -29,25 +28,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from models import SegmentationModel, build, get_spec
+from models import SegmentationModel, build
 from models.backbones import BackboneWeightsError, load_backbone_weights
-from models.checkpoint import ModelCard, default_colors, load_checkpoint, save_checkpoint
+from models.checkpoint import ModelCard, default_colors, save_checkpoint
 from pipeline.engine.device import autocast_dtype, select_device
 from pipeline.errors import InputError
-from pipeline.evaluation.metrics import confusion, dice_per_class, iou_per_class, nanmean
-from pipeline.inputs.normalization import normalize
-from pipeline.inputs.scene_statistics import resolve_normalization
-from pipeline.stores.output import fingerprint
-from pipeline.training.data import (
-    IGNORE,
-    LabelledScene,
-    TileSampler,
-    augment,
-    band_statistics,
-    region_windows,
-    window_side,
-)
-from pipeline.training.losses import LOSSES, segmentation_loss
+from pipeline.inputs.normalization import normalization_spec, normalize, resolve_normalization
+from pipeline.training.data import IGNORE, LabelledScene, TileSampler, augment, band_statistics
+from pipeline.training.losses import segmentation_loss
+from pipeline.training.progress import StateFiles, TrainProgress, state_key
+from pipeline.training.settings import TrainSettings, auxiliary_loss_weights, get_spec_or_fail
+from pipeline.training.validation import EpochResult, validate_held_out
 
 
 def load_pretrained_backbone(model: torch.nn.Module, path: Path, log: Callable[[str], None] | None) -> None:
@@ -60,92 +51,6 @@ def load_pretrained_backbone(model: torch.nn.Module, path: Path, log: Callable[[
         raise InputError(f"{path}: {exc}") from None
     if log:
         log(f"backbone initialised from {path.name} ({len(ignored)} classifier keys ignored)")
-
-
-@dataclass
-class TrainSettings:
-    """How to train (everything here is logged as run parameters)."""
-
-    arch: str = "unet"
-    arch_config: dict[str, Any] = field(default_factory=dict)
-    tile: int = 128
-    batch_size: int = 8
-    epochs: int = 10
-    steps_per_epoch: int = 50
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    loss: str = "ce"
-    aux_weight: float | None = None
-    """One weight for every auxiliary head's loss; None: each head's weight from its paper
-    (the registry's ``aux_heads``)."""
-    balanced: bool = False
-    jitter: float = 0.1
-    patience: int = 5
-    min_delta: float = 0.0
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = False
-    backbone_weights: str | None = None
-    """Pretrained encoder weights (e.g. ImageNet) to start from, as the papers do."""
-    normalization: str = "dataset"
-    """Input intensities: ``dataset`` (mean/std of the training data, fixed in the card), ``zscore``
-    or ``percentile`` (per scene, resolved on each scene at training and at inference: MR, EM),
-    or ``window:LOW,HIGH`` (a fixed window such as a CT window in HU)."""
-
-    def validate(self) -> None:
-        """Raise :class:`InputError` naming the first bad option."""
-        get_spec_or_fail(self.arch)
-        if self.loss not in LOSSES:
-            raise InputError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        for name in ("tile", "batch_size", "epochs", "steps_per_epoch", "patience"):
-            if getattr(self, name) <= 0:
-                raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise InputError(f"--lr must be > 0, got {self.lr}")
-        normalization_spec(self.normalization, 1)
-
-
-def normalization_spec(option: str, bands: int) -> dict[str, Any] | None:
-    """The card's normalisation for a ``--normalization`` option (None: computed from the data)."""
-    if option == "dataset":
-        return None
-    if option == "zscore":
-        return {"kind": "zscore"}
-    if option == "percentile":
-        return {"kind": "percentile", "lower": 0.5, "upper": 99.5}
-    if option.startswith("window:"):
-        try:
-            low, high = (float(v) for v in option.removeprefix("window:").split(","))
-        except ValueError:
-            low = high = float("nan")
-        if low < high:
-            return {"kind": "window", "low": [low] * bands, "high": [high] * bands}
-    raise InputError(
-        f"--normalization must be dataset, zscore, percentile or window:LOW,HIGH (LOW < HIGH), got {option!r}"
-    )
-
-
-def get_spec_or_fail(arch: str):  # -> ArchSpec
-    """The registry entry for ``arch`` or a one-line error."""
-    from models.registry import UnknownArchitectureError
-
-    try:
-        return get_spec(arch)
-    except UnknownArchitectureError as exc:
-        raise InputError(f"--arch {arch}: {exc}") from None
-
-
-def auxiliary_loss_weights(settings: TrainSettings) -> tuple[list[float], float]:
-    """Loss weights of the architecture's auxiliary heads (in output order) and of its SE loss.
-
-    Each head's weight is its paper's (``ArchSpec.aux_heads``) unless
-    ``settings.aux_weight`` overrides them all.
-    """
-    spec = get_spec_or_fail(settings.arch)
-    heads = list(spec.aux_heads.values())
-    if settings.aux_weight is not None:
-        heads = [settings.aux_weight] * len(heads)
-    return heads, spec.se_loss
 
 
 def batch_loss(
@@ -161,28 +66,6 @@ def batch_loss(
     with torch.autocast(xb.device.type, dtype=amp, enabled=amp is not None):
         out = model(xb)
     return segmentation_loss(out, yb, kind, aux_weights, ignore_index=IGNORE, se_weight=se_weight)
-
-
-@dataclass
-class EpochResult:
-    """Metrics of one epoch (training loss; held-out accuracy, IoU, Dice)."""
-
-    epoch: int
-    train_loss: float
-    accuracy: float
-    iou: list[float]
-    dice: list[float]
-    seconds: float
-
-    @property
-    def miou(self) -> float:
-        """Mean IoU over classes present in the held-out part."""
-        return nanmean(self.iou)
-
-    @property
-    def mdice(self) -> float:
-        """Mean Dice over classes present in the held-out part."""
-        return nanmean(self.dice)
 
 
 @dataclass
@@ -205,74 +88,225 @@ class TrainOutcome:
         return next(h for h in self.history if h.epoch == self.best_epoch)
 
 
-def predict_region(
-    model: SegmentationModel,
-    scene: LabelledScene,
-    region,
-    norm: dict[str, Any],
-    device: torch.device,
-    window: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Predicted classes of ``region`` (window by window), with the raw image and the labels."""
-    window = window or window_side(len(region))
-    shape = tuple(b - a for a, b in region)
-    pred = np.full(shape, IGNORE, dtype=np.int64)
-    labels = np.full_like(pred, IGNORE)
-    raw_all = None
-    model.eval()
-    with torch.inference_mode():
-        for win in region_windows(region, window):
-            raw, valid, lab = scene.read(win)
-            x = normalize(raw, norm)
+@dataclass
+class TrainingData:
+    """The checked training scenes with their classes, input channels and normalisation."""
+
+    scenes: list[LabelledScene]
+    num_classes: int
+    class_names: list[str]
+    class_colors: list[tuple[int, ...]]
+    in_channels: int
+    spatial_dims: int
+    normalization: dict[str, Any] | None = None
+    """The card's normalisation (``dataset``: the training pixels' mean/std)."""
+    scene_normalizations: list[dict[str, Any]] = field(default_factory=list)
+    """The card's normalisation resolved on each scene (per-scene kinds)."""
+
+
+def check_training_data(
+    scenes: list[LabelledScene],
+    settings: TrainSettings,
+    num_classes: int,
+    class_names: Sequence[str] | None,
+    class_colors: Sequence[Sequence[int]] | None,
+) -> TrainingData:
+    """The scenes as :class:`TrainingData`, or an :class:`InputError` naming what does not fit."""
+    if not any(s.val is not None for s in scenes):
+        raise InputError("training needs a held-out part: give --val-fraction > 0 or a validation pair")
+    names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise InputError(f"{len(names)} class names given for {num_classes} classes")
+    colors = [tuple(c) for c in class_colors] if class_colors else default_colors(num_classes)
+    bands = {s.image.num_bands for s in scenes}
+    if len(bands) != 1:
+        raise InputError(f"training images have different band counts {sorted(bands)}")
+    dims = {len(s.image.spatial_shape) for s in scenes}
+    if len(dims) != 1:
+        raise InputError("training images mix rasters (2D) and volumes (3D)")
+    spatial_dims = dims.pop()
+    spec = get_spec_or_fail(settings.arch)
+    if spec.spatial_dims != spatial_dims:
+        raise InputError(
+            f"--arch {settings.arch} is a {spec.spatial_dims}D network but the training images are "
+            f"{spatial_dims}D (gigaseg models lists each architecture's dimensions)"
+        )
+    return TrainingData(scenes, num_classes, names, colors, bands.pop(), spatial_dims)
+
+
+def normalize_training_data(data: TrainingData, option: str) -> None:
+    """Set the card's normalisation for ``--normalization option`` and resolve it on each scene."""
+    norm = normalization_spec(option, data.in_channels)
+    if norm is None:
+        mean, std = band_statistics(data.scenes)
+        norm = {"kind": "meanstd", "mean": mean, "std": std}
+    data.normalization = norm
+    data.scene_normalizations = [
+        resolve_normalization(norm, s.image.read, s.image.spatial_shape, s.image.chunk_shape[0])
+        for s in data.scenes
+    ]
+
+
+@dataclass
+class Learner:
+    """The network, its optimiser and one-cycle schedule, and how a batch's loss is taken."""
+
+    model: SegmentationModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.OneCycleLR
+    device: torch.device
+    amp: torch.dtype | None
+    aux_weights: list[float]
+    se_weight: float
+
+    @classmethod
+    def build(
+        cls,
+        settings: TrainSettings,
+        data: TrainingData,
+        device: torch.device,
+        log: Callable[[str], None] | None,
+    ) -> Learner:
+        """A fresh network (seeded), optionally from pretrained backbone weights, and its optimiser."""
+        amp = autocast_dtype(device) if settings.amp else None
+        torch.manual_seed(settings.seed)
+        model = build(
+            settings.arch, in_channels=data.in_channels, num_classes=data.num_classes, **settings.arch_config
+        )
+        if settings.backbone_weights is not None:
+            load_pretrained_backbone(model, Path(settings.backbone_weights), log)
+        model.to(device)
+        aux_weights, se_weight = auxiliary_loss_weights(settings)
+        opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        total = settings.epochs * settings.steps_per_epoch
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=total)
+        return cls(model, opt, sched, device, amp, aux_weights, se_weight)
+
+    def step(self, xb: torch.Tensor, yb: torch.Tensor, loss_kind: str) -> float:
+        """One optimiser step on a batch; its loss."""
+        if self.device.type == "cuda":
+            xb, yb = xb.pin_memory(), yb.pin_memory()
+        xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+        loss = batch_loss(self.model, xb, yb, loss_kind, self.aux_weights, self.se_weight, self.amp)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return float(loss.detach())
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """A CPU copy of the current weights."""
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+
+class EpochLoop:
+    """The epochs of one run: train, score the held-out parts, keep the best, save the state, stop early."""
+
+    def __init__(
+        self,
+        settings: TrainSettings,
+        data: TrainingData,
+        learner: Learner,
+        sampler: TileSampler,
+        files: StateFiles | None,
+    ) -> None:
+        self.settings = settings
+        self.data = data
+        self.learner = learner
+        self.sampler = sampler
+        self.files = files
+        self.progress = TrainProgress()
+        self.best_weights = learner.weights()
+
+    def resume(self, log: Callable[[str], None] | None) -> int:
+        """Continue from the state files when they match this run; the epochs already done."""
+        if self.files is None:
+            return 0
+        progress = self.files.load(self.learner.model, self.learner.optimizer, self.learner.scheduler)
+        if progress is None:
+            return 0
+        self.progress = progress
+        resumed = len(progress.history)
+        if log:
+            log(f"resuming after epoch {resumed} from {self.files.last}")
+        saved = self.files.best_weights() if resumed else None
+        self.best_weights = saved if saved is not None else self.learner.weights()
+        return resumed
+
+    def card(self) -> ModelCard:
+        """The model card of the best epoch so far."""
+        best, data = self.progress.best, self.data
+        return ModelCard(
+            arch=self.settings.arch,
+            config=dict(self.learner.model.config),
+            class_names=data.class_names,
+            class_colors=data.class_colors,
+            bands=None,
+            normalization=data.normalization,
+            tile_size=max(256 if data.spatial_dims == 2 else 64, self.settings.tile),
+            training={
+                "settings": asdict(self.settings),
+                "images": [s.name for s in data.scenes],
+                "best_epoch": self.progress.best_epoch,
+                "val_miou": best.miou if best else None,
+            },
+        )
+
+    def _batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``batch_size`` normalised, augmented tiles and their labels."""
+        xs, ys = [], []
+        for _ in range(self.settings.batch_size):
+            i, raw, valid, lab = self.sampler.draw(rng)
+            x = normalize(raw, self.data.scene_normalizations[i])
             x[:, ~valid] = 0.0
-            logits = model(torch.from_numpy(x)[None].to(device))
-            logits = logits["out"] if isinstance(logits, dict) else logits
-            sl = tuple(slice(w0 - r0, w1 - r0) for (w0, w1), (r0, _) in zip(win, region))
-            pred[sl] = logits[0].argmax(0).cpu().numpy()
-            labels[sl] = lab
-            if raw_all is None:
-                raw_all = np.zeros((raw.shape[0], *shape), dtype=np.float32)
-            raw_all[(slice(None), *sl)] = raw
-    pred[labels == IGNORE] = IGNORE
-    return pred, labels, raw_all
+            x, lab = augment(x, lab, rng, self.settings.jitter)
+            xs.append(x)
+            ys.append(lab)
+        return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
 
+    def train_epoch(self, epoch: int) -> list[float]:
+        """The epoch's optimiser steps, drawn from generators seeded by (seed, epoch); their losses."""
+        rng = np.random.default_rng([self.settings.seed, epoch])
+        torch.manual_seed(self.settings.seed * 100_003 + epoch)
+        self.learner.model.train()
+        losses = []
+        for _ in range(self.settings.steps_per_epoch):
+            xb, yb = self._batch(rng)
+            losses.append(self.learner.step(xb, yb, self.settings.loss))
+        return losses
 
-def _validate(model, scenes, norms, num_classes, device) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Confusion over the held-out parts, and a 2D preview (a volume's middle slice)."""
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    preview: dict[str, np.ndarray] = {}
-    for s, norm in zip(scenes, norms):
-        if s.val is None:
-            continue
-        pred, labels, raw = predict_region(model, s, s.val, norm, device)
-        cm += confusion(pred, labels, num_classes)
-        if not preview:
-            middle = (pred.shape[0] // 2,) if pred.ndim == 3 else ()
-            preview = {
-                "image": raw[(slice(None), *middle)],
-                "labels": labels[middle],
-                "prediction": pred[middle],
-            }
-    return cm, preview
+    def run_epoch(self, epoch: int) -> EpochResult:
+        """Train one epoch, score it, keep its weights if best, and save the state."""
+        started = time.perf_counter()
+        losses = self.train_epoch(epoch)
+        data, learner = self.data, self.learner
+        cm, _ = validate_held_out(
+            learner.model, data.scenes, data.scene_normalizations, data.num_classes, learner.device
+        )
+        result = EpochResult.score(epoch, losses, cm, started)
+        if self.progress.record(result, self.settings.min_delta):
+            self.best_weights = learner.weights()
+            if self.files is not None:
+                save_checkpoint(self.files.best, learner.model, self.card())
+        if self.files is not None:
+            self.files.save(learner.model, learner.optimizer, learner.scheduler, self.progress)
+        return result
 
-
-def _present(values: list[float], cm: np.ndarray) -> list[float]:
-    """Per-class scores, NaN for classes absent from the reference (kept out of the means)."""
-    truth = cm.sum(1)
-    return [float(v) if truth[i] > 0 else float("nan") for i, v in enumerate(values)]
-
-
-def _state_key(settings: TrainSettings, scenes: Sequence[LabelledScene], extra: dict[str, Any]) -> str:
-    return fingerprint(
-        {
-            "settings": asdict(settings),
-            "scenes": [
-                [s.image.attrs.get("source_id"), s.labels.attrs.get("source_id"), s.train, s.val]
-                for s in scenes
-            ],
-            **extra,
-        }
-    )
+    def run(self, on_epoch: Callable[[EpochResult], None] | None, log: Callable[[str], None] | None) -> bool:
+        """The remaining epochs, until ``patience`` of them bring no improvement; whether it stopped early."""
+        settings, progress = self.settings, self.progress
+        for epoch in range(len(progress.history) + 1, settings.epochs + 1):
+            if progress.bad_epochs >= settings.patience:
+                return True
+            result = self.run_epoch(epoch)
+            if log:
+                log(
+                    f"epoch {epoch}/{settings.epochs}: loss {result.train_loss:.3f}, held-out accuracy "
+                    f"{result.accuracy:.3f}, mIoU {result.miou:.3f}, mDice {result.mdice:.3f}"
+                )
+            if on_epoch:
+                on_epoch(result)
+        return progress.bad_epochs >= settings.patience and len(progress.history) < settings.epochs
 
 
 def fit(
@@ -288,176 +322,28 @@ def fit(
     """Train ``settings.arch`` on ``scenes`` (validated on their held-out parts)."""
     settings.validate()
     t0 = time.perf_counter()
-    if not any(s.val is not None for s in scenes):
-        raise InputError("training needs a held-out part: give --val-fraction > 0 or a validation pair")
-    names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
-    if len(names) != num_classes:
-        raise InputError(f"{len(names)} class names given for {num_classes} classes")
-    colors = [tuple(c) for c in class_colors] if class_colors else default_colors(num_classes)
-    bands = {s.image.num_bands for s in scenes}
-    if len(bands) != 1:
-        raise InputError(f"training images have different band counts {sorted(bands)}")
-    in_channels = bands.pop()
-    dims = {len(s.image.spatial_shape) for s in scenes}
-    if len(dims) != 1:
-        raise InputError("training images mix rasters (2D) and volumes (3D)")
-    spatial_dims = dims.pop()
-    spec = get_spec_or_fail(settings.arch)
-    if spec.spatial_dims != spatial_dims:
-        raise InputError(
-            f"--arch {settings.arch} is a {spec.spatial_dims}D network but the training images are "
-            f"{spatial_dims}D (gigaseg models lists each architecture's dimensions)"
-        )
+    data = check_training_data(scenes, settings, num_classes, class_names, class_colors)
     device = select_device(settings.device)
-    amp = autocast_dtype(device) if settings.amp else None
-
     sampler = TileSampler(scenes, settings.tile, num_classes, settings.balanced)
-    norm = normalization_spec(settings.normalization, in_channels)
-    if norm is None:
-        mean, std = band_statistics(scenes)
-        norm = {"kind": "meanstd", "mean": mean, "std": std}
-    norms = [
-        resolve_normalization(norm, s.image.read, s.image.spatial_shape, s.image.chunk_shape[0])
-        for s in scenes
-    ]
-    torch.manual_seed(settings.seed)
-    model = build(settings.arch, in_channels=in_channels, num_classes=num_classes, **settings.arch_config)
-    if settings.backbone_weights is not None:
-        load_pretrained_backbone(model, Path(settings.backbone_weights), log)
-    model.to(device)
-    aux_weights, se_weight = auxiliary_loss_weights(settings)
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    total = settings.epochs * settings.steps_per_epoch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=total)
+    normalize_training_data(data, settings.normalization)
+    learner = Learner.build(settings, data, device, log)
+    key = state_key(settings, scenes, {"classes": num_classes})
+    files = StateFiles.create(state_dir, key) if state_dir is not None else None
+    loop = EpochLoop(settings, data, learner, sampler, files)
+    resumed = loop.resume(log)
+    stopped = loop.run(on_epoch, log)
 
-    history: list[EpochResult] = []
-    best_epoch, best_score, bad_epochs, start = 0, -np.inf, 0, 1
-    state_path = best_path = None
-    key = _state_key(settings, scenes, {"classes": num_classes})
-    if state_dir is not None:
-        state_dir = Path(state_dir)
-        state_dir.mkdir(parents=True, exist_ok=True)
-        state_path, best_path = state_dir / "last.pt", state_dir / "best.safetensors"
-        if state_path.exists():
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
-            if state.get("key") == key:
-                model.load_state_dict(state["model"])
-                opt.load_state_dict(state["optimizer"])
-                sched.load_state_dict(state["scheduler"])
-                history = [EpochResult(**h) for h in json.loads(state["history"])]
-                best_epoch, best_score, bad_epochs = (
-                    state["best_epoch"],
-                    state["best_score"],
-                    state["bad_epochs"],
-                )
-                start = len(history) + 1
-                if log:
-                    log(f"resuming after epoch {start - 1} from {state_path}")
-    resumed = start - 1
-
-    def card_for_model() -> ModelCard:
-        best = next((h for h in history if h.epoch == best_epoch), None)
-        return ModelCard(
-            arch=settings.arch,
-            config=dict(model.config),
-            class_names=names,
-            class_colors=colors,
-            bands=None,
-            normalization=norm,
-            tile_size=max(256 if spatial_dims == 2 else 64, settings.tile),
-            training={
-                "settings": asdict(settings),
-                "images": [s.name for s in scenes],
-                "best_epoch": best_epoch,
-                "val_miou": best.miou if best else None,
-            },
-        )
-
-    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    if best_path is not None and best_path.exists() and resumed:
-        best_state = load_checkpoint(best_path)[0].state_dict()
-    stopped = False
-    for epoch in range(start, settings.epochs + 1):
-        if bad_epochs >= settings.patience:
-            stopped = True
-            break
-        te = time.perf_counter()
-        rng = np.random.default_rng([settings.seed, epoch])
-        torch.manual_seed(settings.seed * 100_003 + epoch)
-        model.train()
-        losses = []
-        for _ in range(settings.steps_per_epoch):
-            xs, ys = [], []
-            for _ in range(settings.batch_size):
-                i, raw, valid, lab = sampler.draw(rng)
-                x = normalize(raw, norms[i])
-                x[:, ~valid] = 0.0
-                x, lab = augment(x, lab, rng, settings.jitter)
-                xs.append(x)
-                ys.append(lab)
-            xb = torch.from_numpy(np.stack(xs))
-            yb = torch.from_numpy(np.stack(ys))
-            if device.type == "cuda":
-                xb, yb = xb.pin_memory(), yb.pin_memory()
-            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-            loss = batch_loss(model, xb, yb, settings.loss, aux_weights, se_weight, amp)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-        cm, _ = _validate(model, scenes, norms, num_classes, device)
-        result = EpochResult(
-            epoch,
-            float(np.mean(losses)),
-            float(np.trace(cm) / max(cm.sum(), 1)),
-            _present(iou_per_class(cm), cm),
-            _present(dice_per_class(cm), cm),
-            time.perf_counter() - te,
-        )
-        history.append(result)
-        score = result.miou if not np.isnan(result.miou) else -np.inf
-        if score > best_score + settings.min_delta:
-            best_epoch, best_score, bad_epochs = epoch, score, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            if best_path is not None:
-                save_checkpoint(best_path, model, card_for_model())
-        else:
-            bad_epochs += 1
-        if state_path is not None:
-            tmp = state_path.with_suffix(".tmp")
-            torch.save(
-                {
-                    "key": key,
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "history": json.dumps([asdict(h) for h in history]),
-                    "best_epoch": best_epoch,
-                    "best_score": float(best_score),
-                    "bad_epochs": bad_epochs,
-                },
-                tmp,
-            )
-            os.replace(tmp, state_path)
-        if log:
-            log(
-                f"epoch {epoch}/{settings.epochs}: loss {result.train_loss:.3f}, held-out accuracy "
-                f"{result.accuracy:.3f}, mIoU {result.miou:.3f}, mDice {result.mdice:.3f}"
-            )
-        if on_epoch:
-            on_epoch(result)
-    else:
-        stopped = bad_epochs >= settings.patience and len(history) < settings.epochs
-
-    model.load_state_dict(best_state)
+    model = learner.model
+    model.load_state_dict(loop.best_weights)
     model.to("cpu").eval()
-    cm, preview = _validate(model, scenes, norms, num_classes, torch.device("cpu"))
+    cm, preview = validate_held_out(
+        model, scenes, data.scene_normalizations, num_classes, torch.device("cpu")
+    )
     return TrainOutcome(
         model,
-        card_for_model(),
-        history,
-        best_epoch,
+        loop.card(),
+        loop.progress.history,
+        loop.progress.best_epoch,
         cm,
         stopped,
         resumed,

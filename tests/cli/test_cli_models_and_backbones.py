@@ -13,7 +13,7 @@ from flows.cli import main
 from flows.train_model import train_model
 from models import build, names
 from models.checkpoint import load_checkpoint
-from pipeline.training.trainer import TrainSettings
+from pipeline.training.settings import TrainSettings
 from tests.conftest import write_raster
 
 

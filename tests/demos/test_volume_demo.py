@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.checkpoint import load_checkpoint
-from pipeline.demos.volume_demo import VAL_FRACTION, VolumeCase, dice_per_class, run_case, train_case
+from pipeline.demos.volume_demo import VAL_FRACTION, VolumeCase, run_case, train_case
+from pipeline.evaluation.metrics import confusion, dice_per_class
 from pipeline.training.data import slab_regions
 
 SHAPE = (30, 28, 26)  # store order (z, y, x)
@@ -83,6 +84,7 @@ def test_demo_case_writes_nifti_on_the_input_grid_and_scores_the_held_out_slab(t
     assert np.allclose(out.affine, nib.load(case.image).affine) and out.shape == SHAPE[::-1]
     pred = np.asarray(out.dataobj).T[20:]
     truth = np.asarray(nib.load(case.labels).dataobj).T[20:]
-    assert list(result.dice.values()) == dice_per_class(pred, truth, 2)
+    cm = confusion(pred.astype(np.int64).ravel(), truth.astype(np.int64).ravel(), 2)
+    assert list(result.dice.values()) == dice_per_class(cm)
     assert (result.epochs, result.steps_per_epoch) == (1, 30)
     assert result.dice["sphere"] > 0.5  # bright spheres on noise; measured 0.94

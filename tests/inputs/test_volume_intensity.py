@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.inputs.normalization import normalize
-from pipeline.inputs.scene_statistics import array_reader, resolve_normalization
+from pipeline.inputs.normalization import normalize, resolve_normalization
+from pipeline.inputs.scene_statistics import array_reader
 
 
 def test_ct_window_clips_hounsfield_units_to_zero_one():

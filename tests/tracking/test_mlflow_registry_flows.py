@@ -21,7 +21,7 @@ from flows.promote_model import promote_model
 from flows.train_model import train_model
 from pipeline.demos.sample_scene import CLASS_NAMES, write_sample_scene
 from pipeline.tracking import model_versions
-from pipeline.training.trainer import TrainSettings
+from pipeline.training.settings import TrainSettings
 
 TINY = {"width": 6, "depth": 2, "padding": "same", "batch_norm": True}
 GOOD_FLOOR_MIOU = 0.45  # 3 × 10 steps of a 6-wide U-Net on the sample scene; v1 (2 steps) stays far below

@@ -14,7 +14,8 @@ from _models_cases import build_small
 
 import models
 from pipeline.training.losses import class_presence
-from pipeline.training.trainer import TrainSettings, auxiliary_loss_weights, batch_loss
+from pipeline.training.settings import TrainSettings, auxiliary_loss_weights
+from pipeline.training.trainer import batch_loss
 
 
 def _gradients(model, x, y, aux_weights, se_weight) -> dict[str, torch.Tensor]:

@@ -9,7 +9,8 @@ from pipeline.errors import InputError
 from pipeline.inputs.band_stack import check_same_grid
 from pipeline.inputs.raster import inspect_raster
 from pipeline.training.data import open_pair, scan_classes
-from pipeline.training.trainer import TrainSettings, fit
+from pipeline.training.settings import TrainSettings
+from pipeline.training.trainer import fit
 from tests.conftest import write_raster
 
 # 5 epochs × 8 steps of a 8-wide U-Net on 80% of a 489×443 scene; the majority class alone is

@@ -14,7 +14,8 @@ from flows.cli import main
 from models.checkpoint import load_checkpoint
 from pipeline.errors import InputError
 from pipeline.training.data import augment, open_pair, region_windows, scan_classes
-from pipeline.training.trainer import TrainSettings, fit
+from pipeline.training.settings import TrainSettings
+from pipeline.training.trainer import fit
 from tests.conftest import write_raster
 
 
