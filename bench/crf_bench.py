@@ -34,7 +34,7 @@ import torch
 from rasterio.transform import from_origin
 from tifffile import imread
 
-from bench.results import table_head, write_section
+from bench.results import command_line, load_text, table_head, write_section
 from models.checkpoint import save_checkpoint
 from pipeline.engine.crf import DEFAULT_ITERATIONS, CRFParams, band_stats, refine
 from pipeline.evaluation.boundary_metrics import BoundaryCounts, boundary_counts
@@ -578,9 +578,8 @@ def _num(value: float, spec: str = ".4f") -> str:
 def _machine(load0: float) -> str:
     return (
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU, "
-        f"torch {torch.__version__}, 1 torch thread per job; shared with other work: load average "
-        f"{load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
-        "(times are wall clock under that load)  "
+        f"torch {torch.__version__}, 1 torch thread per job; shared with other work: "
+        f"{load_text(load0, os.getloadavg()[0])} (times are wall clock under that load)  "
     )
 
 
@@ -700,7 +699,7 @@ def main() -> None:
     torch.set_num_threads(1)
     names = args.cases.split(",") if args.cases else list(CASES)
     load0 = os.getloadavg()[0]
-    command = "python -m bench.crf_bench" + (f" --cases {args.cases}" if args.cases else "")
+    command = command_line("bench.crf_bench", ["--cases", args.cases] if args.cases else [])
     if args.tune or args.tune_only:
         run_tuning(args.cache, load0)
         if args.tune_only:

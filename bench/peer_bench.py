@@ -59,6 +59,7 @@ from bench.peers.measure import Measured
 from bench.peers.report import RunInfo, headline, results_section, table
 from bench.peers.rows import RAY_WORKERS
 from bench.peers.session import CaseBench, Settings
+from bench.results import command_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,12 +140,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def _command(args: argparse.Namespace, argv: list[str] | None) -> str:
     """The command as run, ``--quick`` first (recorded in the results section)."""
-    cmd = (
-        "python -m bench.peer_bench"
-        + (" --quick" if args.quick else "")
-        + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]) if a != "--quick")
-    )
-    return cmd.strip()
+    given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--quick"]
+    return command_line("bench.peer_bench", (["--quick"] if args.quick else []) + given).strip()
 
 
 def main(argv: list[str] | None = None) -> int:

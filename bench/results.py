@@ -39,3 +39,12 @@ def command_line(module: str, args: Iterable[str]) -> str:
     'python -m bench.blend_bench --side 512'
     """
     return f"python -m {module}" + "".join(f" {a}" for a in args)
+
+
+def load_text(start: float, end: float) -> str:
+    """The machine's load around a run (the bench machines are shared), as every section words it.
+
+    >>> load_text(1.25, 3.0)
+    'load average 1.2 at the start, 3.0 at the end'
+    """
+    return f"load average {start:.1f} at the start, {end:.1f} at the end"

@@ -14,12 +14,12 @@ from bench.peers.monai_window import monai_version
 from bench.peers.nnunet import nnunet_version
 from bench.peers.rows import RAY_WORKERS, ROW_TEXT
 from bench.peers.seams import BAND, FRAME
+from bench.results import load_text, table_head
 
-TABLE_HEAD = [
-    "| scene | row | seconds | Mpx/s | peak RSS | read (peers) | mean abs Δp | p99 abs Δp "
-    "| labels ≠ in border band (%) | mean abs Δp, scene edge included |",
-    "|---|---|---|---|---|---|---|---|---|---|",
-]
+TABLE_HEAD = table_head(
+    "scene", "row", "seconds", "Mpx/s", "peak RSS", "read (peers)", "mean abs Δp", "p99 abs Δp",
+    "labels ≠ in border band (%)", "mean abs Δp, scene edge included",
+)  # fmt: skip
 COMPARISONS = [
     ("gigaseg", "monai-gaussian", "gigaseg end to end ÷ MONAI gaussian", True),
     ("gigaseg", "monai-gaussian-cl", "gigaseg end to end ÷ MONAI gaussian channels-last", False),
@@ -233,7 +233,7 @@ def results_section(run: RunInfo, report: str) -> str:
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores "
         f"({run.device}), torch {torch.__version__}, monai {monai_version()}, "
         f"nnU-Net {nnunet_version() or 'not installed'}; shared with other work: "
-        f"load average {run.loads[0]:.1f} at the start, {run.loads[1]:.1f} at the end  \n"
+        f"{load_text(*run.loads)}  \n"
         f"Tile / overlap / batch as in each table; gaussian σ = 1/8 tile everywhere; per-row limits "
         f"{run.timeout:.0f} s and {run.mem_cap:.0f} GiB RSS (the machine has "
         f"{_total_gib():.0f} GiB, shared). Seconds: gigaseg end-to-end rows from the input GeoTIFF "
