@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bench.peers.probes import GpuSampler, TreeRss, peak_rss
 from bench.peers.rows import RAY_WORKERS, RowSpec
 
+if TYPE_CHECKING:
+    from pipeline.execution.ray_pool import RayBlockRunner
 
-def start_ray() -> tuple[Any, float]:
+
+def start_ray() -> tuple[RayBlockRunner, float]:
     """A fresh local Ray cluster (what ``segment`` starts when none runs) and a block runner on it.
 
     ``address="local"`` always starts a new cluster, with ``connect``'s options: it

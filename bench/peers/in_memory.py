@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from bench.peers.probes import GpuSampler, peak_rss
 from bench.peers.rows import RowSpec, Tiling
 from models.checkpoint import ModelCard, load_checkpoint
 from pipeline.inputs.normalization import normalize
+
+if TYPE_CHECKING:
+    from pipeline.engine.in_memory import ArrayResult
 
 CHANNELS_LAST_BY_HAND = ("reference-cl", "monai-gaussian-cl")
 """Rows whose model and tiles the bench itself puts channels-last (the engine does it on its own)."""
@@ -51,7 +54,7 @@ class ArrayRun:
             self.x = torch.from_numpy(normalize(self.raw, self.card.normalization))
         return self.x
 
-    def segment_array(self, blend: str, **options: Any) -> Any:
+    def segment_array(self, blend: str, **options: Any) -> ArrayResult:
         """gigaseg's engine on the raw array (it normalises block by block)."""
         from pipeline.engine.in_memory import segment_array
 

@@ -16,9 +16,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from bench.peers.rows import RowSpec
+
+if TYPE_CHECKING:
+    import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULT_PREFIX = "RESULT "
@@ -27,6 +30,8 @@ RESULT_PREFIX = "RESULT "
 
 @dataclass
 class RowResult:
+    """What one row's run (or its merged repeats) came to: its figures when ``status`` is "ok"."""
+
     status: str  # "ok", or why not
     seconds: float = math.nan
     rss: float = math.nan
@@ -63,7 +68,7 @@ def merge_runs(results: list[RowResult]) -> RowResult:
     )
 
 
-def _tree_rss(ps: Any) -> int:
+def _tree_rss(ps: psutil.Process) -> int:
     """RSS summed over a process and its descendants (bytes)."""
     return ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(recursive=True))
 
