@@ -32,11 +32,18 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bench.results import command_line, table_head
 from pipeline.tiling.blending import BlendWindow
+from pipeline.tiling.grid import TileGrid
+
+if TYPE_CHECKING:
+    from models.wrapper import SegmentationModel
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("gaussian", "crop", "constant")
@@ -83,7 +90,53 @@ def compare(probs: np.ndarray, labels: np.ndarray, ref: np.ndarray, frame: int) 
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+TABLE_HEAD = table_head(
+    "model", "tile", "overlap (asked → used)", "kept margin (px)", "blend", "mean abs Δp", "p99 abs Δp",
+    "max abs Δp", "labels ≠ (%)", "seam contrast", "seconds",
+)  # fmt: skip
+
+
+@dataclass
+class Subject:
+    """One model benched: the model (channels-last), the normalised square and its untiled probabilities."""
+
+    path: Path
+    model: SegmentationModel
+    x: np.ndarray
+    ref: np.ndarray
+
+    @property
+    def name(self) -> str:
+        return f"`{self.path.stem}`"
+
+    def describe(self) -> str:
+        kind = "fully convolutional" if self.model.spec.fully_convolutional else "global pooling"
+        return f"{self.name}: `{_shown(self.path)}`, {self.model.arch}, {kind}, reach {self.model.reach} px"
+
+
+@dataclass
+class Group:
+    """One tile size and overlap: the grid the engine uses and where ``crop`` switches tiles on it."""
+
+    tile: int
+    overlap: float
+    grid: TileGrid
+    edges: np.ndarray
+
+    @classmethod
+    def create(cls, side: int, tile: int, overlap: float, downsampling: int) -> Group:
+        grid = TileGrid.create((side, side), tile, overlap, align=downsampling)
+        return cls(tile, overlap, grid, kept_edges(BlendWindow(grid, "crop")))
+
+    def head(self, name: str) -> str:
+        """The row's first cells: model, tile, overlap asked → used, kept margin."""
+        grid = self.grid
+        margin = int(self.edges[0]) - grid.stride[0] if len(self.edges) else 0
+        used = f"{self.overlap} → {(grid.tile[0] - grid.stride[0]) / grid.tile[0]:.3g}"
+        return f"| {name} | {grid.tile[0]} | {used} | {margin} |"
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--models",
@@ -96,84 +149,107 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overlaps", default="0.25,0.125", help="overlaps (comma list)")
     p.add_argument("--frame", type=int, default=64, help="px at the image's edge left out")
     p.add_argument("--no-record", action="store_true", help="do not update bench/RESULTS.md")
-    args = p.parse_args(argv)
+    return p
+
+
+def read_square(image: Path, side: int) -> np.ndarray:
+    """The image's top-left square of ``side`` px (less where the image is smaller)."""
+    import rasterio
+
+    with rasterio.open(image) as src:
+        side = min(side, src.height, src.width)
+        return src.read(window=rasterio.windows.Window(0, 0, side, side))
+
+
+def load_subject(path: Path, raw: np.ndarray) -> Subject:
+    """The model, channels-last as the engine runs it, and one untiled pass of it over ``raw``."""
+    import torch
+
+    from models.checkpoint import load_checkpoint
+    from pipeline.inputs.normalization import normalize
+
+    model, card = load_checkpoint(path)
+    model = model.eval().to(memory_format=torch.channels_last)
+    x = normalize(raw, card.normalization)
+    with torch.inference_mode():
+        t = torch.from_numpy(x)[None].contiguous(memory_format=torch.channels_last)
+        ref = torch.softmax(model(t).float(), dim=1)[0].numpy()
+    return Subject(path, model, x, ref)
+
+
+def mode_row(subject: Subject, group: Group, mode: str, frame: int) -> str:
+    """The engine in memory with one blending mode, against the untiled pass."""
+    from pipeline.engine.in_memory import segment_array
+
+    t0 = time.perf_counter()
+    res = segment_array(subject.x, subject.model, group.tile, group.overlap, mode, batch_size=4,
+                        with_probabilities=True)  # fmt: skip
+    seconds = time.perf_counter() - t0
+    e = compare(res.probabilities, res.labels, subject.ref, frame)
+    e["contrast"] = seam_contrast(res.probabilities, group.edges, frame)
+    print(f"{subject.path.stem} {group.tile} {group.overlap} {mode}: {seconds:.1f} s {e}", flush=True)
+    return (
+        f"{group.head(subject.name)} `{mode}` | {e['mean']:.2e} "
+        f"| {e['p99']:.2e} | {e['max']:.2e} | {e['labels']:.4f} | {e['contrast']:.2f} "
+        f"| {seconds:.1f} |"
+    )
+
+
+def subject_rows(subject: Subject, args: argparse.Namespace) -> list[str]:
+    """Per tile size and overlap: the untiled pass's own seam contrast, then a row per blending mode."""
+    side = subject.x.shape[-1]
+    rows = []
+    for tile in (int(v) for v in args.tiles.split(",")):
+        for overlap in (float(v) for v in args.overlaps.split(",")):
+            group = Group.create(side, tile, overlap, subject.model.downsampling)
+            untiled = seam_contrast(subject.ref, group.edges, args.frame)
+            rows.append(f"{group.head(subject.name)} (untiled pass) | – | – | – | – | {untiled:.2f} | – |")
+            rows += [mode_row(subject, group, mode, args.frame) for mode in MODES]
+    return rows
+
+
+def record(
+    args: argparse.Namespace, argv: list[str] | None, described: list[str], side: int, table: str
+) -> None:
+    """The "Blending modes" section of ``bench/RESULTS.md``."""
+    import torch
+
+    from bench.results import write_section
+
+    cmd = command_line("bench.blend_bench", argv if argv is not None else sys.argv[1:])
+    write_section(
+        "Blending modes",
+        f"Command: `{cmd}`  \nDate: {dt.datetime.now():%Y-%m-%d %H:%M}  \n"
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}  \n"
+        f"Models: {'; '.join(described)}. Image: the top-left {side}² of `{_shown(args.image)}`. "
+        f"Each row: the engine in memory (blocks of 4096, batch 4) against one untiled pass of the "
+        f"same model over the whole square, both channels-last; a {args.frame}-px frame at the "
+        f"image's edge left out. Kept margin: what `crop` drops of each tile side (half the "
+        f"overlap; the grid rounds the stride down to the model's downsampling, so the overlap used "
+        f"can exceed the one asked). Seam contrast: the mean probability step across the lines where "
+        f"`crop` switches tiles (the middle of each overlap), ÷ the mean step across every line; the "
+        f"untiled pass's own value is the row above each group.\n\n{table}\n",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     models = [Path(m) for m in args.models.split(",") if m]
     for path in (*models, args.image):
         if not path.exists():
             print(f"blend_bench: {path}: not found (run `make demo` first, or pass --models / --image)")
             return 2
-
-    import rasterio
-    import torch
-
-    from models.checkpoint import load_checkpoint
-    from pipeline.engine.in_memory import segment_array
-    from pipeline.inputs.normalization import normalize
-    from pipeline.tiling.grid import TileGrid
-
-    with rasterio.open(args.image) as src:
-        side = min(args.side, src.height, src.width)
-        raw = src.read(window=rasterio.windows.Window(0, 0, side, side))
-    lines = [
-        "| model | tile | overlap (asked → used) | kept margin (px) | blend | mean abs Δp | p99 abs Δp "
-        "| max abs Δp | labels ≠ (%) | seam contrast | seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    raw = read_square(args.image, args.side)
+    lines = list(TABLE_HEAD)
     described = []
     for path in models:
-        model, card = load_checkpoint(path)
-        model = model.eval().to(memory_format=torch.channels_last)
-        name = f"`{path.stem}`"
-        kind = "fully convolutional" if model.spec.fully_convolutional else "global pooling"
-        described.append(f"{name}: `{_shown(path)}`, {model.arch}, {kind}, reach {model.reach} px")
-        x = normalize(raw, card.normalization)
-        with torch.inference_mode():
-            t = torch.from_numpy(x)[None].contiguous(memory_format=torch.channels_last)
-            ref = torch.softmax(model(t).float(), dim=1)[0].numpy()
-        for tile in (int(v) for v in args.tiles.split(",")):
-            for overlap in (float(v) for v in args.overlaps.split(",")):
-                grid = TileGrid.create((side, side), tile, overlap, align=model.downsampling)
-                edges = kept_edges(BlendWindow(grid, "crop"))
-                margin = int(edges[0]) - grid.stride[0] if len(edges) else 0
-                used = f"{overlap} → {(grid.tile[0] - grid.stride[0]) / grid.tile[0]:.3g}"
-                untiled = seam_contrast(ref, edges, args.frame)
-                lines.append(
-                    f"| {name} | {grid.tile[0]} | {used} | {margin} | (untiled pass) | – | – | – | – "
-                    f"| {untiled:.2f} | – |"
-                )
-                for mode in MODES:
-                    t0 = time.perf_counter()
-                    res = segment_array(x, model, tile, overlap, mode, batch_size=4, with_probabilities=True)
-                    seconds = time.perf_counter() - t0
-                    e = compare(res.probabilities, res.labels, ref, args.frame)
-                    e["contrast"] = seam_contrast(res.probabilities, edges, args.frame)
-                    print(f"{path.stem} {tile} {overlap} {mode}: {seconds:.1f} s {e}", flush=True)
-                    lines.append(
-                        f"| {name} | {grid.tile[0]} | {used} | {margin} | `{mode}` | {e['mean']:.2e} "
-                        f"| {e['p99']:.2e} | {e['max']:.2e} | {e['labels']:.4f} | {e['contrast']:.2f} "
-                        f"| {seconds:.1f} |"
-                    )
+        subject = load_subject(path, raw)
+        described.append(subject.describe())
+        lines += subject_rows(subject, args)
     table = "\n".join(lines)
     print(table)
     if not args.no_record:
-        from bench.results import write_section
-
-        cmd = "python -m bench.blend_bench" + "".join(
-            f" {a}" for a in (argv if argv is not None else sys.argv[1:])
-        )
-        write_section(
-            "Blending modes",
-            f"Command: `{cmd}`  \nDate: {dt.datetime.now():%Y-%m-%d %H:%M}  \n"
-            f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}  \n"
-            f"Models: {'; '.join(described)}. Image: the top-left {side}² of `{_shown(args.image)}`. "
-            f"Each row: the engine in memory (blocks of 4096, batch 4) against one untiled pass of the "
-            f"same model over the whole square, both channels-last; a {args.frame}-px frame at the "
-            f"image's edge left out. Kept margin: what `crop` drops of each tile side (half the "
-            f"overlap; the grid rounds the stride down to the model's downsampling, so the overlap used "
-            f"can exceed the one asked). Seam contrast: the mean probability step across the lines where "
-            f"`crop` switches tiles (the middle of each overlap), ÷ the mean step across every line; the "
-            f"untiled pass's own value is the row above each group.\n\n{table}\n",
-        )
+        record(args, argv, described, raw.shape[-1], table)
     return 0
 
 

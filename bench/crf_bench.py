@@ -34,7 +34,7 @@ import torch
 from rasterio.transform import from_origin
 from tifffile import imread
 
-from bench.results import write_section
+from bench.results import command_line, load_text, table_head, write_section
 from models.checkpoint import save_checkpoint
 from pipeline.engine.crf import DEFAULT_ITERATIONS, CRFParams, band_stats, refine
 from pipeline.evaluation.boundary_metrics import BoundaryCounts, boundary_counts
@@ -579,9 +579,8 @@ def _num(value: float, spec: str = ".4f") -> str:
 def _machine(load0: float) -> str:
     return (
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU, "
-        f"torch {torch.__version__}, 1 torch thread per job; shared with other work: load average "
-        f"{load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
-        "(times are wall clock under that load)  "
+        f"torch {torch.__version__}, 1 torch thread per job; shared with other work: "
+        f"{load_text(load0, os.getloadavg()[0])} (times are wall clock under that load)  "
     )
 
 
@@ -613,70 +612,60 @@ METHOD = (
 )
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", help=f"comma-separated, of {', '.join(CASES)} (default: all)")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/gigaseg-crf-bench"))
     parser.add_argument("--tune", action="store_true", help="run the tuning grid on LoveDA validation strips")
     parser.add_argument("--tune-only", action="store_true", help="only the tuning grid")
     parser.add_argument("--train-only", action="store_true", help="only train (and cache) the models")
-    args = parser.parse_args()
-    if not SHARED.is_dir():
-        raise SystemExit(f"{SHARED}: the shared real data is not here; nothing to benchmark")
-    torch.set_num_threads(1)
-    names = args.cases.split(",") if args.cases else list(CASES)
-    load0 = os.getloadavg()[0]
-    command = "python -m bench.crf_bench" + (f" --cases {args.cases}" if args.cases else "")
-    if args.tune or args.tune_only:
-        command_t = "python -m bench.crf_bench --tune-only"
-        work = args.cache / "loveda" / "data"
-        case = loveda(SHARED, work, EPOCHS["loveda"])
-        checkpoint = case.train(args.cache / "loveda")
-        data = tuning_data(case, checkpoint, args.cache / "loveda", work)
-        rows = []
-        chosen = {}
-        for mode in ("local", "dense"):
-            mode_rows, best = tune(data, len(case.classes), mode)
-            rows += mode_rows
-            chosen[mode] = best
-        body = "\n".join(
-            [
-                f"Command: `{command_t}`  ",
-                f"Date: {time.strftime('%Y-%m-%d %H:%M')}  ",
-                _machine(load0),
-                "Tuning set: LoveDA validation strips (right 20% of the left halves of tiles 0–2, "
-                "3 × 1024×102 px; held out from training, used only for early stopping), the bench's "
-                "LoveDA model's probabilities from "
-                "the pipeline (`--crf none --probabilities`), CRF applied with "
-                "`pipeline.engine.crf.refine` and "
-                "scene-wide band statistics as the pipeline does. Staged grid: each stage varies its "
-                "parameters with the rest at the best so far (start: the DeepLab-derived settings); "
-                "criterion mIoU + boundary F1.  ",
-                *[f"Best {m}: {best!r}  " for m, best in chosen.items()],
-                "",
-                "| mode | stage | setting | mIoU | boundary F1 | CRF s/Mpx |",
-                "|---|---|---|---|---|---|",
-                *rows,
-            ]
-        )
-        write_section("CRF tuning grid (LoveDA validation strips)", body)
-        print(body)
-        if args.tune_only:
-            return
-    if args.train_only:
-        for name in names:
-            CASES[name](SHARED, args.cache / name / "data", EPOCHS[name]).train(args.cache / name)
-        return
-    results = []
-    for name in names:
-        work = args.cache / name / "data"
-        case = CASES[name](SHARED, work, EPOCHS[name])
-        results.append(run_case(case, args.cache / name))
-    lines = [
-        "| set | held out | classes | train (s) | mode | mIoU | Δ mIoU | boundary F1 | Δ BF1 | CRF s/Mpx "
-        "| job (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    return parser
+
+
+def _header(command: str, load0: float) -> list[str]:
+    """The first lines of a section: command, date, machine."""
+    return [f"Command: `{command}`  ", f"Date: {time.strftime('%Y-%m-%d %H:%M')}  ", _machine(load0)]
+
+
+def run_tuning(cache: Path, load0: float) -> None:
+    """The staged grid for both CRF modes on LoveDA's validation strips; writes the tuning section."""
+    work = cache / "loveda" / "data"
+    case = loveda(SHARED, work, EPOCHS["loveda"])
+    checkpoint = case.train(cache / "loveda")
+    data = tuning_data(case, checkpoint, cache / "loveda", work)
+    rows = []
+    chosen = {}
+    for mode in ("local", "dense"):
+        mode_rows, best = tune(data, len(case.classes), mode)
+        rows += mode_rows
+        chosen[mode] = best
+    body = "\n".join(
+        [
+            *_header("python -m bench.crf_bench --tune-only", load0),
+            "Tuning set: LoveDA validation strips (right 20% of the left halves of tiles 0–2, "
+            "3 × 1024×102 px; held out from training, used only for early stopping), the bench's "
+            "LoveDA model's probabilities from "
+            "the pipeline (`--crf none --probabilities`), CRF applied with "
+            "`pipeline.engine.crf.refine` and "
+            "scene-wide band statistics as the pipeline does. Staged grid: each stage varies its "
+            "parameters with the rest at the best so far (start: the DeepLab-derived settings); "
+            "criterion mIoU + boundary F1.  ",
+            *[f"Best {m}: {best!r}  " for m, best in chosen.items()],
+            "",
+            *table_head("mode", "stage", "setting", "mIoU", "boundary F1", "CRF s/Mpx"),
+            *rows,
+        ]
+    )
+    write_section("CRF tuning grid (LoveDA validation strips)", body)
+    print(body)
+
+
+def results_table(results: list[CaseResult]) -> list[str]:
+    """One row per set and mode, with the change against ``crf none``."""
+    lines = table_head(
+        "set", "held out", "classes", "train (s)", "mode", "mIoU", "Δ mIoU", "boundary F1", "Δ BF1",
+        "CRF s/Mpx", "job (s)",
+    )  # fmt: skip
     for r in results:
         base = r.modes[0]
         for m in r.modes:
@@ -688,22 +677,39 @@ def main() -> None:
                 f"{_num(m.bf1 - base.bf1, '+.4f') if delta else '—'} | "
                 f"{f'{m.s_per_mpx:.2f}' if delta else '—'} | {m.job_seconds:.1f} |"
             )
+    return lines
+
+
+def run_cases(names: list[str], cache: Path, command: str, load0: float) -> None:
+    """Every named set with the CRF defaults; writes the results section."""
+    results = [
+        run_case(CASES[name](SHARED, cache / name / "data", EPOCHS[name]), cache / name) for name in names
+    ]
     notes = [f"- {r.case.name}: {r.case.note}" for r in results if r.case.note]
     body = "\n".join(
-        [
-            f"Command: `{command}`  ",
-            f"Date: {time.strftime('%Y-%m-%d %H:%M')}  ",
-            _machine(load0),
-            _defaults_text(),
-            METHOD,
-            "",
-            *lines,
-            "",
-            *notes,
-        ]
+        [*_header(command, load0), _defaults_text(), METHOD, "", *results_table(results), "", *notes]
     )
     write_section("CRF on real data (defaults)", body)
     print(body)
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    if not SHARED.is_dir():
+        raise SystemExit(f"{SHARED}: the shared real data is not here; nothing to benchmark")
+    torch.set_num_threads(1)
+    names = args.cases.split(",") if args.cases else list(CASES)
+    load0 = os.getloadavg()[0]
+    command = command_line("bench.crf_bench", ["--cases", args.cases] if args.cases else [])
+    if args.tune or args.tune_only:
+        run_tuning(args.cache, load0)
+        if args.tune_only:
+            return
+    if args.train_only:
+        for name in names:
+            CASES[name](SHARED, args.cache / name / "data", EPOCHS[name]).train(args.cache / name)
+        return
+    run_cases(names, args.cache, command, load0)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import torch
 from affine import Affine
 from rasterio.crs import CRS
 
-from bench.results import write_section
+from bench.results import table_head, write_section
 from models import build
 from pipeline.job.config import SegmentConfig
 from pipeline.tiling.grid import TileGrid
@@ -163,8 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         overhead_and_io_rows(args, tmp, rows)
     if not args.io_only:
         memory_rows(args, tmp, rows)
-    header = ["| measurement | numbers | ratio |", "|---|---|---|"]
-    table = "\n".join(header + rows)
+    table = "\n".join(table_head("measurement", "numbers", "ratio") + rows)
     print(table)
     if not args.no_record:
         cmd = (

@@ -32,7 +32,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import models
-from bench.results import write_section
+from bench.results import command_line, load_text, table_head, write_section
 
 SIDE_2D, SIDE_3D = 512, 96
 QUICK_SIDE_2D, QUICK_SIDE_3D = 256, 48
@@ -121,10 +121,7 @@ def _sig(x: float) -> str:
 
 def table(rows: list[Measurement]) -> str:
     """The results as a markdown table."""
-    lines = [
-        "| model | input | params | GFLOPs | forward (s) | throughput | timed runs |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    lines = table_head("model", "input", "params", "GFLOPs", "forward (s)", "throughput", "timed runs")
     for r in rows:
         unit = "Mvox/s" if len(r.size) == 3 else "Mpx/s"
         params = f"{r.params / 1e6:.2f}M" if r.params >= 10_000 else str(r.params)
@@ -156,16 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(result)
     if not args.no_record:
-        command = "python -m bench.models_bench" + (" --quick" if args.quick else "")
-        if args.models:
-            command += f" --models {args.models}"
+        options = (["--quick"] if args.quick else []) + (["--models", args.models] if args.models else [])
+        command = command_line("bench.models_bench", options)
         header = (
             f"Command: `{command}`  \n"
             f"Date: {started:%Y-%m-%d %H:%M}  \n"
             f"Machine: {_cpu_name()}, {os.cpu_count()} CPU cores "
             f"(torch uses {torch.get_num_threads()} threads), no GPU, torch {torch.__version__}; "
-            f"shared with other work: load average {load_before:.1f} at the start, "
-            f"{load_after:.1f} at the end  \n"
+            f"shared with other work: {load_text(load_before, load_after)}  \n"
             "Canonical configurations (the papers' networks), batch 1, float32, inference mode. "
             "GFLOPs from `FlopCounterMode` (multiply-add = 2). Throughput counts output "
             "pixels (voxels): median of the timed forwards after one warm-up. The valid-padded "

@@ -19,12 +19,13 @@ import os
 import platform
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
 import torch
 
-from bench.results import write_section
+from bench.results import table_head, write_section
 from models import build
 from models.checkpoint import card_for, save_checkpoint
 from pipeline.demos.sample_scene import write_sample_scene
@@ -57,6 +58,75 @@ def _on_ray(scene: Path, model: Path, work: Path, workers: int, threads: int) ->
     return time.perf_counter() - t0, job.timings["first_block"]
 
 
+@dataclass
+class Timings:
+    """Best block-phase seconds of each variant, and Ray's one-off costs."""
+
+    ray_1x1: float
+    ray_2x1: float
+    ray_1xn: float
+    local_n: float
+    first_block: float
+    """Seconds from the start of the block phase to the first block done (Ray, 1 actor, all cores)."""
+    startup: float
+    """Seconds to start a local Ray."""
+
+
+def measure(side: int, repeats: int, tmp: Path, cores: int) -> Timings:
+    """Every variant ``repeats`` times, interleaved, so a noisy minute hits every variant alike."""
+    scene = write_sample_scene(tmp, side, seed=0).image
+    torch.manual_seed(0)
+    net = build("unet", in_channels=4, num_classes=5, width=16, depth=3)
+    model = save_checkpoint(tmp / "unet.safetensors", net, card_for(net, tile_size=128))
+    t0 = time.perf_counter()
+    connect()
+    startup = time.perf_counter() - t0
+    best: dict[str, float] = {}
+    firsts: list[float] = []
+    for r in range(repeats):
+        runs = {
+            "r11": lambda w: _on_ray(scene, model, w, workers=1, threads=1),
+            "r21": lambda w: _on_ray(scene, model, w, workers=2, threads=1),
+            "r1n": lambda w: _on_ray(scene, model, w, workers=1, threads=cores),
+            "ipn": lambda w: (_in_process(scene, model, w, threads=cores), None),
+        }
+        for name, fn in runs.items():
+            seconds, first_block = fn(tmp / f"{name}{r}")
+            best[name] = min(best.get(name, float("inf")), seconds)
+            if first_block is not None and name == "r1n":
+                firsts.append(first_block)
+    ray.shutdown()
+    return Timings(best["r11"], best["r21"], best["r1n"], best["ipn"], min(firsts), startup)
+
+
+def report(args: argparse.Namespace, t: Timings, cores: int) -> str:
+    """The "Ray execution" section: the runs' table and the three ratios against their targets."""
+    mpx = args.side**2 / 1e6
+    rows = [
+        ("Ray, 1 CPU actor × 1 thread", t.ray_1x1),
+        ("Ray, 2 CPU actors × 1 thread", t.ray_2x1),
+        (f"Ray, 1 CPU actor × {cores} threads", t.ray_1xn),
+        (f"in process, {cores} threads", t.local_n),
+    ]
+    table = "\n".join(
+        table_head("run", "seconds", "Mpx/s") + [f"| {name} | {s:.2f} | {mpx / s:.3f} |" for name, s in rows]
+    )
+    scaling, overhead = t.ray_1x1 / t.ray_2x1, t.ray_1xn / t.local_n
+    return (
+        f"`python -m bench.ray_bench --side {args.side} --repeats {args.repeats}` (best of "
+        f"{args.repeats} interleaved rounds) — {dt.date.today()}, {platform.machine()}, "
+        f"{cores} cores shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end: noisy), "
+        f"torch {torch.__version__}, ray {ray.__version__}; "
+        f"{args.side}² 4-band scene, untrained U-Net w16 d3, tile 128, 256² blocks "
+        f"({(args.side // 256) ** 2} blocks). Block phase only (Ray already up).\n\n"
+        f"{table}\n\n"
+        f"- 2 actors vs 1 actor (1 thread each): **{scaling:.2f}×** throughput (target ≥ 1.7×)\n"
+        f"- Ray path vs in-process, all cores each: **{overhead:.3f}×** time (target ≤ 1.05×)\n"
+        f"- first block done {t.first_block:.2f} s after the block phase started (actor start + model load "
+        f"+ one block); starting a local Ray: {t.startup:.1f} s once per process\n"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--side", type=int, default=1024, help="scene side in pixels")
@@ -64,57 +134,8 @@ def main() -> None:
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        scene = write_sample_scene(tmp, args.side, seed=0).image
-        torch.manual_seed(0)
-        net = build("unet", in_channels=4, num_classes=5, width=16, depth=3)
-        model = save_checkpoint(tmp / "unet.safetensors", net, card_for(net, tile_size=128))
-        mpx = args.side**2 / 1e6
-
-        t0 = time.perf_counter()
-        connect()
-        startup = time.perf_counter() - t0
-        best: dict[str, float] = {}
-        firsts: list[float] = []
-        for r in range(args.repeats):  # interleaved, so a noisy minute hits every variant alike
-            runs = {
-                "r11": lambda w: _on_ray(scene, model, w, workers=1, threads=1),
-                "r21": lambda w: _on_ray(scene, model, w, workers=2, threads=1),
-                "r1n": lambda w: _on_ray(scene, model, w, workers=1, threads=cores),
-                "ipn": lambda w: (_in_process(scene, model, w, threads=cores), None),
-            }
-            for name, fn in runs.items():
-                seconds, first_block = fn(tmp / f"{name}{r}")
-                best[name] = min(best.get(name, float("inf")), seconds)
-                if first_block is not None and name == "r1n":
-                    firsts.append(first_block)
-        ray.shutdown()
-        ray_1x1, ray_2x1, ray_1xn, local_n = best["r11"], best["r21"], best["r1n"], best["ipn"]
-        first = min(firsts)
-
-    scaling = ray_1x1 / ray_2x1
-    overhead = ray_1xn / local_n
-    rows = [
-        ("Ray, 1 CPU actor × 1 thread", ray_1x1),
-        ("Ray, 2 CPU actors × 1 thread", ray_2x1),
-        (f"Ray, 1 CPU actor × {cores} threads", ray_1xn),
-        (f"in process, {cores} threads", local_n),
-    ]
-    table = "\n".join(f"| {name} | {s:.2f} | {mpx / s:.3f} |" for name, s in rows)
-    body = (
-        f"`python -m bench.ray_bench --side {args.side} --repeats {args.repeats}` (best of "
-        f"{args.repeats} interleaved rounds) — {dt.date.today()}, {platform.machine()}, "
-        f"{cores} cores shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end: noisy), "
-        f"torch {torch.__version__}, ray {ray.__version__}; "
-        f"{args.side}² 4-band scene, untrained U-Net w16 d3, tile 128, 256² blocks "
-        f"({(args.side // 256) ** 2} blocks). Block phase only (Ray already up).\n\n"
-        "| run | seconds | Mpx/s |\n|---|---|---|\n"
-        f"{table}\n\n"
-        f"- 2 actors vs 1 actor (1 thread each): **{scaling:.2f}×** throughput (target ≥ 1.7×)\n"
-        f"- Ray path vs in-process, all cores each: **{overhead:.3f}×** time (target ≤ 1.05×)\n"
-        f"- first block done {first:.2f} s after the block phase started (actor start + model load "
-        f"+ one block); starting a local Ray: {startup:.1f} s once per process\n"
-    )
+        timings = measure(args.side, args.repeats, Path(tmp_name), cores)
+    body = report(args, timings, cores)
     print(body)
     write_section("Ray execution", body)
 

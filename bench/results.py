@@ -1,8 +1,10 @@
-"""Keeping ``bench/RESULTS.md``: one section per benchmark, replaced in place."""
+"""Keeping ``bench/RESULTS.md``: one section per benchmark, replaced in place, and the pieces every
+section is written with (markdown table heads, the command as run)."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -19,3 +21,30 @@ def write_section(name: str, body: str, path: Path = RESULTS) -> None:
     else:
         text = text.rstrip() + "\n\n" + section
     path.write_text(text)
+
+
+def table_head(*columns: str) -> list[str]:
+    """A markdown table's header line and the separator line under it.
+
+    >>> table_head("run", "seconds")
+    ['| run | seconds |', '|---|---|']
+    """
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
+def command_line(module: str, args: Iterable[str]) -> str:
+    """The ``python -m`` command that ran a bench, as recorded in its section.
+
+    >>> command_line("bench.blend_bench", ["--side", "512"])
+    'python -m bench.blend_bench --side 512'
+    """
+    return f"python -m {module}" + "".join(f" {a}" for a in args)
+
+
+def load_text(start: float, end: float) -> str:
+    """The machine's load around a run (the bench machines are shared), as every section words it.
+
+    >>> load_text(1.25, 3.0)
+    'load average 1.2 at the start, 3.0 at the end'
+    """
+    return f"load average {start:.1f} at the start, {end:.1f} at the end"

@@ -13,17 +13,18 @@ from pathlib import Path
 
 import torch
 
-from bench.results import write_section
+from bench.results import command_line, load_text, table_head, write_section
 from pipeline.demos.volume_demo import run_demo
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-HEADER = (
-    "| case | shape | held out | Dice per class | epochs × steps (kept) | train (s) | segment (s) "
-    "| label volumes (mL) |\n"
-    "|---|---|---|---|---|---|---|---|"
-)
+HEADER = "\n".join(
+    table_head(
+        "case", "shape", "held out", "Dice per class", "epochs × steps (kept)", "train (s)", "segment (s)",
+        "label volumes (mL)",
+    )
+)  # fmt: skip
 
 
 def _row(r) -> str:
@@ -46,8 +47,8 @@ def main() -> None:
     args = parser.parse_args()
     names = args.cases.split(",") if args.cases else None
     load0 = os.getloadavg()[0]
-    command = f"python -m bench.volume_demo --steps {args.steps}" + (
-        f" --cases {args.cases}" if args.cases else ""
+    command = command_line(
+        "bench.volume_demo", ["--steps", str(args.steps), *(["--cases", args.cases] if args.cases else [])]
     )
 
     def record(r) -> None:
@@ -56,8 +57,8 @@ def main() -> None:
                 f"Command: `{command}`  ",
                 f"Date: {time.strftime('%Y-%m-%d %H:%M')}  ",
                 f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU, "
-                f"torch {torch.__version__}; shared with other work: load average {load0:.1f} at the start, "
-                f"{os.getloadavg()[0]:.1f} at the end (times are wall clock under that load)  ",
+                f"torch {torch.__version__}; shared with other work: {load_text(load0, os.getloadavg()[0])} "
+                "(times are wall clock under that load)  ",
                 METHOD,
                 "",
                 HEADER,

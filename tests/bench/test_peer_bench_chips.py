@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench.peer_bench import _chips_average, _chips_crop
+from bench.peers.chips import chips_average, chips_crop
 
 
 def _blank_rim(crop: int):
@@ -35,7 +35,7 @@ def test_crop_keeps_each_chips_centre_and_covers_the_scene(h, w, tile, overlap, 
     stride = tile - round(tile * overlap)
     crop = (tile - stride) // 2
     x = torch.arange(h * w, dtype=torch.float32).reshape(1, h, w)
-    out = _chips_crop(x, _blank_rim(crop), tile, stride, batch, classes=1)
+    out = chips_crop(x, _blank_rim(crop), tile, stride, batch, classes=1)
     inner = out[:, crop : h - crop, crop : w - crop]
     # away from the scene's edge every pixel comes from a chip's kept centre: exact, never the rim
     assert torch.equal(inner, x[:, crop : h - crop, crop : w - crop])
@@ -49,5 +49,5 @@ def test_crop_keeps_each_chips_centre_and_covers_the_scene(h, w, tile, overlap, 
 @settings(max_examples=30, deadline=None)
 def test_averaging_an_exact_model_is_exact(h, w, batch):
     x = torch.rand((1, h, w))
-    out = _chips_average(x, lambda t: t.clone(), 32, 24, batch, classes=1)
+    out = chips_average(x, lambda t: t.clone(), 32, 24, batch, classes=1)
     assert torch.allclose(out, x, atol=1e-6)

@@ -1,0 +1,98 @@
+"""The rows that run gigaseg from the GeoTIFF to the COG: in process, through the command, on Ray.
+
+Their seconds include reading the scene and writing the COG (the peers' do not).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bench.peers.probes import GpuSampler, TreeRss, peak_rss
+from bench.peers.rows import RAY_WORKERS, RowSpec
+
+if TYPE_CHECKING:
+    from pipeline.execution.ray_pool import RayBlockRunner
+
+
+def start_ray() -> tuple[RayBlockRunner, float]:
+    """A fresh local Ray cluster (what ``segment`` starts when none runs) and a block runner on it.
+
+    ``address="local"`` always starts a new cluster, with ``connect``'s options: it
+    never joins one another user left running on this machine, so the cluster's
+    processes are this row's descendants and its summed RSS is the row's alone.
+    Returns the runner and the start-up seconds.
+    """
+    import logging
+
+    import ray
+
+    from pipeline.execution.ray_pool import RayBlockRunner
+
+    t0 = time.perf_counter()
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    return RayBlockRunner(workers=RAY_WORKERS), time.perf_counter() - t0
+
+
+def _segment_in_process(spec: RowSpec, cog: Path) -> dict[str, float]:
+    """``pipeline.job.steps.segment`` (on Ray for ``gigaseg-ray``); returns the stages' seconds."""
+    from pipeline.job.config import SegmentConfig
+    from pipeline.job.steps import segment
+
+    on_ray = spec.row == "gigaseg-ray"
+    stages: dict[str, float] = {}
+    runner = None
+    if on_ray:
+        runner, stages["ray_start"] = start_ray()
+    config = SegmentConfig(
+        input=Path(spec.scene), model=spec.ckpt, output=cog, workers=RAY_WORKERS if on_ray else 0,
+        device=spec.device, work_dir=Path(spec.out) / "work", channels_last=True, tile=spec.tile,
+        overlap=spec.overlap, blend="gaussian", batch_size=spec.batch, quiet=True, amp=spec.amp,
+    )  # fmt: skip
+    summary = segment(config, run_blocks=runner)
+    stages.update(summary.timings)
+    return {k: round(v, 2) for k, v in stages.items() if k != "tiles"}
+
+
+def _segment_command(spec: RowSpec, cog: Path) -> None:
+    """The whole ``gigaseg segment --workers 0 --no-track`` command, Prefect flow included."""
+    from flows.cli import main as cli
+
+    argv = ["segment", spec.scene, "-m", spec.ckpt, "-o", str(cog), "--workers", "0"]
+    argv += ["--no-track", "--quiet", "--tile", str(spec.tile), "--overlap", str(spec.overlap)]
+    argv += ["--batch-size", str(spec.batch), "--device", spec.device] + (["--amp"] if spec.amp else [])
+    if cli(argv) != 0:
+        raise RuntimeError("gigaseg segment failed")
+
+
+def run_end_to_end(spec: RowSpec) -> dict[str, Any]:
+    """Run one end-to-end row; returns its seconds, stages, peak RSS and GPU share."""
+    from pipeline.execution.process_memory import bound_process_memory
+
+    bound_process_memory()  # as the gigaseg command does at start
+    cog = Path(spec.out) / "labels.tif"
+    on_ray = spec.row == "gigaseg-ray"
+    result: dict[str, Any] = {"row": spec.row}
+    with GpuSampler(spec.device) as gpu, TreeRss(on=on_ray) as tree:
+        t0 = time.perf_counter()
+        if spec.row == "gigaseg-cli":
+            _segment_command(spec, cog)
+        else:
+            result["stages"] = _segment_in_process(spec, cog)
+        result["seconds"] = time.perf_counter() - t0
+    # The Ray row's work runs in the cluster's processes: the summed tree's peak.
+    result["rss"] = max(tree.peak, peak_rss()) if on_ray else peak_rss()
+    result["gpu_busy"] = gpu.busy
+    if on_ray:  # after the clock: the cluster's processes go with it
+        import ray
+
+        ray.shutdown()
+    if spec.seam:
+        import rasterio
+
+        with rasterio.open(cog) as src:
+            np.save(Path(spec.out) / "labels.npy", src.read(1))
+    return result
