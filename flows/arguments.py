@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.engine.crf import DEFAULT_ITERATIONS
 from pipeline.job.config import SegmentConfig
 from pipeline.training.trainer import TrainSettings
 
@@ -90,9 +91,8 @@ ENGINE_OPTIONS: tuple[str, ...] = tuple(
     f.name for f in dataclasses.fields(SegmentConfig) if f.name not in INTERNAL_FIELDS | JOB_OPTIONS.keys()
 )
 
-_CRF_SIGMAS = (
-    "w1, σα, σβ of the appearance kernel; σβ on bands scaled 0–255 by scene-wide 2nd/98th percentiles"
-)
+_ITERATIONS = " / ".join(f"{n} {mode}" for mode, n in DEFAULT_ITERATIONS.items())
+_SIGMA_FEAT = "σβ, appearance colour width, on bands scaled 0–255 by scene-wide 2nd/98th percentiles"
 _TILE_MEANING = "tile size in pixels; rounded up to the model's downsampling factor"
 _BLEND_MEANING = (
     "`gaussian` (weighted mean, smooth across tile edges), `crop` (each pixel from the one tile whose "
@@ -156,9 +156,9 @@ ENGINE_HELP: dict[str, Option] = {
         "(DenseCRF, 2D, per block)",
     ),
     "crf_iterations": Option(
-        "mean-field iterations (default: 5 local, 10 dense)",
+        f"mean-field iterations (default: {_ITERATIONS.replace(' /', ',')})",
         int,
-        unset="5 local / 10 dense",
+        unset=_ITERATIONS,
         meaning="mean-field iterations (halo = iterations × radius)",
     ),
     "crf_radius": Option(
@@ -171,7 +171,7 @@ ENGINE_HELP: dict[str, Option] = {
     "crf_smooth_sigma": Option("σγ, smoothness width (pixels)", float),
     "crf_appearance_weight": Option("w1, appearance kernel weight", float),
     "crf_appearance_sigma_pos": Option("σα, appearance position width", float),
-    "crf_appearance_sigma_feat": Option("σβ, appearance colour width (0–255)", float, meaning=_CRF_SIGMAS),
+    "crf_appearance_sigma_feat": Option("σβ, appearance colour width (0–255)", float, meaning=_SIGMA_FEAT),
     "crf_bands": Option(
         "appearance bands, e.g. 3,2,1",
         _band_list,
@@ -315,7 +315,7 @@ TRAIN_OPTIONS: dict[str, Option] = {
     ),
     "device": Option(meaning="`auto` (CUDA if present), `cpu`, `cuda`, `cuda:N`"),
     "amp": Option(meaning="mixed precision on GPU"),
-    "seed": Option(type=int, meaning="seed of the weights and the tile sampling"),
+    "seed": Option(type=int, meaning="seed of the initial weights and of each epoch's sampling"),
 }
 
 
