@@ -175,19 +175,19 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_segment_command(sub) -> None:
+def _add_segment_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment a scene into a label COG")
     add_segment_arguments(p)
     p.set_defaults(func=cmd_segment)
 
 
-def _add_watch_command(sub) -> None:
+def _add_watch_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("watch", help="segment new or changed scenes of a folder, once or on a schedule")
     add_watch_arguments(p)
     p.set_defaults(func=cmd_watch)
 
 
-def _add_sample_scene_command(sub) -> None:
+def _add_sample_scene_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample-scene", help="write a synthetic labelled land-cover scene")
     p.add_argument("out_dir", type=Path)
     p.add_argument("--size", type=int, default=3072)
@@ -196,7 +196,7 @@ def _add_sample_scene_command(sub) -> None:
     p.set_defaults(func=cmd_sample_scene)
 
 
-def _add_train_command(sub) -> None:
+def _add_train_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="fit a registered network on labelled rasters or volumes; register it in MLflow"
     )
@@ -204,13 +204,13 @@ def _add_train_command(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def _add_promote_command(sub) -> None:
+def _add_promote_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("promote", help="move the champion alias to a better version, or roll back")
     add_promote_arguments(p)
     p.set_defaults(func=cmd_promote)
 
 
-def _add_demo_command(sub) -> None:
+def _add_demo_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the main job end to end on a generated scene")
     p.add_argument("--workdir", type=Path, default=Path("demo"))
     p.add_argument("--size", type=int, default=3072)
@@ -220,7 +220,7 @@ def _add_demo_command(sub) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-def _add_demo_volume_command(sub) -> None:
+def _add_demo_volume_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo-volume", help="3D U-Net on MNI152 GM/WM, one hemisphere held out; Dice")
     p.add_argument("--workdir", type=Path, default=Path("demo_volume"))
     p.add_argument("--steps", type=int, default=400, help="optimiser steps, in epochs of at most 50")
@@ -233,7 +233,7 @@ def _add_demo_volume_command(sub) -> None:
     p.set_defaults(func=cmd_demo_volume)
 
 
-def _add_models_command(sub) -> None:
+def _add_models_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list registered architectures")
     p.add_argument("names", nargs="*", help="only these architectures")
     p.set_defaults(func=cmd_models)
