@@ -27,8 +27,6 @@ class Option:
 
     help: str | None = None
     type: Callable[[str], Any] | None = None
-    flag: str | None = None
-    """The option's name when it is not ``--field-name`` (``--no-channels-last``)."""
     metavar: str | None = None
     """The value's name in the docs (default: from the type: N, F or PATH)."""
     unset: str = "—"
@@ -36,11 +34,10 @@ class Option:
     meaning: str | None = None
     """The docs' account when longer than the help."""
 
-    def flag_for(self, name: str, default: object) -> str:
-        """``--field-name``, or ``--no-field-name`` for a switch that is on by default."""
-        if self.flag:
-            return self.flag
-        return f"--{'no-' if default is True else ''}{name.replace('_', '-')}"
+
+def option_flag(name: str, default: object) -> str:
+    """``--field-name``, or ``--no-field-name`` for a switch that is on by default."""
+    return f"--{'no-' if default is True else ''}{name.replace('_', '-')}"
 
 
 def field_default(owner: type, name: str) -> Any:
@@ -54,7 +51,7 @@ def field_default(owner: type, name: str) -> Any:
 def add_field_option(p: argparse.ArgumentParser, owner: type, name: str, option: Option) -> None:
     """Add the option of field ``name``, its default read from the dataclass ``owner``."""
     default = field_default(owner, name)
-    flag = option.flag_for(name, default)
+    flag = option_flag(name, default)
     if isinstance(default, bool):
         action = "store_false" if default else "store_true"
         p.add_argument(flag, dest=name, action=action, help=option.help)

@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from flows.arguments import ENGINE_HELP, JOB_OPTIONS, TRAIN_OPTIONS, Option, field_default
+from flows.arguments import ENGINE_HELP, JOB_OPTIONS, TRAIN_OPTIONS, Option, field_default, option_flag
 from pipeline.job.config import SegmentConfig
 from pipeline.training.trainer import TrainSettings
 
@@ -24,7 +24,7 @@ _METAVARS = {int: "N", float: "F", Path: "PATH"}
 
 def option_cell(owner: type, name: str, option: Option) -> str:
     """The option as typed, with the name of its value: ``--tile N``."""
-    flag = option.flag_for(name, field_default(owner, name))
+    flag = option_flag(name, field_default(owner, name))
     metavar = option.metavar or _METAVARS.get(option.type)
     return f"`{flag} {metavar}`" if metavar else f"`{flag}`"
 
