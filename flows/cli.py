@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flows import commands
 from flows.arguments import (
@@ -23,6 +24,9 @@ from flows.arguments import (
 )
 from flows.script import prepare_process, run_command, say
 from pipeline.errors import InputError
+
+if TYPE_CHECKING:
+    from pipeline.demos.sample_scene import SampleScene
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -59,7 +63,7 @@ def cmd_sample_scene(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo_model(args: argparse.Namespace, scene, log) -> str:
+def _demo_model(args: argparse.Namespace, scene: SampleScene, log: Callable[[str], None]) -> str:
     """Train and register the demo's small U-Net on the scene (right 20% of columns held out)."""
     from flows.train_model import train_model
     from pipeline.demos.sample_scene import CLASS_COLORS, CLASS_NAMES
