@@ -42,6 +42,8 @@ def promote_model(
 
 
 if __name__ == "__main__":
-    from flows.cli import main
+    from flows import commands
+    from flows.arguments import add_promote_arguments
+    from flows.script import run_script
 
-    sys.exit(main(["promote", *sys.argv[1:]]))
+    sys.exit(run_script("promote", add_promote_arguments, lambda args: commands.promote(args, promote_model)))

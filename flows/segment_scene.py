@@ -165,9 +165,14 @@ def segment_scene(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python flows/segment_scene.py ARGS``: exactly ``gigaseg segment ARGS``."""
-    from flows.cli import main as cli_main
+    from flows import commands
+    from flows.arguments import add_segment_arguments
+    from flows.script import run_script
 
-    return cli_main(["segment", *(sys.argv[1:] if argv is None else argv)])
+    # This module's own flow: run as a script, it is ``__main__`` and must not be imported again.
+    return run_script(
+        "segment", add_segment_arguments, lambda args: commands.segment(args, segment_scene), argv
+    )
 
 
 if __name__ == "__main__":

@@ -91,6 +91,8 @@ def train_model(
 
 
 if __name__ == "__main__":
-    from flows.cli import main
+    from flows import commands
+    from flows.arguments import add_train_arguments
+    from flows.script import run_script
 
-    sys.exit(main(["train", *sys.argv[1:]]))
+    sys.exit(run_script("train", add_train_arguments, lambda args: commands.train(args, train_model)))

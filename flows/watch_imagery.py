@@ -231,6 +231,9 @@ def remove_scratch(output_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    from flows.cli import main
+    from flows import commands
+    from flows.arguments import add_watch_arguments
+    from flows.script import run_script
 
-    sys.exit(main(["watch", *sys.argv[1:]]))
+    this_flow = sys.modules[__name__]
+    sys.exit(run_script("watch", add_watch_arguments, lambda args: commands.watch(args, this_flow)))

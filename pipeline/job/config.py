@@ -6,10 +6,11 @@ name the user typed.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.engine.crf import CRFParams
 from pipeline.errors import InputError
 from pipeline.job.model_source import check_model_source
 from pipeline.tiling.blending import BLEND_MODES
@@ -17,7 +18,11 @@ from pipeline.tiling.blending import BLEND_MODES
 
 @dataclass
 class SegmentConfig:
-    """Everything ``gigaseg segment`` needs; defaults are the documented ones."""
+    """Everything ``gigaseg segment`` needs.
+
+    Its defaults are the only ones: the command line, the flows and ``docs/configuration.md``
+    read them from here (the ``crf_*`` ones from :class:`CRFParams`).
+    """
 
     input: Path
     model: str
@@ -45,18 +50,18 @@ class SegmentConfig:
     threads: int | None = None
     crf: str = "none"
     """``none``, ``local`` (mean-field in a window, blockwise-exact) or ``dense`` (DenseCRF, 2D)."""
-    crf_iterations: int | None = None
+    crf_iterations: int | None = CRFParams.iterations
     """Mean-field iterations; None: the mode's default (5 local, 10 dense)."""
-    crf_radius: float = 4.0
-    crf_smooth_weight: float = 5.0
+    crf_radius: float = CRFParams.radius
+    crf_smooth_weight: float = CRFParams.smooth_weight
     """w2, smoothness kernel weight (tuned on LoveDA, bench/RESULTS.md; DeepLab: 3)."""
-    crf_smooth_sigma: float = 3.0
+    crf_smooth_sigma: float = CRFParams.smooth_sigma
     """σγ, smoothness kernel width in pixels (DeepLab: 3; also tuned 3)."""
-    crf_appearance_weight: float = 10.0
+    crf_appearance_weight: float = CRFParams.appearance_weight
     """w1, appearance (bilateral) kernel weight (tuned 10, the top of DeepLab's range 5–10)."""
-    crf_appearance_sigma_pos: float = 80.0
+    crf_appearance_sigma_pos: float = CRFParams.appearance_sigma_pos
     """σα, appearance kernel position width in pixels (tuned 80; DeepLab's range 50–100)."""
-    crf_appearance_sigma_feat: float = 20.0
+    crf_appearance_sigma_feat: float = CRFParams.appearance_sigma_feat
     """σβ, appearance kernel colour width on the 0–255 percentile-stretched bands (tuned 20)."""
     crf_bands: tuple[int, ...] | None = None
     """Appearance bands (0-based, of the model's input bands); None: the first three."""
@@ -76,7 +81,6 @@ class SegmentConfig:
     """Output block side for volumes (voxels, whole chunks); ``block`` is for 2D rasters."""
     volume_chunk: int = 64
     """Store chunk side for volumes (multiple of 16); ``chunk`` is for 2D rasters."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.input = Path(self.input)

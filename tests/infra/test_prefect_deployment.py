@@ -48,6 +48,31 @@ def test_segment_flow_takes_its_config_as_plain_json() -> None:
     assert params["config"] == SegmentConfig(**given)
 
 
+def test_segment_flow_parameter_schema_holds_every_config_field() -> None:
+    """Prefect's parameter schema is built from SegmentConfig itself: no field is lost or renamed."""
+    import dataclasses
+
+    from flows.segment_scene import segment_scene_flow
+    from pipeline.job.config import SegmentConfig
+
+    schema = segment_scene_flow.parameters.model_dump()
+    assert schema["properties"]["config"]["$ref"].endswith("/SegmentConfig")
+    fields = {f.name for f in dataclasses.fields(SegmentConfig)}
+    assert set(schema["definitions"]["SegmentConfig"]["properties"]) == fields
+
+
+def test_deployed_watch_options_are_segment_config_engine_options() -> None:
+    from flows.arguments import ENGINE_OPTIONS
+
+    spec = yaml.safe_load((ROOT / "infra" / "prefect.yaml").read_text())
+    options = [
+        dep["parameters"]["options"] for dep in spec["deployments"] if "options" in dep.get("parameters", {})
+    ]
+    assert options
+    for given in options:
+        assert set(given) <= set(ENGINE_OPTIONS), set(given) - set(ENGINE_OPTIONS)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

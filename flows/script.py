@@ -1,0 +1,75 @@
+"""Running a command the way ``gigaseg`` promises, for the command line and the flow scripts alike.
+
+User mistakes (bad files, bad options) print one line, ``gigaseg: <what is wrong>``, and
+exit with status 2; Ctrl-C exits with 130 and says how to resume. The flow scripts
+(``python flows/segment_scene.py ARGS``, what ``ray submit`` runs) use this module, not
+the command line, so each script's module is loaded once, as ``__main__``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+
+from rasterio.errors import NotGeoreferencedWarning
+
+from pipeline.errors import InputError
+from pipeline.execution.process_memory import bound_process_memory
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+Command = Callable[[argparse.Namespace], "int | None"]
+
+
+def say(quiet: bool, text: str) -> None:
+    """Progress and summaries go to stderr, unless ``--quiet``."""
+    if not quiet:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _log_warnings_as_one_line() -> None:
+    """Our warnings as ``gigaseg: …`` lines; other libraries' loggers keep their own settings."""
+    logger = logging.getLogger("gigaseg")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("gigaseg: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+
+
+def prepare_process() -> None:
+    """What every command sets up before parsing: one-line warnings, bounded GDAL memory."""
+    _log_warnings_as_one_line()
+    # Said once, in one line, by check_inputs; rasterio would repeat it at every open.
+    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
+    bound_process_memory()
+
+
+def run_command(command: Command, args: argparse.Namespace) -> int:
+    """Run ``command``: an :class:`InputError` becomes one line and status 2, Ctrl-C status 130."""
+    try:
+        return int(command(args) or 0)
+    except InputError as exc:
+        print(f"gigaseg: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("gigaseg: interrupted; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def run_script(
+    name: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    command: Command,
+    argv: Sequence[str] | None = None,
+) -> int:
+    """A flow script's ``main``: exactly ``gigaseg NAME ARGS`` (same options, messages and status)."""
+    prepare_process()
+    parser = argparse.ArgumentParser(prog=f"gigaseg {name}")
+    add_arguments(parser)
+    return run_command(command, parser.parse_args(sys.argv[1:] if argv is None else argv))
