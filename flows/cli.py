@@ -155,7 +155,8 @@ def _engine_options_given(args: argparse.Namespace) -> dict[str, object]:
 def cmd_watch(args: argparse.Namespace) -> int:
     """Segment new imagery once (``--once``) or serve the scan on a schedule."""
     options = _engine_options_given(args)
-    from flows.watch_imagery import check_watch_arguments, process_new_imagery, segment_options
+    from flows.watch_imagery import process_new_imagery
+    from pipeline.watch.settings import check_watch_arguments, segment_options
 
     check_watch_arguments(args.input, args.output_dir, args.model, segment_options(options))
     parameters = {
