@@ -18,11 +18,15 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.errors import InputError
 from pipeline.job.config import SegmentConfig
 from pipeline.tracking import runs as tracking
 from pipeline.tracking.model_versions import CHAMPION, PREFIX
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 METRICS = ("miou", "mdice", "accuracy")
 HISTORY_TAG = "gigaseg.champion_history"
@@ -53,7 +57,7 @@ class Decision:
         return f"{self.name}: {self.action}; champion is version {self.champion}{scores}"
 
 
-def _client():
+def _client() -> MlflowClient:
     import mlflow
 
     tracking.configure()
