@@ -84,8 +84,8 @@ class _RegionTableHook:
     """The job's ``on_finished`` hook: the model card and, for 2D GeoTIFF outputs, the region table.
 
     It runs while the stores still exist (the work folder goes right after). A plain
-    class, not a dataclass: Prefect passes task parameters on as they are only when
-    it does not look inside them.
+    object, not a dataclass: Prefect walks into dataclass task parameters, and the
+    metrics task must fill in this very object.
     """
 
     def __init__(self, labels: str | os.PathLike[str] | None, regions: str | os.PathLike[str] | None):
