@@ -117,8 +117,8 @@ class RayBlockRunner:
         if not pending:
             return 0, skipped
         handles = self._start_actors(job)
-        dispatch = _Dispatch(self, job, handles, pending, progress)
         try:
+            dispatch = _Dispatch(self, job, handles, pending, progress)
             dispatch.run()
         finally:
             for h in handles:
