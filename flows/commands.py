@@ -19,6 +19,7 @@ from typing import Any
 from flows.arguments import engine_options_given, segment_config_from_args, train_settings_from_args
 from flows.script import say
 from pipeline.errors import InputError
+from pipeline.watch.settings import check_watch_arguments, segment_options
 
 
 def segment(args: argparse.Namespace, segment_scene: Callable[..., Any]) -> int:
@@ -51,9 +52,7 @@ def watch(args: argparse.Namespace, watch_flow: ModuleType) -> int:
     ``watch_flow``: the module of the watch flow (``flows.watch_imagery``, or the script itself).
     """
     options = engine_options_given(args)
-    watch_flow.check_watch_arguments(
-        args.input, args.output_dir, args.model, watch_flow.segment_options(options)
-    )
+    check_watch_arguments(args.input, args.output_dir, args.model, segment_options(options))
     parameters = _watch_parameters(args, options)
     process_new_imagery = watch_flow.process_new_imagery
     if args.once:

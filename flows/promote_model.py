@@ -16,7 +16,7 @@ configure_prefect()
 
 from prefect import flow
 
-from pipeline.tracking.promotion import Decision, promote, rollback
+from pipeline.tracking.promotion import Decision, EvaluationScene, promote, rollback
 
 
 @flow(name="promote-model", validate_parameters=False)
@@ -38,7 +38,7 @@ def promote_model(
         from pipeline.errors import InputError
 
         raise InputError("give --version V to promote, or --rollback")
-    return promote(name, version, eval_image, eval_labels, metric, margin, force, block)
+    return promote(name, version, EvaluationScene(eval_image, eval_labels, metric, block), margin, force)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,49 @@ def _stretch(band: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return np.clip((band - lo) / max(hi - lo, 1e-9) * 255, 0, 255).astype(np.uint8)
 
 
+def _false_colour(bands: int) -> tuple[int, int, int]:
+    """Band indices drawn as red, green, blue: the 4th, 3rd, 2nd of four or more, else the first three
+    (a single band as grey).
+
+    >>> _false_colour(4), _false_colour(3), _false_colour(1)
+    ((3, 2, 1), (0, 1, 2), (0, 0, 0))
+    """
+    return (3, 2, 1) if bands >= 4 else (0, 1, 2) if bands >= 3 else (0, 0, 0)
+
+
+def _legend_height(classes: int) -> int:
+    return 22 * ((classes + 3) // 4) + 8
+
+
+def _draw_legend(
+    canvas: Image.Image, top: int, class_names: Sequence[str], colors: Sequence[Sequence[int]], column: int
+) -> None:
+    """Four swatches with names per row, from ``top`` down, ``column`` pixels apart."""
+    draw = ImageDraw.Draw(canvas)
+    for i, (name, rgbc) in enumerate(zip(class_names, colors)):
+        x = 8 + (i % 4) * column
+        y = top + 6 + 22 * (i // 4)
+        draw.rectangle([x, y, x + 14, y + 14], fill=tuple(int(c) for c in rgbc[:3]), outline="black")
+        draw.text((x + 20, y + 1), name, fill="black")
+
+
+def _read_decimated(
+    image_path: str | os.PathLike[str], labels_path: str | os.PathLike[str], max_side: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The image's false-colour bands, its valid mask and the labels, read at most ``max_side`` wide."""
+    info = inspect_raster(image_path)
+    scale = max(info.width, info.height) / max_side
+    shape = (max(1, round(info.height / scale)), max(1, round(info.width / scale)))
+    with rasterio.open(image_path) as src:
+        bands = list(info.bands)
+        pick = [bands[i] for i in _false_colour(len(bands))]
+        img = src.read(pick, out_shape=(3, *shape)).astype(np.float32)
+        valid = src.dataset_mask(out_shape=shape) > 0
+    with rasterio.open(labels_path) as src:
+        labels = src.read(1, out_shape=shape, resampling=rasterio.enums.Resampling.mode)
+    return img, valid, labels
+
+
 def write_preview(
     image_path: str | os.PathLike[str],
     labels_path: str | os.PathLike[str],
@@ -28,33 +71,17 @@ def write_preview(
     max_side: int = 768,
 ) -> Path:
     """Decimated read of both rasters (overview-friendly), side by side, legend below."""
-    info = inspect_raster(image_path)
-    scale = max(info.width, info.height) / max_side
-    shape = (max(1, round(info.height / scale)), max(1, round(info.width / scale)))
-    with rasterio.open(image_path) as src:
-        bands = list(info.bands)
-        pick = [
-            bands[i] for i in ((3, 2, 1) if len(bands) >= 4 else (0, 1, 2) if len(bands) >= 3 else (0, 0, 0))
-        ]
-        img = src.read(pick, out_shape=(3, *shape)).astype(np.float32)
-        valid = src.dataset_mask(out_shape=shape) > 0
-    with rasterio.open(labels_path) as src:
-        labels = src.read(1, out_shape=shape, resampling=rasterio.enums.Resampling.mode)
+    img, valid, labels = _read_decimated(image_path, labels_path, max_side)
+    shape = valid.shape
     rgb = np.stack([_stretch(b, valid) for b in img], axis=-1)
     rgb[~valid] = 0
     palette = np.zeros((65536, 3), dtype=np.uint8)
     palette[: len(colors)] = np.asarray(colors, dtype=np.uint8)[:, :3]
     cls = palette[labels]
-    legend_h = 22 * ((len(class_names) + 3) // 4) + 8
-    canvas = Image.new("RGB", (shape[1] * 2 + 8, shape[0] + legend_h), "white")
+    canvas = Image.new("RGB", (shape[1] * 2 + 8, shape[0] + _legend_height(len(class_names))), "white")
     canvas.paste(Image.fromarray(rgb), (0, 0))
     canvas.paste(Image.fromarray(cls), (shape[1] + 8, 0))
-    draw = ImageDraw.Draw(canvas)
-    for i, (name, rgbc) in enumerate(zip(class_names, colors)):
-        x = 8 + (i % 4) * (canvas.width // 4)
-        y = shape[0] + 6 + 22 * (i // 4)
-        draw.rectangle([x, y, x + 14, y + 14], fill=tuple(int(c) for c in rgbc[:3]), outline="black")
-        draw.text((x + 20, y + 1), name, fill="black")
+    _draw_legend(canvas, shape[0], class_names, colors, canvas.width // 4)
     out = Path(out)
     canvas.save(out)
     return out
@@ -74,9 +101,7 @@ def compose_preview(
     step = max(1, int(np.ceil(max(image.shape[1:]) / max_side)))
     img = image[:, ::step, ::step].astype(np.float32)
     valid = np.isfinite(img).all(0) & np.any(img != 0, axis=0)
-    c = img.shape[0]
-    pick = (3, 2, 1) if c >= 4 else (0, 1, 2) if c >= 3 else (0, 0, 0)
-    rgb = np.stack([_stretch(np.nan_to_num(img[i]), valid) for i in pick], axis=-1)
+    rgb = np.stack([_stretch(np.nan_to_num(img[i]), valid) for i in _false_colour(img.shape[0])], axis=-1)
     rgb[~valid] = 0
     palette = np.zeros((len(colors) + 1, 3), dtype=np.uint8)
     palette[: len(colors)] = np.asarray(colors, dtype=np.uint8)[:, :3]
@@ -86,14 +111,8 @@ def compose_preview(
         lab = np.where((lab >= 0) & (lab < len(colors)), lab, len(colors))
         tiles.append(palette[lab])
     h, w = rgb.shape[:2]
-    legend_h = 22 * ((len(class_names) + 3) // 4) + 8
-    canvas = Image.new("RGB", (len(tiles) * (w + 8) - 8, h + legend_h), "white")
+    canvas = Image.new("RGB", (len(tiles) * (w + 8) - 8, h + _legend_height(len(class_names))), "white")
     for i, t in enumerate(tiles):
         canvas.paste(Image.fromarray(np.ascontiguousarray(t)), (i * (w + 8), 0))
-    draw = ImageDraw.Draw(canvas)
-    for i, (name, rgbc) in enumerate(zip(class_names, colors)):
-        x = 8 + (i % 4) * max(canvas.width // 4, 120)
-        y = h + 6 + 22 * (i // 4)
-        draw.rectangle([x, y, x + 14, y + 14], fill=tuple(int(v) for v in rgbc[:3]), outline="black")
-        draw.text((x + 20, y + 1), name, fill="black")
+    _draw_legend(canvas, h, class_names, colors, max(canvas.width // 4, 120))
     return canvas

@@ -35,6 +35,7 @@ from pipeline.evaluation.metrics import dice_per_class, iou_per_class, nanmean
 from pipeline.inputs.band_stack import check_same_grid
 from pipeline.inputs.raster import RasterInfo, inspect_raster
 from pipeline.stores.output import OutputStore
+from pipeline.tiling.blocks import BlockPlan
 
 Window = tuple[tuple[int, int], tuple[int, int]]
 WINDOW = 1024
@@ -181,7 +182,7 @@ def _box(transform: Affine, bounds: Window) -> dict[str, Any]:
     return {"type": "Polygon", "coordinates": [[list(transform @ c) for c in corners]]}
 
 
-def block_regions(plan, transform: Sequence[float]) -> list[RegionSpec]:  # plan: BlockPlan
+def block_regions(plan: BlockPlan, transform: Sequence[float]) -> list[RegionSpec]:
     """One region per output block, named by its block index."""
     t = Affine(*transform[:6])
     return [
@@ -317,7 +318,7 @@ def _accumulate(
 
 def compute_region_table(
     store: OutputStore,
-    plan,  # BlockPlan
+    plan: BlockPlan,
     attrs: dict[str, Any],
     class_names: Sequence[str],
     labels: str | os.PathLike[str] | None = None,

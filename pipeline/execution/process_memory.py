@@ -7,28 +7,13 @@ bounded to :data:`GDAL_CACHE_MB` (a user's own ``GDAL_CACHEMAX`` wins).
 glibc keeps freed heap pages (the arrays and tensors of a finished block) in
 the process, and what one block leaves behind fragments under the next.
 :func:`release_freed_memory` (``malloc_trim``) after each block and after ingest
-hands them back: 67 Mpx, 1×1 conv, four 16 Mpx blocks, inference-stage peak RSS
-730–744 MiB without, 646–727 MiB with (3–5 runs each), for 0.06 s in all. Most of
-the peak is one block's own working set (footprint, accumulator rows, batches).
-Since then the engine reuses one input and one probability buffer for every batch
-of a block, which leaves fewer holes: the same run's inference peak is now
-~490–550 MiB.
+hands them back, for a lower peak at almost no cost. Most of the peak is one
+block's own working set (footprint, accumulator rows, batches).
 
-Tried and left out (what stays resident is mostly freed heap that the per-batch
-arrays churn through: at the 67 Mpx 1×1-conv peak, 194 of the main heap's 372 MiB
-were free):
-
-- fixing glibc's mmap threshold at 1 MiB (so freed arrays go straight back to the
-  system) cut the 67 Mpx peak RSS by ~80 MiB but made every activation of a U-Net
-  forward a fresh mapping to fault in: 45% slower (4 Mpx U-Net, 9.9 vs 6.8 s);
-  at 4 MiB, 1×1 conv: −140 MiB, +1.4 s of 7; at 17 MiB: −30 MiB, no cost on this
-  bench, but a threshold tuned to one model's array sizes;
-- ``malloc_trim`` after every finished row range: −60 MiB, +0.8 s of 7 (1×1 conv,
-  67 Mpx): the returned pages are faulted in again by the next batch;
-- each block's accumulator, batch buffers and labels in their own anonymous
-  mappings (returned whole when the block ends): −20–25 MiB at that peak, but the
-  in-memory engine took 2.3–3.4 s instead of 2.1–2.7 s (4 blocks, interleaved
-  runs): every block faults its pages in afresh where the heap reuses warm ones.
+Tried and left out, because each costs more time than the memory it saves or is
+tuned to one model's array sizes: a fixed mmap threshold, ``malloc_trim`` after
+every row range, per-block anonymous mappings. The numbers for all of these are in
+bench/RESULTS.md ("Freed heap: malloc_trim and what was left out").
 """
 
 from __future__ import annotations

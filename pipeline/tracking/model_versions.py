@@ -72,11 +72,6 @@ class ModelVersion:
         return f"{PREFIX}{self.name}/{self.version}"
 
 
-def is_registry_uri(source: str) -> bool:
-    """Whether ``-m`` names a registered model rather than a file or ``arch:``."""
-    return source.startswith(PREFIX)
-
-
 def _signature(card: ModelCard, spatial_dims: int) -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
@@ -87,7 +82,9 @@ def _signature(card: ModelCard, spatial_dims: int) -> Any:
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
-def _write_model_folder(folder: Path, model: SegmentationModel, card: ModelCard, run_id: str, model_id: str):
+def _write_model_folder(
+    folder: Path, model: SegmentationModel, card: ModelCard, run_id: str, model_id: str
+) -> None:
     from mlflow.models import Model
     from mlflow.models.utils import _save_example
 

@@ -18,11 +18,15 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.errors import InputError
 from pipeline.job.config import SegmentConfig
 from pipeline.tracking import runs as tracking
 from pipeline.tracking.model_versions import CHAMPION, PREFIX
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 METRICS = ("miou", "mdice", "accuracy")
 HISTORY_TAG = "gigaseg.champion_history"
@@ -53,7 +57,7 @@ class Decision:
         return f"{self.name}: {self.action}; champion is version {self.champion}{scores}"
 
 
-def _client():
+def _client() -> MlflowClient:
     import mlflow
 
     tracking.configure()
@@ -86,38 +90,45 @@ def _set_champion(name: str, version: int, history: list[int]) -> None:
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
 
 
-def evaluate_version(
-    name: str,
-    version: int,
-    image: str | os.PathLike[str],
-    labels: str | os.PathLike[str],
-    metric: str,
-    work: Path,
-    block: int = 2048,
-) -> float:
-    """Segment the evaluation scene with ``name``/``version`` (nested tracked run); its scene-wide score."""
-    from pipeline.tracking.segment_run import track_segment_run
+@dataclass(frozen=True)
+class EvaluationScene:
+    """The labelled scene a candidate and the champion are scored on, and the score that decides."""
 
-    config = SegmentConfig(
-        input=Path(image),
-        model=f"{PREFIX}{name}/{version}",
-        output=work / f"{name}-v{version}.tif",
-        block=block,
-        quiet=True,
-        overwrite=True,
-    )
-    result = track_segment_run(
-        config,
-        labels=labels,
-        experiment=tracking.PROMOTION_EXPERIMENT,
-        run_name=f"evaluate {name} v{version}",
-        nested=True,
-        tags={"gigaseg.kind": "evaluation"},
-    )
-    score = result.scene.get(metric)
-    if score is None or score != score:
-        raise InputError(f"{labels}: no labelled pixel scored; cannot compute {metric}")
-    return float(score)
+    image: str | os.PathLike[str] | None
+    labels: str | os.PathLike[str] | None
+    metric: str = "miou"
+    block: int = 2048
+    """Output block side of the evaluation runs."""
+
+    @property
+    def given(self) -> bool:
+        """Whether there is a scene to score on (both image and labels)."""
+        return self.image is not None and self.labels is not None
+
+    def score(self, name: str, version: int, work: Path) -> float:
+        """Segment the scene with ``name``/``version`` (nested tracked run); its scene-wide score."""
+        from pipeline.tracking.segment_run import track_segment_run
+
+        config = SegmentConfig(
+            input=Path(self.image),
+            model=f"{PREFIX}{name}/{version}",
+            output=work / f"{name}-v{version}.tif",
+            block=self.block,
+            quiet=True,
+            overwrite=True,
+        )
+        result = track_segment_run(
+            config,
+            labels=self.labels,
+            experiment=tracking.PROMOTION_EXPERIMENT,
+            run_name=f"evaluate {name} v{version}",
+            nested=True,
+            tags={"gigaseg.kind": "evaluation"},
+        )
+        score = result.scene.get(self.metric)
+        if score is None or score != score:
+            raise InputError(f"{self.labels}: no labelled pixel scored; cannot compute {self.metric}")
+        return float(score)
 
 
 def _record(decision: Decision) -> None:
@@ -152,57 +163,71 @@ def _record(decision: Decision) -> None:
         )
 
 
-def promote(
-    name: str,
-    version: int,
-    eval_image: str | os.PathLike[str] | None,
-    eval_labels: str | os.PathLike[str] | None,
-    metric: str = "miou",
-    margin: float = 0.0,
-    force: bool = False,
-    block: int = 2048,
-) -> Decision:
-    """Evaluate ``version`` against the champion and move the alias if it is at least as good."""
+def _check_request(scene: EvaluationScene, force: bool) -> None:
+    if scene.metric not in METRICS:
+        raise InputError(f"--metric must be one of {', '.join(METRICS)}, got {scene.metric!r}")
+    if not scene.given and not force:
+        raise InputError("promotion needs --eval-image and --eval-labels (or --force)")
+
+
+def _check_version_exists(name: str, version: int) -> None:
     from mlflow.exceptions import MlflowException
 
-    if metric not in METRICS:
-        raise InputError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
-    if (eval_image is None or eval_labels is None) and not force:
-        raise InputError("promotion needs --eval-image and --eval-labels (or --force)")
-    history = _history(name)
     try:
         _client().get_model_version(name, str(version))
     except MlflowException:
         raise InputError(f"{name}: no version {version} in the registry") from None
+
+
+def _score(decision: Decision, scene: EvaluationScene) -> None:
+    """The candidate's score, and the champion's on the same scene (the same score when they are one)."""
+    name, candidate, champion = decision.name, decision.candidate, decision.previous_champion
+    with tempfile.TemporaryDirectory(prefix="gigaseg-eval-") as tmp:
+        decision.candidate_score = scene.score(name, candidate, Path(tmp))
+        if champion is not None and champion != candidate:
+            decision.champion_score = scene.score(name, champion, Path(tmp))
+        elif champion == candidate:
+            decision.champion_score = decision.candidate_score
+
+
+def _action(decision: Decision, force: bool) -> str:
+    """``first``, ``forced`` or ``promoted`` (champion + margin reached) to move the alias, else ``kept``."""
+    if decision.candidate == decision.previous_champion:
+        return "kept"
+    if decision.previous_champion is None:
+        return "first"
+    if force:
+        return "forced"
+    if decision.candidate_score >= decision.champion_score + decision.margin:  # type: ignore[operator]
+        return "promoted"
+    return "kept"
+
+
+def _crown(name: str, version: int, champion: int | None, history: list[int]) -> None:
+    """Give ``champion`` to ``version``, the outgoing champion last in the history before it."""
+    if not history or history[-1] != champion:
+        history = [*history, champion] if champion is not None else history
+    _set_champion(name, version, [*history, version])
+
+
+def promote(
+    name: str, version: int, scene: EvaluationScene, margin: float = 0.0, force: bool = False
+) -> Decision:
+    """Evaluate ``version`` against the champion on ``scene`` and move the alias if it is at least as good."""
+    _check_request(scene, force)
+    history = _history(name)
+    _check_version_exists(name, version)
     champion = champion_version(name)
     tags = {"gigaseg.kind": "promotion", "gigaseg.model_name": name}
     with tracking.run(tracking.PROMOTION_EXPERIMENT, f"promote {name} v{version}", tags) as run:
         decision = Decision(
-            name, "kept", version, champion, champion, metric, margin=margin, run_id=run.info.run_id
+            name, "kept", version, champion, champion, scene.metric, margin=margin, run_id=run.info.run_id
         )
-        if eval_image is not None and eval_labels is not None:
-            with tempfile.TemporaryDirectory(prefix="gigaseg-eval-") as tmp:
-                decision.candidate_score = evaluate_version(
-                    name, version, eval_image, eval_labels, metric, Path(tmp), block
-                )
-                if champion is not None and champion != version:
-                    decision.champion_score = evaluate_version(
-                        name, champion, eval_image, eval_labels, metric, Path(tmp), block
-                    )
-                elif champion == version:
-                    decision.champion_score = decision.candidate_score
-        if champion == version:
-            decision.action = "kept"
-        elif champion is None:
-            decision.action = "first"
-        elif force:
-            decision.action = "forced"
-        elif decision.candidate_score >= decision.champion_score + margin:  # type: ignore[operator]
-            decision.action = "promoted"
+        if scene.given:
+            _score(decision, scene)
+        decision.action = _action(decision, force)
         if decision.action in ("first", "forced", "promoted"):
-            if not history or history[-1] != champion:
-                history = [*history, champion] if champion is not None else history
-            _set_champion(name, version, [*history, version])
+            _crown(name, version, champion, history)
             decision.champion = version
         _record(decision)
     return decision

@@ -13,10 +13,11 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from models.checkpoint import ModelCard
 from pipeline.errors import InputError
 from pipeline.evaluation.region_metrics import RegionTable, compute_region_table
 from pipeline.job.config import SegmentConfig
@@ -81,6 +82,108 @@ def check_reference_files(
             raise InputError(f"{path}: no such file ({what})")
 
 
+class _RegionTableHook:
+    """The job's ``on_finished`` hook: the model card and, for 2D GeoTIFF outputs, the region table.
+
+    It runs while the stores still exist (the work folder goes right after). A plain
+    object, not a dataclass: Prefect walks into dataclass task parameters, and the
+    metrics task must fill in this very object.
+    """
+
+    def __init__(self, labels: str | os.PathLike[str] | None, regions: str | os.PathLike[str] | None):
+        self.labels = labels
+        self.regions = regions
+        self.card: ModelCard | None = None
+        self.table: RegionTable | None = None
+
+    def __call__(self, job: Job) -> None:
+        from pipeline.exporters.formats import output_format
+        from pipeline.inputs.raster import inspect_raster
+        from pipeline.inputs.volume_geometry import is_volume
+
+        self.card = job.card
+        dims = len(job.scene.spatial_shape)
+        if is_volume(job.scene.attrs) or output_format(job.config.output, dims) != "cog":
+            return  # per-region tables are for 2D GeoTIFF outputs; a volume's run records per-label mL
+        t0 = time.perf_counter()
+        self.table = compute_region_table(
+            job.store,
+            job.plan,
+            dict(job.scene.attrs),
+            job.card.class_names,
+            labels=self.labels,
+            regions=self.regions,
+            output_info=inspect_raster(job.config.output),
+        )
+        job.timings["region_metrics"] = time.perf_counter() - t0
+
+
+def _tracked_config(
+    config: SegmentConfig, labels: str | os.PathLike[str] | None, regions: str | os.PathLike[str] | None
+) -> SegmentConfig:
+    """A validated copy of ``config`` that keeps per-pixel uncertainty; fails before any work starts."""
+    check_reference_files(labels, regions)
+    for out in region_paths(config.output):
+        if out.exists() and not config.overwrite:
+            raise InputError(f"{out}: already exists (use --overwrite to replace it)")
+    tracked = replace(config, uncertainty=True)
+    tracked.validate()
+    return tracked
+
+
+def _log_params(
+    config: SegmentConfig, labels: str | os.PathLike[str] | None, regions: str | os.PathLike[str] | None
+) -> None:
+    import mlflow
+
+    params = config.to_dict()
+    params.pop("extra", None)
+    mlflow.log_params(tracking.flat_params({**params, "labels": labels, "regions": regions}))
+
+
+def _summary_metrics(summary: SegmentSummary) -> dict[str, float]:
+    """Throughput, counts, stage timings and per-label volumes / mean probabilities of a finished run."""
+    metrics = {
+        "seconds": summary.seconds,
+        "mpx_per_s": summary.mpx_per_s,
+        "pixels": summary.pixels,
+        "valid_pixels": summary.valid_pixels,
+        "blocks_run": summary.blocks_run,
+        "blocks_skipped": summary.blocks_skipped,
+        "tiles_run": summary.tiles_run,
+        **{f"time_{k}": float(v) for k, v in summary.timings.items() if k != "tiles"},
+    }
+    for label, ml in summary.label_volumes_ml.items():
+        metrics[tracking.metric_key(f"volume_ml_{label}")] = ml
+    for label, p in summary.label_mean_probability.items():
+        metrics[tracking.metric_key(f"mean_probability_{label}")] = p
+    return metrics
+
+
+def _log_region_table(table: RegionTable, csv_path: Path, geojson_path: Path) -> None:
+    """The table beside the output (CSV, GeoJSON) and in the run (an MLflow table and both files)."""
+    import mlflow
+
+    table.write_csv(csv_path)
+    table.write_geojson(geojson_path)
+    mlflow.log_table(table.columns(), "regions/regions.json")
+    mlflow.log_artifact(str(csv_path), "regions")
+    mlflow.log_artifact(str(geojson_path), "regions")
+
+
+def _log_preview(config: SegmentConfig, summary: SegmentSummary, card: ModelCard) -> None:
+    """A PNG of the image, its classes and the legend, as a run artifact."""
+    import mlflow
+
+    from pipeline.evaluation.preview import write_preview
+
+    with tempfile.TemporaryDirectory() as tmp:
+        png = write_preview(
+            config.input, summary.output, Path(tmp) / "preview.png", card.class_names, card.class_colors
+        )
+        mlflow.log_artifact(str(png))
+
+
 def track_segment_run(
     config: SegmentConfig,
     labels: str | os.PathLike[str] | None = None,
@@ -93,82 +196,24 @@ def track_segment_run(
 ) -> TrackedSegment:
     """Segment ``config`` inside an MLflow run and record everything about it.
 
-    ``run`` is the segmentation entry point (in-process :func:`segment` by
-    default; any callable with its signature, e.g. a Ray executor's).
+    ``config`` itself is left as it is (the run uses a copy that keeps per-pixel
+    uncertainty). ``run`` is the segmentation entry point (in-process
+    :func:`segment` by default; any callable with its signature, e.g. a Ray executor's).
     """
-    check_reference_files(labels, regions)
+    config = _tracked_config(config, labels, regions)
     csv_path, geojson_path = region_paths(config.output)
-    for out in (csv_path, geojson_path):
-        if out.exists() and not config.overwrite:
-            raise InputError(f"{out}: already exists (use --overwrite to replace it)")
-    config.uncertainty = True
-    config.validate()
-    model_tags = _model_tags(config.model)
-    found: dict[str, Any] = {}
-
-    def on_finished(job: Job) -> None:
-        from pipeline.exporters.formats import output_format
-        from pipeline.inputs.raster import inspect_raster
-        from pipeline.inputs.volume_geometry import is_volume
-
-        found["card"] = job.card
-        dims = len(job.scene.spatial_shape)
-        if is_volume(job.scene.attrs) or output_format(job.config.output, dims) != "cog":
-            return  # per-region tables are for 2D GeoTIFF outputs; a volume's run records per-label mL
-        t0 = time.perf_counter()
-        found["table"] = compute_region_table(
-            job.store,
-            job.plan,
-            dict(job.scene.attrs),
-            job.card.class_names,
-            labels=labels,
-            regions=regions,
-            output_info=inspect_raster(job.config.output),
-        )
-        found["card"] = job.card
-        job.timings["region_metrics"] = time.perf_counter() - t0
-
-    name = run_name or f"segment {config.input.name}"
-    with tracking.run(
-        experiment, name, {"gigaseg.kind": "segment", **model_tags, **(tags or {})}, nested
-    ) as r:
+    run_tags = {"gigaseg.kind": "segment", **_model_tags(config.model), **(tags or {})}
+    hook = _RegionTableHook(labels, regions)
+    with tracking.run(experiment, run_name or f"segment {config.input.name}", run_tags, nested) as r:
         import mlflow
 
-        params = config.to_dict()
-        params.pop("extra", None)
-        mlflow.log_params(tracking.flat_params({**params, "labels": labels, "regions": regions}))
-        summary = run(config, on_finished=on_finished)
-        table: RegionTable | None = found.get("table")
-        card = found["card"]
-        metrics = {
-            "seconds": summary.seconds,
-            "mpx_per_s": summary.mpx_per_s,
-            "pixels": summary.pixels,
-            "valid_pixels": summary.valid_pixels,
-            "blocks_run": summary.blocks_run,
-            "blocks_skipped": summary.blocks_skipped,
-            "tiles_run": summary.tiles_run,
-            **{f"time_{k}": float(v) for k, v in summary.timings.items() if k != "tiles"},
-        }
-        for label, ml in summary.label_volumes_ml.items():
-            metrics[tracking.metric_key(f"volume_ml_{label}")] = ml
-        for label, p in summary.label_mean_probability.items():
-            metrics[tracking.metric_key(f"mean_probability_{label}")] = p
-        if table is None:
+        _log_params(config, labels, regions)
+        summary = run(config, on_finished=hook)
+        metrics = _summary_metrics(summary)
+        if hook.table is None:
             mlflow.log_metrics(metrics)
             return TrackedSegment(summary, r.info.run_id, None, None, None)
-        metrics |= _scalar_metrics("scene_", table.scene_row())
-        mlflow.log_metrics(metrics)
-        table.write_csv(csv_path)
-        table.write_geojson(geojson_path)
-        mlflow.log_table(table.columns(), "regions/regions.json")
-        mlflow.log_artifact(str(csv_path), "regions")
-        mlflow.log_artifact(str(geojson_path), "regions")
-        with tempfile.TemporaryDirectory() as tmp:
-            from pipeline.evaluation.preview import write_preview
-
-            png = write_preview(
-                config.input, summary.output, Path(tmp) / "preview.png", card.class_names, card.class_colors
-            )
-            mlflow.log_artifact(str(png))
-    return TrackedSegment(summary, r.info.run_id, table, csv_path, geojson_path)
+        mlflow.log_metrics(metrics | _scalar_metrics("scene_", hook.table.scene_row()))
+        _log_region_table(hook.table, csv_path, geojson_path)
+        _log_preview(config, summary, hook.card)
+    return TrackedSegment(summary, r.info.run_id, hook.table, csv_path, geojson_path)

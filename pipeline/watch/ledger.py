@@ -9,15 +9,12 @@ file stays skipped until it is replaced); ``forget`` clears that.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 
 LEDGER_NAME = ".gigaseg-ledger.sqlite"
 
@@ -50,6 +47,11 @@ class LedgerEntry:
     status: str
     output: str | None
     message: str | None
+
+
+def failure_reason(error: BaseException) -> str:
+    """The one line that says why a scene failed: the error's first line, else its type."""
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 class SceneLedger:
@@ -117,6 +119,17 @@ class SceneLedger:
                 ("done" if ok else "failed", message, time.time(), source, content_id),
             )
 
+    @contextmanager
+    def processing(self, source: str, content_id: str, output: str) -> Iterator[None]:
+        """Record the start, then the outcome of the body: done, or failed with the error's first line."""
+        self.start(source, content_id, output)
+        try:
+            yield
+        except BaseException as exc:
+            self.finish(source, content_id, ok=False, message=failure_reason(exc))
+            raise
+        self.finish(source, content_id, ok=True)
+
     def forget(self, source: str) -> int:
         """Drop every record of ``source`` (it will be processed again); returns rows removed."""
         with self._db() as db:
@@ -131,17 +144,3 @@ class SceneLedger:
                 "SELECT source, content_id, status, output, message FROM scenes ORDER BY started"
             ).fetchall()
         return [LedgerEntry(*r) for r in rows]
-
-
-def output_name(relative_source: str, content_id: str, suffix: str = ".tif") -> str:
-    """Deterministic, collision-free output file name for a scene.
-
-    The readable part is the scene's relative path; the key hashes that path with
-    the content id, so scenes of the same name in different folders stay apart and
-    a changed scene's new result never overwrites the old one.
-    """
-    relative = PurePosixPath(relative_source.replace(os.sep, "/")).as_posix()
-    path = PurePosixPath(relative)
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", "__".join([*path.parent.parts, path.stem]))
-    key = hashlib.blake2b(f"{relative}\0{content_id}".encode(), digest_size=8).hexdigest()
-    return f"{stem}.{key}.labels{suffix}"

@@ -49,7 +49,9 @@ def _run(scene, tiny_checkpoint, name: str, regions: Path | None = None):
         quiet=True,
         overwrite=True,
     )
-    return track_segment_run(config, labels=scene["labels"], regions=regions)
+    tracked = track_segment_run(config, labels=scene["labels"], regions=regions)
+    assert not config.uncertainty, "tracking runs on a copy: the caller's config is left as it was"
+    return tracked
 
 
 def _reference_stats(pred, probs, truth, mask, k):

@@ -22,8 +22,10 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+from pipeline.execution.block_queue import BlockFailedError
+from pipeline.execution.block_worker import BlockReport
 from pipeline.execution.progress import Progress
-from pipeline.execution.ray_pool import BlockFailedError, BlockReport, RayBlockRunner
+from pipeline.execution.ray_pool import RayBlockRunner
 from pipeline.job.config import SegmentConfig
 from pipeline.job.steps import export, prepare, segment
 from tests.conftest import write_raster

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from pipeline.engine.accumulation import TilePredictor
 from pipeline.engine.device import autocast_dtype, fit_batch_size, free_memory, select_device
 from pipeline.errors import InputError
-from pipeline.execution.ray_pool import CORES_PER_CPU_ACTOR, BlockFailedError, BlockQueue, plan_pool
+from pipeline.execution.block_queue import BlockFailedError, BlockQueue
+from pipeline.execution.pool_plan import CORES_PER_CPU_ACTOR, plan_pool
 
 
 @given(
