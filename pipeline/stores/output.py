@@ -31,8 +31,10 @@ from typing import Any
 import numpy as np
 import zarr
 
-from pipeline.engine.accumulation import BlockOutput, label_dtype, label_nodata
-from pipeline.stores.scene import COMPRESSORS, region_slices
+from pipeline.stores.block_output import BlockOutput
+from pipeline.stores.labels import label_dtype, label_nodata
+from pipeline.stores.scene import COMPRESSORS
+from pipeline.tiling import regions
 from pipeline.tiling.blocks import Block, BlockPlan
 
 
@@ -155,7 +157,7 @@ class OutputStore:
 
     def write_block(self, block: Block, output: BlockOutput) -> None:
         """Write a block's chunks, then mark it done (the order makes resumption safe)."""
-        sl = region_slices(block.region)
+        sl = regions.slices(block.region)
         self.labels[sl] = output.labels
         if self.probabilities is not None:
             if output.probabilities is None:
@@ -167,10 +169,10 @@ class OutputStore:
             self.confidence[sl] = output.confidence.astype(np.float16)
             self.entropy[sl] = output.entropy.astype(np.float16)
         if output.label_stats is not None and "label_stats" in self.group:
-            self.group["label_stats"][tuple(slice(i, i + 1) for i in block.index)] = output.label_stats[
+            self.group["label_stats"][regions.unit(block.index)] = output.label_stats[
                 (None,) * len(block.index)
             ]
-        self.done[tuple(slice(i, i + 1) for i in block.index)] = 1
+        self.done[regions.unit(block.index)] = 1
 
     def label_stats(self) -> np.ndarray:
         """``(classes, 2)``: voxels per label and the sum of their winning probability, over all blocks."""
@@ -186,4 +188,4 @@ def read_labels(path: str | os.PathLike[str], region: Sequence[tuple[int, int]] 
     """Labels of a finished store (whole, or one region)."""
     group = zarr.open_group(str(path), mode="r")
     arr = group["labels"]
-    return arr[region_slices(region)] if region is not None else arr[...]
+    return arr[regions.slices(region)] if region is not None else arr[...]
