@@ -21,9 +21,10 @@ import torch
 
 from models import SegmentationModel
 from models.checkpoint import ModelCard
-from pipeline.engine.accumulation import BlockOutput, TilePredictor, infer_block
+from pipeline.engine.block import infer_block
 from pipeline.engine.crf import CRFParams, band_stats, refine
 from pipeline.engine.device import select_device
+from pipeline.engine.predictor import TilePredictor
 from pipeline.engine.slicewise import SliceWiseModel, slice_align, slice_tile
 from pipeline.errors import InputError
 from pipeline.execution.process_memory import release_freed_memory
@@ -41,6 +42,7 @@ from pipeline.inputs.scene_statistics import resolve_normalization
 from pipeline.inputs.volume_geometry import VolumeGeometry, is_volume
 from pipeline.job.config import SegmentConfig
 from pipeline.job.model_source import load_model, model_identity
+from pipeline.stores.block_output import BlockOutput
 from pipeline.stores.output import OutputStore, fingerprint
 from pipeline.stores.scene import SceneStore
 from pipeline.tiling.blending import BlendWindow
