@@ -33,6 +33,7 @@ from models.checkpoint import save_checkpoint
 from pipeline.evaluation.metrics import confusion
 from pipeline.job.config import SegmentConfig
 from pipeline.job.steps import SegmentSummary, segment
+from pipeline.tiling import regions
 from pipeline.tiling.grid import Region
 from pipeline.training.data import hold_out_slab, open_pair
 from pipeline.training.trainer import EpochResult, TrainOutcome, TrainSettings, fit
@@ -249,7 +250,7 @@ def run_case(
     img, out = nib.load(case.image), nib.load(output)
     if not np.array_equal(out.affine, img.affine) or out.shape != img.shape[:3]:
         raise RuntimeError(f"{output}: affine or shape differ from {case.image}")
-    sl = tuple(slice(a, b) for a, b in held)
+    sl = regions.slices(held)
     pred, truth = _store_order(out)[sl], _store_order(nib.load(case.labels))[sl]
     dice = dice_per_class(pred, truth, len(case.class_names))
     return CaseResult(

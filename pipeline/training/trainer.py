@@ -38,6 +38,7 @@ from pipeline.evaluation.metrics import confusion, dice_per_class, iou_per_class
 from pipeline.inputs.normalization import normalize
 from pipeline.inputs.scene_statistics import resolve_normalization
 from pipeline.stores.output import fingerprint
+from pipeline.tiling import regions
 from pipeline.training.data import (
     IGNORE,
     LabelledScene,
@@ -227,7 +228,7 @@ def predict_region(
             x[:, ~valid] = 0.0
             logits = model(torch.from_numpy(x)[None].to(device))
             logits = logits["out"] if isinstance(logits, dict) else logits
-            sl = tuple(slice(w0 - r0, w1 - r0) for (w0, w1), (r0, _) in zip(win, region))
+            sl = regions.within(win, region)
             pred[sl] = logits[0].argmax(0).cpu().numpy()
             labels[sl] = lab
             if raw_all is None:

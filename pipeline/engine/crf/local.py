@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from pipeline.engine.crf.features import appearance_features, prepare_inputs
 from pipeline.engine.crf.params import CRFParams, Spacing, window_offsets
+from pipeline.tiling import regions
 
 Region = tuple[slice, ...]
 
@@ -40,7 +41,7 @@ def _shifted(padded: torch.Tensor, pads: Sequence[int], off: Sequence[int], regi
 def _chunks(shape: Sequence[int], channels: int, itemsize: int) -> list[Region]:
     """Split the spatial extent into row (2D) / slab (3D) regions of about ``_CHUNK_BYTES``."""
     target = max(1, _CHUNK_BYTES // (channels * itemsize))
-    full = [slice(0, n) for n in shape]
+    full = regions.slices(regions.whole(shape))
     inner = math.prod(shape[1:])
     if inner <= target or len(shape) == 2:
         step = max(1, target // inner)
@@ -74,7 +75,7 @@ class _Kernels:
         dtype: torch.dtype,
     ) -> None:
         self.shape = tuple(valid.shape)
-        self.whole: Region = tuple(slice(0, n) for n in self.shape)
+        self.whole: Region = regions.slices(regions.whole(self.shape))
         self.pads = pads
         self.offsets = offsets
         w1, w2 = params.appearance_weight, params.smooth_weight
