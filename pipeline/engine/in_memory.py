@@ -6,6 +6,9 @@ stores: the same global tile grid, blending and blocks, with the array standing
 in for the scene store. Memory beyond the input and the labels is bounded by the
 block (as in the file pipeline), not by the scene: the probabilities of the whole
 scene are only held when asked for.
+
+:func:`predict_in_memory` is the whole scene as one context: the reference every
+blockwise run must equal.
 """
 
 from __future__ import annotations
