@@ -7,9 +7,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from pipeline.engine.accumulation import Footprint, RegionResult, blend_region
+from pipeline.engine.accumulation import RegionResult, blend_region
 from pipeline.engine.finishing import BlockFinisher, finish_block
 from pipeline.engine.predictor import TilePredictor
+from pipeline.engine.tile_batches import Footprint
 from pipeline.stores.block_output import BlockOutput
 from pipeline.tiling import regions
 from pipeline.tiling.blending import BlendWindow
