@@ -29,6 +29,34 @@ def _import_dcrf() -> Any:
 _NODATA_FEATURE_OFFSET = 100.0
 
 
+class _Pairwise:
+    """Adds DenseCRF's Gaussian pairwise kernels, with the compatibility given (Potts by default)."""
+
+    def __init__(self, crf: Any, dcrf: Any, params: CRFParams, num_classes: int):
+        self.crf = crf
+        self.dcrf = dcrf
+        self.params = params
+        self.mu = params.compatibility_matrix(num_classes)
+
+    def compat(self, weight: float) -> float | np.ndarray:
+        """pydensecrf's ``compat`` for a kernel of ``weight``."""
+        # pydensecrf: a number w is Potts as a reward w·k̂Q for agreeing (the same as the
+        # penalty w·(1 - I) up to a per-pixel constant); a matrix is a penalty applied to k̂Q.
+        if self.params.compatibility is None:
+            return float(weight)
+        return np.ascontiguousarray(weight * self.mu, dtype=np.float32)
+
+    def add(self, feats: list[np.ndarray], weight: float) -> None:
+        """A kernel over ``feats`` (each ``(Y, X)``, already divided by their σ); none if ``weight <= 0``."""
+        if weight <= 0:
+            return
+        f = np.ascontiguousarray(np.stack([a.reshape(-1) for a in feats]), dtype=np.float32)
+        dcrf = self.dcrf
+        self.crf.addPairwiseEnergy(
+            f, compat=self.compat(weight), kernel=dcrf.DIAG_KERNEL, normalization=dcrf.NORMALIZE_SYMMETRIC
+        )
+
+
 def dense_crf(
     probs: torch.Tensor | np.ndarray,
     image: torch.Tensor | np.ndarray | None,
@@ -74,29 +102,13 @@ def dense_crf(
     if not vn.all():
         extra = [np.where(vn, 0.0, _NODATA_FEATURE_OFFSET).astype(np.float32)]
 
-    mu = params.compatibility_matrix(num_classes)
-
-    def compat(weight: float) -> float | np.ndarray:
-        # pydensecrf: a number w is Potts as a reward w·k̂Q for agreeing (the same as the
-        # penalty w·(1 - I) up to a per-pixel constant); a matrix is a penalty applied to k̂Q.
-        if params.compatibility is None:
-            return float(weight)
-        return np.ascontiguousarray(weight * mu, dtype=np.float32)
-
-    def add(feats: list[np.ndarray], weight: float) -> None:
-        if weight <= 0:
-            return
-        f = np.ascontiguousarray(np.stack([a.reshape(-1) for a in feats]), dtype=np.float32)
-        crf.addPairwiseEnergy(
-            f, compat=compat(weight), kernel=dcrf.DIAG_KERNEL, normalization=dcrf.NORMALIZE_SYMMETRIC
-        )
-
-    add([yy / params.smooth_sigma, xx / params.smooth_sigma, *extra], params.smooth_weight)
+    pairwise = _Pairwise(crf, dcrf, params, num_classes)
+    pairwise.add([yy / params.smooth_sigma, xx / params.smooth_sigma, *extra], params.smooth_weight)
     if img is not None:
         feats = appearance_features(img, v, params).to(torch.float32).cpu().numpy()
         if feats.shape[0] > 0:
             sa, sb = params.appearance_sigma_pos, params.appearance_sigma_feat
-            add([yy / sa, xx / sa, *(feats / sb), *extra], params.appearance_weight)
+            pairwise.add([yy / sa, xx / sa, *(feats / sb), *extra], params.appearance_weight)
 
     q = np.asarray(crf.inference(int(params.iterations)), dtype=np.float32)
     q = q.reshape(num_classes, height, width)

@@ -146,6 +146,22 @@ def _compute_dtype(probs: torch.Tensor) -> torch.dtype:
     return torch.float64 if probs.dtype == torch.float64 else torch.float32
 
 
+def _send_messages(msg: torch.Tensor, q_p: torch.Tensor, kernels: _Kernels, chunks: list[Region]) -> None:
+    """One sweep: ``m_i = Σ_d W_d(i) Q_{i+d}`` over every window offset into ``msg``, chunk by chunk.
+
+    ``q_p`` is the masked Q with a zero border of the window radius (a hard edge).
+    """
+    for region in chunks:
+        acc = msg[(slice(None), *region)]
+        acc.zero_()
+        for off, w in kernels.weights(region):
+            sent = _shifted(q_p, kernels.pads, off, region)
+            if isinstance(w, float):
+                acc.add_(sent, alpha=w)
+            else:
+                acc.addcmul_(w, sent)
+
+
 @torch.no_grad()
 def local_crf(
     probs: torch.Tensor | np.ndarray,
@@ -191,7 +207,7 @@ def local_crf(
     mu_t = torch.as_tensor(mu, dtype=dtype, device=p.device)
     vmask = v.to(dtype)
     # Cache-sized regions pay off on CPU; a GPU prefers few large kernels. Same values either way.
-    regions = (
+    chunks = (
         _chunks(shape, num_classes, torch.finfo(dtype).bits // 8)
         if p.device.type == "cpu"
         else [kernels.whole]
@@ -203,15 +219,7 @@ def local_crf(
 
     for _ in range(params.iterations):
         torch.mul(q, vmask, out=interior)  # invalid pixels send nothing
-        for region in regions:
-            acc = msg[(slice(None), *region)]
-            acc.zero_()
-            for off, w in kernels.weights(region):
-                sent = _shifted(q_p, pads, off, region)
-                if isinstance(w, float):
-                    acc.add_(sent, alpha=w)
-                else:
-                    acc.addcmul_(w, sent)
+        _send_messages(msg, q_p, kernels, chunks)
         if potts:
             # Σ_{l'≠l} m(l') = Σ m - m(l); the per-pixel constant Σ m cancels in the softmax.
             logits = logp + msg
