@@ -78,54 +78,9 @@ class OutputStore:
             except (FileNotFoundError, ValueError, KeyError):
                 pass
             shutil.rmtree(path)
-        shape = plan.grid.shape
-        chunks = tuple(min(c, s) for c, s in zip(plan.chunk_shape, shape))
-        dims = tuple("zyx"[-len(shape) :])
         group = zarr.open_group(str(path), mode="w", zarr_format=3)
+        _create_arrays(group, plan, num_classes, with_probabilities, with_uncertainty)
         nodata = label_nodata(num_classes)
-        group.create_array(
-            "labels",
-            shape=shape,
-            chunks=chunks,
-            dtype=label_dtype(num_classes),
-            fill_value=nodata,
-            compressors=COMPRESSORS,
-            dimension_names=dims,
-        )
-        if with_probabilities:
-            group.create_array(
-                "probabilities",
-                shape=(num_classes, *shape),
-                chunks=(num_classes, *chunks),
-                dtype="float32",
-                fill_value=np.nan,
-                compressors=COMPRESSORS,
-                dimension_names=("class", *dims),
-            )
-        for name in ("confidence", "entropy") if with_uncertainty else ():
-            group.create_array(
-                name,
-                shape=shape,
-                chunks=chunks,
-                dtype="float16",
-                fill_value=np.nan,
-                compressors=COMPRESSORS,
-                dimension_names=dims,
-            )
-        group.create_array(
-            "label_stats",
-            shape=(*plan.counts, num_classes, 2),
-            chunks=(*(1,) * len(shape), num_classes, 2),
-            dtype="float64",
-            fill_value=0.0,
-        )
-        group.create_array(
-            "done",
-            shape=plan.counts,
-            chunks=(1,) * len(shape),
-            dtype="uint8",
-            fill_value=0,
-        )
         group.attrs.update(
             {
                 **(attrs or {}),
@@ -182,6 +137,59 @@ class OutputStore:
     def is_complete(self) -> bool:
         """Whether every block is done."""
         return bool(self.done_mask().all())
+
+
+def _create_arrays(
+    group: zarr.Group, plan: BlockPlan, num_classes: int, with_probabilities: bool, with_uncertainty: bool
+) -> None:
+    """The store's arrays, empty: labels, the optional maps, per-block label statistics and done flags."""
+    shape = plan.grid.shape
+    chunks = tuple(min(c, s) for c, s in zip(plan.chunk_shape, shape))
+    dims = tuple("zyx"[-len(shape) :])
+    nodata = label_nodata(num_classes)
+    group.create_array(
+        "labels",
+        shape=shape,
+        chunks=chunks,
+        dtype=label_dtype(num_classes),
+        fill_value=nodata,
+        compressors=COMPRESSORS,
+        dimension_names=dims,
+    )
+    if with_probabilities:
+        group.create_array(
+            "probabilities",
+            shape=(num_classes, *shape),
+            chunks=(num_classes, *chunks),
+            dtype="float32",
+            fill_value=np.nan,
+            compressors=COMPRESSORS,
+            dimension_names=("class", *dims),
+        )
+    for name in ("confidence", "entropy") if with_uncertainty else ():
+        group.create_array(
+            name,
+            shape=shape,
+            chunks=chunks,
+            dtype="float16",
+            fill_value=np.nan,
+            compressors=COMPRESSORS,
+            dimension_names=dims,
+        )
+    group.create_array(
+        "label_stats",
+        shape=(*plan.counts, num_classes, 2),
+        chunks=(*(1,) * len(shape), num_classes, 2),
+        dtype="float64",
+        fill_value=0.0,
+    )
+    group.create_array(
+        "done",
+        shape=plan.counts,
+        chunks=(1,) * len(shape),
+        dtype="uint8",
+        fill_value=0,
+    )
 
 
 def read_labels(path: str | os.PathLike[str], region: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
