@@ -9,7 +9,7 @@ defaults untouched. The CRF's own wall time comes from the engine's refinement h
 ``--tune`` first runs a small grid of CRF settings on the LoveDA validation strips (the right
 20% of the three training halves, never trained on and not part of any reported evaluation), on the
 network's probabilities from the pipeline, and prints/records the grid; the defaults in
-``pipeline/engine/crf.py`` / ``pipeline/job/config.py`` are set from it by hand.
+``pipeline/engine/crf/params.py`` / ``pipeline/job/config.py`` are set from it by hand.
 
 Run: ``python -m bench.crf_bench [--tune] [--cases loveda,nrcan,...] [--cache DIR]``; writes the
 "CRF" sections of bench/RESULTS.md. Trained checkpoints are cached under ``--cache`` (outside
@@ -587,7 +587,7 @@ def _machine(load0: float) -> str:
 def _defaults_text() -> str:
     p = CRFParams()
     return (
-        f"CRF defaults (pipeline/engine/crf.py, SegmentConfig): iterations "
+        f"CRF defaults (pipeline/engine/crf/params.py, SegmentConfig): iterations "
         f"{DEFAULT_ITERATIONS['local']} local / "
         f"{DEFAULT_ITERATIONS['dense']} dense, radius {p.radius} "
         f"({p.window}), w2 {p.smooth_weight}, σγ {p.smooth_sigma}, w1 {p.appearance_weight}, "

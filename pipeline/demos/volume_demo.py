@@ -34,6 +34,7 @@ from pipeline.evaluation.metrics import confusion, dice_per_class
 from pipeline.job.config import SegmentConfig
 from pipeline.job.steps import segment
 from pipeline.job.summary import SegmentSummary
+from pipeline.tiling import regions
 from pipeline.tiling.grid import Region
 from pipeline.training.data import hold_out_slab, open_pair
 from pipeline.training.settings import TrainSettings
@@ -243,7 +244,7 @@ def run_case(
     img, out = nib.load(case.image), nib.load(output)
     if not np.array_equal(out.affine, img.affine) or out.shape != img.shape[:3]:
         raise RuntimeError(f"{output}: affine or shape differ from {case.image}")
-    sl = tuple(slice(a, b) for a, b in held)
+    sl = regions.slices(held)
     pred, truth = _store_order(out)[sl], _store_order(nib.load(case.labels))[sl]
     cm = confusion(pred.astype(np.int64).ravel(), truth.astype(np.int64).ravel(), len(case.class_names))
     dice = [float(v) for v in dice_per_class(cm)]

@@ -6,6 +6,9 @@ stores: the same global tile grid, blending and blocks, with the array standing
 in for the scene store. Memory beyond the input and the labels is bounded by the
 block (as in the file pipeline), not by the scene: the probabilities of the whole
 scene are only held when asked for.
+
+:func:`predict_in_memory` is the whole scene as one context: the reference every
+blockwise run must equal.
 """
 
 from __future__ import annotations
@@ -17,11 +20,18 @@ import numpy as np
 import torch
 
 from models import SegmentationModel
-from pipeline.engine.accumulation import TilePredictor, infer_block, label_dtype
+from pipeline.engine.block import Refiner, infer_block, infer_context
+from pipeline.engine.finishing import finish_block
+from pipeline.engine.predictor import TilePredictor
+from pipeline.engine.tile_batches import Footprint
 from pipeline.inputs.normalization import normalizer_for
+from pipeline.stores.block_output import BlockOutput
+from pipeline.stores.labels import label_dtype
+from pipeline.tiling import regions
 from pipeline.tiling.blending import BlendWindow
 from pipeline.tiling.blocks import BlockPlan
-from pipeline.tiling.grid import Region, TileGrid
+from pipeline.tiling.grid import TileGrid
+from pipeline.tiling.regions import Region
 
 
 @dataclass
@@ -53,7 +63,7 @@ def segment_array(
 
     ``valid`` (``(*spatial)`` bool, default all valid) marks nodata; ``normalizer``
     maps a raw ``(C, *region)`` block to float32 model input (default: a float32 copy).
-    Equal to the whole-scene pass (:func:`pipeline.engine.accumulation.predict_in_memory`) and to
+    Equal to the whole-scene pass (:func:`predict_in_memory`) and to
     ``gigaseg segment`` with the same grid, blending and block size.
     """
     if image.ndim != model.spatial_dims + 1:
@@ -70,8 +80,8 @@ def segment_array(
     probs = np.empty((model.num_classes, *spatial), np.float32) if with_probabilities else None
 
     def read(region: Region) -> tuple[np.ndarray, np.ndarray]:
-        sl = tuple(slice(a, b) for a, b in region)
-        mask = valid[sl] if valid is not None else np.broadcast_to(np.True_, [b - a for a, b in region])
+        sl = regions.slices(region)
+        mask = valid[sl] if valid is not None else np.broadcast_to(np.True_, regions.shape(region))
         return image[(slice(None), *sl)], mask
 
     for b in plan:
@@ -85,10 +95,26 @@ def segment_array(
             model.num_classes,
             with_probabilities,
         )
-        sl = tuple(slice(a, z) for a, z in b.region)
+        sl = regions.slices(b.region)
         labels[sl] = out.labels
         if probs is not None:
             probs[(slice(None), *sl)] = out.probabilities
         if on_block is not None:
             on_block(b.num_pixels)
     return ArrayResult(labels, probs, predictor.tiles_run)
+
+
+def predict_in_memory(
+    raw: np.ndarray,
+    valid: np.ndarray,
+    grid: TileGrid,
+    window: BlendWindow,
+    predictor: TilePredictor,
+    normalizer: Callable[[np.ndarray], np.ndarray],
+    num_classes: int,
+    refiner: Refiner | None = None,
+) -> BlockOutput:
+    """The whole scene in one piece (the reference the blockwise run must equal)."""
+    scene = regions.whole(grid.shape)
+    result = infer_context(Footprint(raw, valid, scene, normalizer), scene, grid, window, predictor, refiner)
+    return finish_block(result, scene, scene, num_classes, with_probabilities=True)

@@ -36,6 +36,7 @@ from pipeline.inputs.band_stack import check_same_grid
 from pipeline.inputs.raster import RasterInfo, inspect_raster
 from pipeline.stores.output import OutputStore
 from pipeline.tiling.blocks import BlockPlan
+from pipeline.tiling.regions import slices
 
 Window = tuple[tuple[int, int], tuple[int, int]]
 WINDOW = 1024
@@ -288,7 +289,7 @@ def _accumulate(
 ) -> None:
     k = stats.num_classes
     for win in _windows(spec.bounds, WINDOW):
-        sl = tuple(slice(a, b) for a, b in win)
+        sl = slices(win)
         if spec.polygon:
             (r0, r1), (c0, c1) = win
             wt = transform @ Affine.translation(c0, r0)

@@ -13,12 +13,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import torch
 
-from pipeline.engine.accumulation import BlockOutput, TilePredictor, infer_block
+from pipeline.engine.block import infer_block
 from pipeline.engine.device import select_device
+from pipeline.engine.predictor import TilePredictor
 from pipeline.engine.slicewise import SliceWiseModel
 from pipeline.execution.process_memory import release_freed_memory
 from pipeline.execution.progress import Progress
 from pipeline.job.plan import Job
+from pipeline.stores.block_output import BlockOutput
 from pipeline.tiling.blocks import Block
 from pipeline.tiling.grid import Region
 

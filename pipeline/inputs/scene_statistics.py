@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.tiling import regions
 from pipeline.tiling.grid import Region
 
 MAX_SAMPLE = 4_000_000
@@ -69,7 +70,7 @@ def array_reader(image: np.ndarray, valid: np.ndarray | None = None) -> Reader:
     mask = np.ones(image.shape[1:], dtype=bool) if valid is None else valid
 
     def read(region: Region) -> tuple[np.ndarray, np.ndarray]:
-        sl = tuple(slice(a, b) for a, b in region)
+        sl = regions.slices(region)
         return image[(slice(None), *sl)], mask[sl]
 
     return read

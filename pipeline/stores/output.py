@@ -31,8 +31,10 @@ from typing import Any
 import numpy as np
 import zarr
 
-from pipeline.engine.accumulation import BlockOutput, label_dtype, label_nodata
-from pipeline.stores.scene import COMPRESSORS, region_slices
+from pipeline.stores.block_output import BlockOutput
+from pipeline.stores.labels import label_dtype, label_nodata
+from pipeline.stores.scene import COMPRESSORS
+from pipeline.tiling import regions
 from pipeline.tiling.blocks import Block, BlockPlan
 
 
@@ -76,54 +78,9 @@ class OutputStore:
             except (FileNotFoundError, ValueError, KeyError):
                 pass
             shutil.rmtree(path)
-        shape = plan.grid.shape
-        chunks = tuple(min(c, s) for c, s in zip(plan.chunk_shape, shape))
-        dims = tuple("zyx"[-len(shape) :])
         group = zarr.open_group(str(path), mode="w", zarr_format=3)
+        _create_arrays(group, plan, num_classes, with_probabilities, with_uncertainty)
         nodata = label_nodata(num_classes)
-        group.create_array(
-            "labels",
-            shape=shape,
-            chunks=chunks,
-            dtype=label_dtype(num_classes),
-            fill_value=nodata,
-            compressors=COMPRESSORS,
-            dimension_names=dims,
-        )
-        if with_probabilities:
-            group.create_array(
-                "probabilities",
-                shape=(num_classes, *shape),
-                chunks=(num_classes, *chunks),
-                dtype="float32",
-                fill_value=np.nan,
-                compressors=COMPRESSORS,
-                dimension_names=("class", *dims),
-            )
-        for name in ("confidence", "entropy") if with_uncertainty else ():
-            group.create_array(
-                name,
-                shape=shape,
-                chunks=chunks,
-                dtype="float16",
-                fill_value=np.nan,
-                compressors=COMPRESSORS,
-                dimension_names=dims,
-            )
-        group.create_array(
-            "label_stats",
-            shape=(*plan.counts, num_classes, 2),
-            chunks=(*(1,) * len(shape), num_classes, 2),
-            dtype="float64",
-            fill_value=0.0,
-        )
-        group.create_array(
-            "done",
-            shape=plan.counts,
-            chunks=(1,) * len(shape),
-            dtype="uint8",
-            fill_value=0,
-        )
         group.attrs.update(
             {
                 **(attrs or {}),
@@ -155,7 +112,7 @@ class OutputStore:
 
     def write_block(self, block: Block, output: BlockOutput) -> None:
         """Write a block's chunks, then mark it done (the order makes resumption safe)."""
-        sl = region_slices(block.region)
+        sl = regions.slices(block.region)
         self.labels[sl] = output.labels
         if self.probabilities is not None:
             if output.probabilities is None:
@@ -167,10 +124,10 @@ class OutputStore:
             self.confidence[sl] = output.confidence.astype(np.float16)
             self.entropy[sl] = output.entropy.astype(np.float16)
         if output.label_stats is not None and "label_stats" in self.group:
-            self.group["label_stats"][tuple(slice(i, i + 1) for i in block.index)] = output.label_stats[
+            self.group["label_stats"][regions.unit(block.index)] = output.label_stats[
                 (None,) * len(block.index)
             ]
-        self.done[tuple(slice(i, i + 1) for i in block.index)] = 1
+        self.done[regions.unit(block.index)] = 1
 
     def label_stats(self) -> np.ndarray:
         """``(classes, 2)``: voxels per label and the sum of their winning probability, over all blocks."""
@@ -182,8 +139,61 @@ class OutputStore:
         return bool(self.done_mask().all())
 
 
+def _create_arrays(
+    group: zarr.Group, plan: BlockPlan, num_classes: int, with_probabilities: bool, with_uncertainty: bool
+) -> None:
+    """The store's arrays, empty: labels, the optional maps, per-block label statistics and done flags."""
+    shape = plan.grid.shape
+    chunks = tuple(min(c, s) for c, s in zip(plan.chunk_shape, shape))
+    dims = tuple("zyx"[-len(shape) :])
+    nodata = label_nodata(num_classes)
+    group.create_array(
+        "labels",
+        shape=shape,
+        chunks=chunks,
+        dtype=label_dtype(num_classes),
+        fill_value=nodata,
+        compressors=COMPRESSORS,
+        dimension_names=dims,
+    )
+    if with_probabilities:
+        group.create_array(
+            "probabilities",
+            shape=(num_classes, *shape),
+            chunks=(num_classes, *chunks),
+            dtype="float32",
+            fill_value=np.nan,
+            compressors=COMPRESSORS,
+            dimension_names=("class", *dims),
+        )
+    for name in ("confidence", "entropy") if with_uncertainty else ():
+        group.create_array(
+            name,
+            shape=shape,
+            chunks=chunks,
+            dtype="float16",
+            fill_value=np.nan,
+            compressors=COMPRESSORS,
+            dimension_names=dims,
+        )
+    group.create_array(
+        "label_stats",
+        shape=(*plan.counts, num_classes, 2),
+        chunks=(*(1,) * len(shape), num_classes, 2),
+        dtype="float64",
+        fill_value=0.0,
+    )
+    group.create_array(
+        "done",
+        shape=plan.counts,
+        chunks=(1,) * len(shape),
+        dtype="uint8",
+        fill_value=0,
+    )
+
+
 def read_labels(path: str | os.PathLike[str], region: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
     """Labels of a finished store (whole, or one region)."""
     group = zarr.open_group(str(path), mode="r")
     arr = group["labels"]
-    return arr[region_slices(region)] if region is not None else arr[...]
+    return arr[regions.slices(region)] if region is not None else arr[...]

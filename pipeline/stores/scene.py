@@ -26,14 +26,10 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from pipeline.tiling.grid import Region
+from pipeline.tiling import regions
+from pipeline.tiling.regions import Region
 
 COMPRESSORS = (BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),)
-
-
-def region_slices(region: Region) -> tuple[slice, ...]:
-    """``(start, stop)`` pairs as slices."""
-    return tuple(slice(a, b) for a, b in region)
 
 
 @dataclass
@@ -90,7 +86,7 @@ class SceneStore:
         mask is read-only; without nodata it is a broadcast ``True`` that takes
         no memory (a 4096² block's footprint: 17 MiB less per block in flight).
         """
-        sl = region_slices(region)
+        sl = regions.slices(region)
         if bands is None:
             image = self.image[(slice(None), *sl)]
         elif len(bands) and list(bands) == list(range(int(bands[0]), int(bands[0]) + len(bands))):
@@ -150,7 +146,7 @@ class SceneStoreWriter:
 
     def write(self, region: Region, image: np.ndarray, valid: np.ndarray | None) -> None:
         """Write one chunk-aligned region."""
-        sl = region_slices(region)
+        sl = regions.slices(region)
         self.image[(slice(None), *sl)] = image
         if self.valid is not None:
             if valid is None:

@@ -28,7 +28,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from pipeline.tiling.grid import Region, TileGrid
+from pipeline.tiling.grid import TileGrid
+from pipeline.tiling.regions import Region
 
 BLEND_MODES = ("constant", "gaussian", "crop")
 GAUSSIAN_FLOOR = 1e-3

@@ -15,7 +15,8 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from pipeline.tiling.grid import Region, TileGrid
+from pipeline.tiling.grid import TileGrid
+from pipeline.tiling.regions import Region
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import torch
 from models import SegmentationModel
 from pipeline.evaluation.metrics import confusion, dice_per_class, iou_per_class, nanmean
 from pipeline.inputs.normalization import normalize
+from pipeline.tiling import regions
 from pipeline.tiling.grid import Region
 from pipeline.training.data import IGNORE, LabelledScene, region_windows, window_side
 
@@ -79,7 +80,7 @@ def predict_region(
             x[:, ~valid] = 0.0
             logits = model(torch.from_numpy(x)[None].to(device))
             logits = logits["out"] if isinstance(logits, dict) else logits
-            sl = tuple(slice(w0 - r0, w1 - r0) for (w0, w1), (r0, _) in zip(win, region))
+            sl = regions.within(win, region)
             pred[sl] = logits[0].argmax(0).cpu().numpy()
             labels[sl] = lab
             if raw_all is None:

@@ -74,8 +74,8 @@ def test_large_output_gets_overviews_resampled_by_mode(tmp_path, tiny_checkpoint
 
 def test_overviews_take_the_mode_never_an_average(tmp_path):
     """Columns alternating 0 and 2: an average would invent class 1."""
-    from pipeline.engine.accumulation import BlockOutput
     from pipeline.exporters.cog import Georeference, export_labels_cog
+    from pipeline.stores.block_output import BlockOutput
     from pipeline.stores.output import OutputStore
     from pipeline.tiling.blocks import BlockPlan
     from pipeline.tiling.grid import TileGrid

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from models import build
-from pipeline.engine.accumulation import TilePredictor, label_nodata, predict_in_memory
-from pipeline.engine.in_memory import segment_array
+from pipeline.engine.in_memory import predict_in_memory, segment_array
+from pipeline.engine.predictor import TilePredictor
+from pipeline.stores.labels import label_nodata
 from pipeline.tiling.blending import BlendWindow
 from pipeline.tiling.grid import TileGrid
 

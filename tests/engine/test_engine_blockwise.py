@@ -10,7 +10,10 @@ from torch import nn
 from models import build
 from models.registry import ArchSpec
 from models.wrapper import SegmentationModel
-from pipeline.engine.accumulation import TilePredictor, infer_block, label_nodata, predict_in_memory
+from pipeline.engine.block import infer_block
+from pipeline.engine.in_memory import predict_in_memory
+from pipeline.engine.predictor import TilePredictor
+from pipeline.stores.labels import label_nodata
 from pipeline.tiling.blending import BlendWindow
 from pipeline.tiling.blocks import BlockPlan
 from pipeline.tiling.grid import TileGrid

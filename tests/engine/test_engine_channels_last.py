@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models import build
-from pipeline.engine.accumulation import TilePredictor
+from pipeline.engine.predictor import TilePredictor
 
 
 @pytest.mark.parametrize(

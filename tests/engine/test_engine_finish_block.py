@@ -8,8 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import pipeline.engine.accumulation as engine
-from pipeline.engine.accumulation import RegionResult, finish_block, label_nodata
+import pipeline.engine.finishing as finishing
+from pipeline.engine.accumulation import RegionResult
+from pipeline.engine.finishing import finish_block
+from pipeline.stores.labels import label_nodata
 
 
 @settings(max_examples=40, deadline=None)
@@ -25,8 +27,8 @@ def test_finish_block_equals_argmax_and_brute_force_statistics(classes, shape, s
     # coarse values make ties common: the first class must win them, as argmax does
     probs = rng.integers(0, 4, (classes, *shape)).astype(np.float32) / 4
     covered = rng.random(shape) > 0.3 if holes else np.ones(shape, dtype=bool)
-    old = engine.SLAB_PIXELS
-    engine.SLAB_PIXELS = slab  # many slabs, uneven last one
+    old = finishing.SLAB_PIXELS
+    finishing.SLAB_PIXELS = slab  # many slabs, uneven last one
     try:
         out = finish_block(
             RegionResult(torch.from_numpy(probs), torch.from_numpy(covered)),
@@ -36,7 +38,7 @@ def test_finish_block_equals_argmax_and_brute_force_statistics(classes, shape, s
             with_probabilities=False,
         )
     finally:
-        engine.SLAB_PIXELS = old
+        finishing.SLAB_PIXELS = old
 
     expected = probs.argmax(axis=0)
     assert np.array_equal(out.labels[covered], expected[covered])

@@ -15,7 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models import build
-from pipeline.engine.accumulation import TilePredictor, blend_region
+from pipeline.engine.accumulation import blend_region
+from pipeline.engine.predictor import TilePredictor
+from pipeline.engine.tile_batches import Footprint
 from pipeline.tiling.blending import BlendWindow
 from pipeline.tiling.grid import TileGrid
 
@@ -65,7 +67,7 @@ def test_blend_equals_the_weighted_mean_of_each_tiles_softmax(
     scene = ((0, height), (0, width))
     predictor = TilePredictor(model, torch.device("cpu"), batch_size=batch_size, channels_last=channels_last)
 
-    result = blend_region(image, valid, _identity, scene, scene, grid, window, predictor)
+    result = blend_region(Footprint(image, valid, scene, _identity), scene, grid, window, predictor)
 
     assert result is not None
     expected = _tile_by_tile(model, image, valid, grid, window)

@@ -8,8 +8,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.engine.accumulation import TilePredictor
 from pipeline.engine.device import autocast_dtype, fit_batch_size, free_memory, select_device
+from pipeline.engine.predictor import TilePredictor
 from pipeline.errors import InputError
 from pipeline.execution.block_queue import BlockFailedError, BlockQueue
 from pipeline.execution.pool_plan import CORES_PER_CPU_ACTOR, plan_pool

@@ -106,8 +106,8 @@ def test_the_cog_carries_the_pyramid_computed_from_the_labels(tmp_path):
     import rasterio
     from rio_cogeo.cogeo import cog_validate
 
-    from pipeline.engine.accumulation import BlockOutput
     from pipeline.exporters.cog import Georeference, export_labels_cog
+    from pipeline.stores.block_output import BlockOutput
     from pipeline.stores.output import OutputStore
     from pipeline.tiling.blocks import BlockPlan
     from pipeline.tiling.grid import TileGrid

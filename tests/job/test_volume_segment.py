@@ -14,7 +14,7 @@ import zarr
 from flows.cli import main
 from models import build
 from models.checkpoint import ModelCard, save_checkpoint
-from pipeline.engine.accumulation import predict_in_memory
+from pipeline.engine.in_memory import predict_in_memory
 from pipeline.execution.in_process import predictor_for, run_blocks_in_process
 from pipeline.inputs.ome_zarr import open_ome_zarr
 from pipeline.job.config import SegmentConfig

@@ -1,0 +1,135 @@
+"""Block finishing: blended probabilities → labels (nodata marked), label statistics, uncertainty."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from pipeline.engine.accumulation import RegionResult
+from pipeline.stores.block_output import BlockOutput
+from pipeline.stores.labels import label_dtype, label_nodata
+from pipeline.tiling import regions
+from pipeline.tiling.regions import Region
+
+
+def _top_class(probs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Top probability and its class (the first on ties, as argmax) over axis 0, as numpy arrays.
+
+    Few classes: a running maximum, uint8 labels and no int64 index array; on CPU
+    in numpy (single-threaded, as the blending: small torch ops wait for OpenMP
+    threads on a busy machine). Else ``torch.max`` over dim 0, which on CPU is many
+    times faster than ``argmax``.
+    """
+    if probs.shape[0] > 16:
+        top, winner = torch.max(probs, dim=0)
+        return top.cpu().numpy(), winner.cpu().numpy()
+    if probs.device.type != "cpu":
+        top = probs[0].clone()
+        winner = torch.zeros(probs.shape[1:], dtype=torch.uint8, device=probs.device)
+        for c in range(1, probs.shape[0]):
+            winner.masked_fill_(probs[c] > top, c)
+            torch.maximum(top, probs[c], out=top)
+        return top.cpu().numpy(), winner.cpu().numpy()
+    p = probs.numpy()
+    top = p[0].copy()
+    winner = np.zeros(p.shape[1:], dtype=np.uint8)
+    better = np.empty(p.shape[1:], dtype=bool)
+    for c in range(1, p.shape[0]):
+        np.greater(p[c], top, out=better)
+        np.putmask(winner, better, c)
+        np.maximum(top, p[c], out=top)
+    return top, winner
+
+
+SLAB_PIXELS = 1 << 20
+"""Pixels per slab when a block is finished slab by slab (first spatial axis): cache-sized temporaries."""
+
+
+def _add_label_stats(stats: np.ndarray, labels: np.ndarray, top: np.ndarray, keep: np.ndarray | None) -> None:
+    """Add pixels per label and the sum of their top probability (where ``keep``) to ``stats``."""
+    num_classes = stats.shape[0]
+    if keep is not None:
+        labels, top = labels[keep], top[keep]
+    labels, top = labels.ravel(), top.ravel()
+    if num_classes > 16:
+        stats[:, 0] += np.bincount(labels, minlength=num_classes)[:num_classes]
+        stats[:, 1] += np.bincount(labels, weights=top, minlength=num_classes)[:num_classes]
+        return
+    # Few classes: a comparison and a masked float32 (pairwise) sum per class over a cache-sized slab,
+    # accumulated across slabs in float64 — ~14× faster than a float64 ``where=`` reduction.
+    masked = np.empty_like(top)
+    for c in range(num_classes):
+        mask = labels == c
+        stats[c, 0] += np.count_nonzero(mask)
+        np.multiply(top, mask, out=masked)
+        stats[c, 1] += float(masked.sum())
+
+
+class BlockFinisher:
+    """Turns a block's blended probabilities into its outputs, a range of rows at a time.
+
+    Rows (along the first spatial axis) may come all at once (:func:`finish_block`)
+    or as they are finished (the streaming blend); each range is done in ~1 Mpx
+    slabs, so the temporaries (top probability, masks) stay small whatever the block.
+    """
+
+    def __init__(
+        self, shape: Sequence[int], num_classes: int, with_probabilities: bool, with_uncertainty: bool
+    ):
+        self.num_classes = num_classes
+        self.labels = np.empty(tuple(shape), dtype=label_dtype(num_classes))
+        self.stats = np.zeros((num_classes, 2), dtype=np.float64)
+        self.probabilities = np.empty((num_classes, *shape), np.float32) if with_probabilities else None
+        self.confidence = np.empty(tuple(shape), np.float32) if with_uncertainty else None
+        self.entropy = np.empty(tuple(shape), np.float32) if with_uncertainty else None
+
+    def add(self, start: int, probs: torch.Tensor, covered: torch.Tensor) -> None:
+        """Rows ``[start, start + probs.shape[1])`` of the block: ``(classes, rows, ...)`` and their mask."""
+        covered_np = covered.cpu().numpy()
+        everywhere = bool(covered_np.all())
+        rows_here = probs.shape[1]
+        step = max(1, SLAB_PIXELS // max(1, int(np.prod(probs.shape[2:]))))
+        for first in range(0, rows_here, step):
+            rows = slice(first, first + step)
+            top, winner = _top_class(probs[:, rows])
+            slab = self.labels[start + first : start + min(first + step, rows_here)]
+            slab[...] = winner
+            keep = None if everywhere else covered_np[rows]
+            if keep is not None:
+                slab[~keep] = label_nodata(self.num_classes)
+            _add_label_stats(self.stats, slab, top, keep)
+        out = slice(start, start + rows_here)
+        if self.probabilities is not None:
+            part = self.probabilities[:, out]
+            part[...] = probs.cpu().numpy()
+            part[:, ~covered_np] = np.nan
+        if self.confidence is not None and self.entropy is not None:
+            p = probs.float()
+            confidence = self.confidence[out]
+            entropy = self.entropy[out]
+            confidence[...] = p.amax(dim=0).cpu().numpy()
+            entropy[...] = (-(p * torch.log(p.clamp_min(1e-12))).sum(dim=0)).cpu().numpy()
+            confidence[~covered_np] = np.nan
+            entropy[~covered_np] = np.nan
+
+    def output(self) -> BlockOutput:
+        """The finished block."""
+        return BlockOutput(self.labels, self.probabilities, self.confidence, self.entropy, self.stats)
+
+
+def finish_block(
+    result: RegionResult,
+    context: Region,
+    region: Region,
+    num_classes: int,
+    with_probabilities: bool,
+    with_uncertainty: bool = False,
+) -> BlockOutput:
+    """Crop a context result to the block, take the top class, mark nodata (optionally confidence/entropy)."""
+    sl = regions.within(region, context)
+    probs = result.probabilities[(slice(None), *sl)]
+    finisher = BlockFinisher(probs.shape[1:], num_classes, with_probabilities, with_uncertainty)
+    finisher.add(0, probs, result.covered[sl])
+    return finisher.output()
