@@ -2,10 +2,10 @@
 
 The labels COG has the input's CRS, transform, width and height; 512×512
 internal tiles; lossless DEFLATE without a predictor (differencing neighbouring
-class ids makes a class map larger and slower to write: 0.91 vs 0.74 MB, 0.46 vs
-0.38 s for 50 Mpx of LoveDA masks); MODE overviews (a class map must never be
-averaged), computed by :mod:`pipeline.exporters.overviews` in the pass that stages
-the labels; an embedded palette; a nodata value; class names (band
+class ids makes a class map larger and slower to write: bench/RESULTS.md); MODE
+overviews (a class map must never be averaged), computed by
+:mod:`pipeline.exporters.overviews` in the pass that stages the labels; an embedded
+palette; a nodata value; class names (band
 metadata inside the TIFF, plus a PAM ``.aux.xml`` sidecar with category names and
 a raster attribute table, which is where QGIS and GDAL look);
 BigTIFF when the file could pass 4 GB. Everything is written under temporary

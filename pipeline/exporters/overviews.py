@@ -2,7 +2,7 @@
 
 A class map must be reduced by majority, never averaged or interpolated. GDAL's
 MODE resampling does that, but in a COG copy it re-reads the full-resolution raster
-for every level through a generic kernel (1.4 s of a 2.6 s export at 67 Mpx). The
+for every level through a generic kernel (the cost is in bench/RESULTS.md). The
 same pyramid is a handful of vectorised comparisons per 2×2 block when computed
 while the labels stream past once, level by level, holding a few rows per level.
 

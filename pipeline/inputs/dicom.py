@@ -49,7 +49,7 @@ def _float(value: object, default: float) -> float:
 
 
 def _read_header(path: Path) -> _SliceHeader | None:
-    import pydicom  # here, not at the top: a raster run never loads it (~13 MiB)
+    import pydicom  # here, not at the top: a raster run never loads it
     from pydicom.errors import InvalidDicomError
 
     try:

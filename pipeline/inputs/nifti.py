@@ -65,7 +65,7 @@ def header_geometry(header: nib.Nifti1Header) -> dict:
 
 
 def _load(path: Path) -> nib.Nifti1Image:
-    import nibabel as nib  # here, not at the top: a raster run never loads it (~18 MiB)
+    import nibabel as nib  # here, not at the top: a raster run never loads it
     from nibabel.filebasedimages import ImageFileError
 
     if not path.is_file():

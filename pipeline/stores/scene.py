@@ -84,7 +84,7 @@ class SceneStore:
         ``bands`` are 0-based indices; ``None`` reads all. A run of consecutive
         bands is one zarr read straight into the result (no stacked copy). The
         mask is read-only; without nodata it is a broadcast ``True`` that takes
-        no memory (a 4096² block's footprint: 17 MiB less per block in flight).
+        no memory (measured in bench/RESULTS.md, "Figures behind the code's choices").
         """
         sl = regions.slices(region)
         if bands is None:
