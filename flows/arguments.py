@@ -18,7 +18,9 @@ from typing import Any
 
 from pipeline.engine.crf import DEFAULT_ITERATIONS
 from pipeline.job.config import SegmentConfig
+from pipeline.tracking.promotion import EvaluationScene
 from pipeline.training.settings import TrainSettings
+from pipeline.watch.settings import WatchSettings
 
 
 @dataclass(frozen=True)
@@ -267,13 +269,25 @@ def add_watch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="folder (or fsspec URL such as s3://bucket/prefix) to scan")
     p.add_argument("--output-dir", required=True, type=Path, help="where label COGs and the ledger go")
     p.add_argument("-m", "--model", required=True, help="checkpoint file, or arch:NAME (untrained)")
-    p.add_argument("--pattern", default="*.tif", help="glob of scenes, relative to INPUT (e.g. '**/*.tif')")
+    p.add_argument(
+        "--pattern", default=WatchSettings.pattern, help="glob of scenes, relative to INPUT (e.g. '**/*.tif')"
+    )
     p.add_argument("--once", action="store_true", help="process what is new, then exit")
     p.add_argument("--every", type=float, default=600.0, help="seconds between scans when serving")
     p.add_argument("--cron", help="cron schedule when serving (instead of --every)")
     p.add_argument("--name", default="scheduled", help="deployment name when serving")
-    p.add_argument("--max-concurrent", type=int, default=1, help="scenes segmented at the same time")
-    p.add_argument("--min-age", type=float, default=0.0, help="skip files modified less than this many s ago")
+    p.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=WatchSettings.max_concurrent,
+        help="scenes segmented at the same time",
+    )
+    p.add_argument(
+        "--min-age",
+        type=float,
+        default=WatchSettings.min_age_seconds,
+        help="skip files modified less than this many s ago",
+    )
     p.add_argument("--quiet", action="store_true")
     add_engine_arguments(p)
 
@@ -368,8 +382,10 @@ def add_promote_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--version", type=int, help="candidate version")
     p.add_argument("--eval-image", type=Path, help="evaluation scene")
     p.add_argument("--eval-labels", type=Path, help="its reference labels")
-    p.add_argument("--metric", default="miou", help="miou, mdice or accuracy")
+    p.add_argument("--metric", default=EvaluationScene.metric, help="miou, mdice or accuracy")
     p.add_argument("--margin", type=float, default=0.0, help="candidate must beat the champion by this")
     p.add_argument("--force", action="store_true", help="promote regardless of the scores")
     p.add_argument("--rollback", action="store_true", help="give champion back to the previous version")
-    p.add_argument("--block", type=int, default=2048, help="output block size for the evaluation runs")
+    p.add_argument(
+        "--block", type=int, default=EvaluationScene.block, help="output block size for the evaluation runs"
+    )

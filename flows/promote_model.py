@@ -25,11 +25,11 @@ def promote_model(
     version: int | None = None,
     eval_image: str | os.PathLike[str] | None = None,
     eval_labels: str | os.PathLike[str] | None = None,
-    metric: str = "miou",
+    metric: str = EvaluationScene.metric,
     margin: float = 0.0,
     force: bool = False,
     rollback_champion: bool = False,
-    block: int = 2048,
+    block: int = EvaluationScene.block,
 ) -> Decision:
     """``promote`` ``version`` of ``name`` (or ``rollback`` the champion); the decision is in MLflow."""
     if rollback_champion:

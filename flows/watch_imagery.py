@@ -34,8 +34,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.segment_scene import segment_scene_flow
 from pipeline.watch.ledger import LEDGER_NAME, SceneLedger
 from pipeline.watch.report import WatchReport
-from pipeline.watch.scan import DEFAULT_PATTERN, DOWNLOADS, Scene, local_copy, new_or_changed, scan
-from pipeline.watch.settings import scene_config, segment_options
+from pipeline.watch.scan import DOWNLOADS, Scene, local_copy, new_or_changed, scan
+from pipeline.watch.settings import WatchSettings, scene_config, segment_options
 
 
 @task(name="segment-new-scene", cache_policy=NONE, persist_result=False)
@@ -56,9 +56,9 @@ def process_new_imagery(
     input_url: str,
     output_dir: str,
     model: str,
-    pattern: str = DEFAULT_PATTERN,
-    max_concurrent: int = 1,
-    min_age_seconds: float = 0.0,
+    pattern: str = WatchSettings.pattern,
+    max_concurrent: int = WatchSettings.max_concurrent,
+    min_age_seconds: float = WatchSettings.min_age_seconds,
     options: dict[str, Any] | None = None,
 ) -> WatchReport:
     """Segment each new or changed scene under ``input_url`` into ``output_dir`` exactly once."""

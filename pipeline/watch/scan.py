@@ -25,7 +25,6 @@ import fsspec
 from pipeline.inputs.ingest import content_id
 from pipeline.watch.ledger import SceneLedger
 
-DEFAULT_PATTERN = "*.tif"
 DOWNLOADS = ".gigaseg-downloads"
 """Scratch folder (in the output folder) for local copies of remote scenes."""
 

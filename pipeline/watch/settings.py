@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import InputError
 from pipeline.job.config import SegmentConfig
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    """How a watch scans: the defaults of the watch flow's parameters and of ``gigaseg watch``."""
+
+    pattern: str = "*.tif"
+    """Glob of scenes, relative to the watched location (e.g. ``**/*.tif``)."""
+    max_concurrent: int = 1
+    """Scenes segmented at the same time."""
+    min_age_seconds: float = 0.0
+    """Files modified more recently than this are left for the next scan (still being written)."""
+
 
 RESERVED = frozenset({"input", "model", "output", "probabilities", "overwrite", "work_dir", "quiet"})
 """Settings the watch decides per scene; a watch's options may not set them."""

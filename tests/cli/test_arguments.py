@@ -13,6 +13,7 @@ from flows.arguments import (
     INTERNAL_FIELDS,
     JOB_OPTIONS,
     TRAIN_OPTIONS,
+    add_promote_arguments,
     add_segment_arguments,
     add_train_arguments,
     add_watch_arguments,
@@ -23,7 +24,9 @@ from flows.arguments import (
 )
 from pipeline.engine.crf import CRFParams
 from pipeline.job.config import SegmentConfig
+from pipeline.tracking.promotion import EvaluationScene
 from pipeline.training.settings import TrainSettings
+from pipeline.watch.settings import WatchSettings
 
 
 def _parse(add_arguments, *argv: str) -> argparse.Namespace:
@@ -72,6 +75,17 @@ def test_train_defaults_are_train_settings() -> None:
     args = _parse(add_train_arguments, "img.tif", "--labels", "lab.tif")
     assert train_settings_from_args(args, {}) == TrainSettings()
     assert set(TRAIN_OPTIONS) <= {f.name for f in dataclasses.fields(TrainSettings)}
+
+
+def test_watch_and_promote_defaults_are_their_settings() -> None:
+    watch = _parse(add_watch_arguments, "in/", "--output-dir", "out/", "-m", "arch:unet")
+    assert (watch.pattern, watch.max_concurrent, watch.min_age) == (
+        WatchSettings.pattern,
+        WatchSettings.max_concurrent,
+        WatchSettings.min_age_seconds,
+    )
+    promote = _parse(add_promote_arguments, "landcover")
+    assert (promote.metric, promote.block) == (EvaluationScene.metric, EvaluationScene.block)
 
 
 def test_train_options_reach_the_settings() -> None:
