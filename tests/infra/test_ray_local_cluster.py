@@ -123,6 +123,7 @@ def _cluster_config(tmp_path: Path, key: Path, port: int, ray_tmp: str) -> Path:
     # A port and temp folder of its own, so nothing else on this machine finds or meets it.
     # Token auth off for this loopback-only cluster: with a private temp folder the
     # submitted driver does not find the token Ray generated.
+    config["head_setup_commands"] = [c.replace(":6379", f":{port}") for c in config["head_setup_commands"]]
     config["head_start_ray_commands"] = [
         c.replace("--port=6379", f"--port={port} --temp-dir={ray_tmp} --num-cpus=2").replace(
             "ray start", "RAY_AUTH_MODE=disabled ray start"
@@ -151,10 +152,11 @@ def test_ray_up_submit_segment_scene_down(sshd, tmp_path):
             "submit", str(cluster), str(ROOT / "flows" / "segment_scene.py"), "--",
             str(scene.image), "-m", "arch:conv1x1", "--num-classes", "5", "-o", str(out),
             "--tile", "64", "--block", "128", "--chunk", "128", "--workers", "2",
-            "--ray-address", f"127.0.0.1:{port}",
         )  # fmt: skip
         assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
         assert f"gigaseg: wrote {out}" in submitted.stdout + submitted.stderr
+        # Told by the head's RAY_ADDRESS, the script ran as a driver of this cluster, not a private Ray.
+        assert list(Path(ray_tmp).glob("session_*/logs/python-core-driver-*")), "the script did not join"
     finally:
         down = run("down", "-y", str(cluster), timeout=120)
         shutil.rmtree(ray_tmp, ignore_errors=True)
