@@ -1,6 +1,7 @@
 """The user's own commands: ``ray up`` the local-provider cluster in ``infra/`` over SSH
-on 127.0.0.1, ``ray submit`` it ``flows/segment_scene.py`` on a sample scene, check
-the GeoTIFF, ``ray down``.
+on 127.0.0.1, ``ray submit`` it ``flows/segment_scene.py`` on a sample scene (the
+script joins the cluster because the head's ``RAY_ADDRESS`` says so), check the
+GeoTIFF, ``ray down``.
 
 sshd (``openssh-server``; ``.ci/run`` installs it) runs for this test only, with a
 key made here, inside its own PID and mount namespaces (``unshare``): the
