@@ -186,9 +186,9 @@ ENGINE_HELP: dict[str, Option] = {
         meaning=_WORKERS_MEANING,
     ),
     "ray_address": Option(
-        "Ray cluster to join (default: RAY_ADDRESS, a running one, else a local one)",
+        "Ray cluster to join (default: RAY_ADDRESS, else a private local Ray for this command)",
         metavar="ADDR",
-        unset="`$RAY_ADDRESS`, else a cluster started with `ray start` on this machine, else a new local Ray",
+        unset="`$RAY_ADDRESS`, else a private local Ray, stopped when the command ends",
         meaning="the Ray cluster to run on",
     ),
     "spacing": Option(

@@ -30,7 +30,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -52,9 +53,12 @@ STALL_TIMEOUT_S = 600.0
 
 
 def connect(address: str | None = None) -> bool:
-    """Join Ray: ``address``, else ``RAY_ADDRESS``, else a cluster running here, else start one.
+    """Join the Ray cluster at ``address`` (else ``$RAY_ADDRESS``), or start a private local Ray.
 
-    Returns whether a new local Ray was started. Ray's own logging is kept to
+    A run joins a cluster only when told to: a Ray that happens to be running on this
+    machine (another command's private one, a ``ray start``) is never joined, so its
+    end cannot take this run down (DESIGN.md, invariant 10). Returns whether a private
+    Ray was started: the caller owns it and stops it. Ray's own logging is kept to
     errors and worker output stays off the driver's terminal.
     """
     if ray.is_initialized():
@@ -64,13 +68,19 @@ def connect(address: str | None = None) -> bool:
     if address:
         ray.init(address=address, **quiet)
         return False
-    try:
-        ray.init(address="auto", **quiet)
-        return False
-    except ConnectionError:
-        pass
-    ray.init(include_dashboard=False, **quiet)
+    ray.init(address="local", include_dashboard=False, **quiet)
     return True
+
+
+@contextmanager
+def ray_for_run(address: str | None = None) -> Iterator[None]:
+    """Ray for one run: a joined cluster is left running, a private Ray started here is stopped."""
+    started = connect(address)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def _first_line_of_cause(exc: BaseException) -> str:
@@ -116,19 +126,19 @@ class RayBlockRunner:
         skipped = job.plan.num_blocks - len(pending)
         if not pending:
             return 0, skipped
-        handles = self._start_actors(job)
-        try:
-            dispatch = _Dispatch(self, job, handles, pending, progress)
-            dispatch.run()
-        finally:
-            for h in handles:
-                ray.kill(h, no_restart=True)
-        job.timings["infer"] = time.perf_counter() - dispatch.t0
+        with ray_for_run(self.address or job.config.ray_address):
+            handles = self._start_actors(job)
+            try:
+                dispatch = _Dispatch(self, job, handles, pending, progress)
+                dispatch.run()
+            finally:
+                for h in handles:
+                    ray.kill(h, no_restart=True)
+            job.timings["infer"] = time.perf_counter() - dispatch.t0
         return len(pending), skipped
 
     def _start_actors(self, job: Any) -> list[Any]:
-        """Join Ray, size the pool for its resources and start the actors (not yet answering)."""
-        connect(self.address or job.config.ray_address)
+        """Size the pool for the Ray it runs on and start the actors (not yet answering)."""
         workers = self.workers if self.workers is not None else job.config.workers
         self.pool = plan_pool(ray.cluster_resources(), workers, job.config.device, job.config.threads)
         actor_class = ray.remote(BlockWorker).options(
@@ -266,4 +276,4 @@ class _Dispatch:
             self.runner.on_block(report)
 
 
-__all__ = ["RayBlockRunner", "connect"]
+__all__ = ["RayBlockRunner", "connect", "ray_for_run"]

@@ -70,7 +70,7 @@ class SegmentConfig:
     workers: int | None = None
     """Ray actors: None = one per GPU (else one 1-thread CPU actor per core); 0 = in this process."""
     ray_address: str | None = None
-    """Ray cluster to join (else ``RAY_ADDRESS``, else a running local cluster, else a new local one)."""
+    """Ray cluster to join (else ``RAY_ADDRESS``); neither: a private local Ray, stopped when the run ends."""
     spacing: tuple[float, ...] | None = None
     """Voxel size (z, y, x) in mm for TIFF stacks (which carry none); other inputs bring their own."""
     slice_axis: int | None = None

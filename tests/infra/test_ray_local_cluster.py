@@ -1,6 +1,7 @@
 """The user's own commands: ``ray up`` the local-provider cluster in ``infra/`` over SSH
-on 127.0.0.1, ``ray submit`` it ``flows/segment_scene.py`` on a sample scene, check
-the GeoTIFF, ``ray down``.
+on 127.0.0.1, ``ray submit`` it ``flows/segment_scene.py`` on a sample scene (the
+script joins the cluster because the head's ``RAY_ADDRESS`` says so), check the
+GeoTIFF, ``ray down``.
 
 sshd (``openssh-server``; ``.ci/run`` installs it) runs for this test only, with a
 key made here, inside its own PID and mount namespaces (``unshare``): the
@@ -123,6 +124,7 @@ def _cluster_config(tmp_path: Path, key: Path, port: int, ray_tmp: str) -> Path:
     # A port and temp folder of its own, so nothing else on this machine finds or meets it.
     # Token auth off for this loopback-only cluster: with a private temp folder the
     # submitted driver does not find the token Ray generated.
+    config["head_setup_commands"] = [c.replace(":6379", f":{port}") for c in config["head_setup_commands"]]
     config["head_start_ray_commands"] = [
         c.replace("--port=6379", f"--port={port} --temp-dir={ray_tmp} --num-cpus=2").replace(
             "ray start", "RAY_AUTH_MODE=disabled ray start"
@@ -151,10 +153,11 @@ def test_ray_up_submit_segment_scene_down(sshd, tmp_path):
             "submit", str(cluster), str(ROOT / "flows" / "segment_scene.py"), "--",
             str(scene.image), "-m", "arch:conv1x1", "--num-classes", "5", "-o", str(out),
             "--tile", "64", "--block", "128", "--chunk", "128", "--workers", "2",
-            "--ray-address", f"127.0.0.1:{port}",
         )  # fmt: skip
         assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
         assert f"gigaseg: wrote {out}" in submitted.stdout + submitted.stderr
+        # Told by the head's RAY_ADDRESS, the script ran as a driver of this cluster, not a private Ray.
+        assert list(Path(ray_tmp).glob("session_*/logs/python-core-driver-*")), "the script did not join"
     finally:
         down = run("down", "-y", str(cluster), timeout=120)
         shutil.rmtree(ray_tmp, ignore_errors=True)
