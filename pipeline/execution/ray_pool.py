@@ -30,8 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -58,8 +57,9 @@ def connect(address: str | None = None) -> bool:
     A run joins a cluster only when told to: a Ray that happens to be running on this
     machine (another command's private one, a ``ray start``) is never joined, so its
     end cannot take this run down (DESIGN.md, invariant 10). Returns whether a private
-    Ray was started: the caller owns it and stops it. Ray's own logging is kept to
-    errors and worker output stays off the driver's terminal.
+    Ray was started; it belongs to this process and stops when the process ends, so a
+    process that runs many scenes (a watch) starts it once. Ray's own logging is kept
+    to errors and worker output stays off the driver's terminal.
     """
     if ray.is_initialized():
         return False
@@ -70,17 +70,6 @@ def connect(address: str | None = None) -> bool:
         return False
     ray.init(address="local", include_dashboard=False, **quiet)
     return True
-
-
-@contextmanager
-def ray_for_run(address: str | None = None) -> Iterator[None]:
-    """Ray for one run: a joined cluster is left running, a private Ray started here is stopped."""
-    started = connect(address)
-    try:
-        yield
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def _first_line_of_cause(exc: BaseException) -> str:
@@ -126,15 +115,15 @@ class RayBlockRunner:
         skipped = job.plan.num_blocks - len(pending)
         if not pending:
             return 0, skipped
-        with ray_for_run(self.address or job.config.ray_address):
-            handles = self._start_actors(job)
-            try:
-                dispatch = _Dispatch(self, job, handles, pending, progress)
-                dispatch.run()
-            finally:
-                for h in handles:
-                    ray.kill(h, no_restart=True)
-            job.timings["infer"] = time.perf_counter() - dispatch.t0
+        connect(self.address or job.config.ray_address)
+        handles = self._start_actors(job)
+        try:
+            dispatch = _Dispatch(self, job, handles, pending, progress)
+            dispatch.run()
+        finally:
+            for h in handles:
+                ray.kill(h, no_restart=True)
+        job.timings["infer"] = time.perf_counter() - dispatch.t0
         return len(pending), skipped
 
     def _start_actors(self, job: Any) -> list[Any]:
@@ -276,4 +265,4 @@ class _Dispatch:
             self.runner.on_block(report)
 
 
-__all__ = ["RayBlockRunner", "connect", "ray_for_run"]
+__all__ = ["RayBlockRunner", "connect"]
