@@ -19,23 +19,31 @@ from torch import nn
 from models.registry import ArchSpec
 
 
-def _pad_amounts(size: tuple[int, ...], factor: int) -> list[int]:
-    """F.pad amounts (last axis first) that grow ``size`` to multiples of ``factor``."""
+def pad_far_side(x: torch.Tensor, size: tuple[int, ...] | list[int]) -> torch.Tensor:
+    """Pad the trailing ``len(size)`` axes of ``(N, C, *spatial)`` up to ``size``, on their far side.
+
+    By reflection, or by repeating the edge value along an axis too short to reflect. The
+    one padding rule of gigaseg: a model's input up to its downsampling factor, and a tile
+    that runs past the scene edge (the engine).
+
+    >>> pad_far_side(torch.tensor([[[1.0, 2.0, 3.0]]]), (5,)).tolist()
+    [[[1.0, 2.0, 3.0, 2.0, 1.0]]]
+    >>> pad_far_side(torch.tensor([[[1.0, 2.0]]]), (5,)).tolist()
+    [[[1.0, 2.0, 2.0, 2.0, 2.0]]]
+    """
+    have = tuple(x.shape[-len(size) :])
     pads: list[int] = []
-    for extent in reversed(size):
-        extra = (-extent) % factor
-        pads.extend([0, extra])
-    return pads
+    for n, want in zip(reversed(have), reversed(size)):
+        pads.extend([0, want - n])
+    if not any(pads):
+        return x
+    can_reflect = all(extra < n for extra, n in zip(pads[1::2], reversed(have)))
+    return F.pad(x, pads, mode="reflect" if can_reflect else "replicate")
 
 
 def pad_to_multiple(x: torch.Tensor, factor: int, spatial_dims: int) -> torch.Tensor:
     """Pad the trailing ``spatial_dims`` axes of ``x`` up to multiples of ``factor``."""
-    size = tuple(x.shape[-spatial_dims:])
-    pads = _pad_amounts(size, factor)
-    if not any(pads):
-        return x
-    can_reflect = all(extra < extent for extent, extra in zip(reversed(size), pads[1::2]))
-    return F.pad(x, pads, mode="reflect" if can_reflect else "replicate")
+    return pad_far_side(x, [-(-n // factor) * factor for n in x.shape[-spatial_dims:]])
 
 
 def crop_to(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:

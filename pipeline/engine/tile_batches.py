@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.engine.padding import pad_far_side
+from models.wrapper import pad_far_side
 from pipeline.engine.predictor import TilePredictor
 from pipeline.tiling import regions
 from pipeline.tiling.regions import Region
@@ -60,7 +60,8 @@ def _cut_tiles(
         if x.shape[1:] == tuple(tile):
             batch[k] = x
         else:
-            batch[k] = pad_far_side(torch.from_numpy(x), tile).numpy()
+            # F.pad's reflect/replicate need a batch axis for N-D inputs.
+            batch[k] = pad_far_side(torch.from_numpy(x)[None], tile)[0].numpy()
     return batch
 
 
