@@ -4,13 +4,13 @@ The labels COG has the input's CRS, transform, width and height; 512×512
 internal tiles; lossless DEFLATE without a predictor (differencing neighbouring
 class ids makes a class map larger and slower to write: bench/RESULTS.md); MODE
 overviews (a class map must never be averaged), computed by
-:mod:`pipeline.exporters.overviews` in the pass that stages the labels; an embedded
-palette; a nodata value; class names (band
-metadata inside the TIFF, plus a PAM ``.aux.xml`` sidecar with category names and
-a raster attribute table, which is where QGIS and GDAL look);
-BigTIFF when the file could pass 4 GB. Everything is written under temporary
-names in the destination folder and renamed into place last, so a reader never
-sees a half-written file under the final name.
+:mod:`pipeline.exporters.overviews` in the pass that stages the labels; an
+embedded palette; a nodata value; class names (band metadata inside the TIFF,
+plus a PAM ``.aux.xml`` sidecar with category names and a raster attribute
+table, which is where QGIS and GDAL look); BigTIFF when the file could pass 4 GB.
+Everything is written under temporary names in the destination folder and
+renamed into place last, so a reader never sees a half-written file under the
+final name.
 """
 
 from __future__ import annotations
