@@ -51,25 +51,24 @@ STALL_TIMEOUT_S = 600.0
 """With no worker alive and nothing in flight for this long, the run fails."""
 
 
-def connect(address: str | None = None) -> bool:
+def connect(address: str | None = None) -> None:
     """Join the Ray cluster at ``address`` (else ``$RAY_ADDRESS``), or start a private local Ray.
 
     A run joins a cluster only when told to: a Ray that happens to be running on this
     machine (another command's private one, a ``ray start``) is never joined, so its
-    end cannot take this run down (DESIGN.md, invariant 10). Returns whether a private
-    Ray was started; it belongs to this process and stops when the process ends, so a
-    process that runs many scenes (a watch) starts it once. Ray's own logging is kept
-    to errors and worker output stays off the driver's terminal.
+    end cannot take this run down (DESIGN.md, invariant 10). A private Ray belongs to
+    this process and stops when the process ends, so a process that runs many scenes
+    (a watch) starts it once. Ray's own logging is kept to errors and worker output
+    stays off the driver's terminal.
     """
     if ray.is_initialized():
-        return False
+        return
     quiet: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, **quiet)
-        return False
-    ray.init(address="local", include_dashboard=False, **quiet)
-    return True
+    else:
+        ray.init(address="local", include_dashboard=False, **quiet)
 
 
 def _first_line_of_cause(exc: BaseException) -> str:
