@@ -18,6 +18,7 @@ from typing import Any
 
 from pipeline.engine.crf import DEFAULT_ITERATIONS
 from pipeline.job.config import SegmentConfig
+from pipeline.stores.location import location
 from pipeline.tracking.promotion import EvaluationScene
 from pipeline.training.settings import TrainSettings
 from pipeline.watch.settings import WatchSettings
@@ -68,14 +69,14 @@ def _band_list(text: str) -> tuple[int, ...]:
 #: The options of the job itself (``gigaseg segment`` only), by ``SegmentConfig`` field.
 JOB_OPTIONS: dict[str, Option] = {
     "probabilities": Option(
-        "also write per-class probabilities here", Path, meaning="also write a float32 probabilities COG"
+        "also write per-class probabilities here", location, meaning="also write a float32 probabilities COG"
     ),
     "overwrite": Option("replace existing outputs"),
     "quiet": Option("no progress bar or summary"),
     "work_dir": Option(
         "where stores live while running (resume point)",
-        Path,
-        metavar="DIR",
+        location,
+        metavar="LOCATION",
         unset="`OUTPUT.gigaseg-work`",
         meaning="stores while running; the resume point",
     ),
@@ -231,9 +232,9 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``gigaseg segment`` (and of ``python flows/segment_scene.py``)."""
     p.add_argument(
         "input",
-        type=Path,
-        help="raster (GeoTIFF or anything GDAL reads) or volume (.nii/.nii.gz, DICOM folder, "
-        "OME-Zarr, TIFF stack with --spacing)",
+        type=location,
+        help="raster (GeoTIFF or anything GDAL reads; a path or a URL such as s3://…) or volume "
+        "(.nii/.nii.gz, DICOM folder, OME-Zarr, TIFF stack with --spacing)",
     )
     p.add_argument(
         "-m",
@@ -242,13 +243,19 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
         help="checkpoint file, models:/NAME@ALIAS or models:/NAME/VERSION (registry), or arch:NAME",
     )
     p.add_argument(
-        "-o", "--output", required=True, type=Path, help="labels: .tif (COG), .nii/.nii.gz (NIfTI) or .zarr"
+        "-o",
+        "--output",
+        required=True,
+        type=location,
+        help="labels: .tif (COG), .nii/.nii.gz (NIfTI) or .zarr; a path or an object-store URL",
     )
     add_engine_arguments(p)
     for name, option in JOB_OPTIONS.items():
         add_field_option(p, SegmentConfig, name, option)
-    p.add_argument("--labels", type=Path, help="reference label raster: per-region IoU / Dice / accuracy")
-    p.add_argument("--regions", type=Path, help="GeoJSON polygons: metrics per polygon instead of per block")
+    p.add_argument("--labels", type=location, help="reference label raster: per-region IoU / Dice / accuracy")
+    p.add_argument(
+        "--regions", type=location, help="GeoJSON polygons: metrics per polygon instead of per block"
+    )
     p.add_argument("--no-track", action="store_true", help="no MLflow run (and no per-region metrics)")
 
 

@@ -15,11 +15,12 @@ from pathlib import Path
 
 from flows.arguments import ENGINE_HELP, JOB_OPTIONS, TRAIN_OPTIONS, Option, field_default, option_flag
 from pipeline.job.config import SegmentConfig
+from pipeline.stores.location import location
 from pipeline.training.settings import TrainSettings
 
 COMMAND = "python -m flows.configuration_table"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
-_METAVARS = {int: "N", float: "F", Path: "PATH"}
+_METAVARS = {int: "N", float: "F", Path: "PATH", location: "LOCATION"}
 
 
 def option_cell(owner: type, name: str, option: Option) -> str:

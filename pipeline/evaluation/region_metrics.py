@@ -34,6 +34,7 @@ from pipeline.errors import InputError
 from pipeline.evaluation.metrics import dice_per_class, iou_per_class, nanmean
 from pipeline.inputs.band_stack import check_same_grid
 from pipeline.inputs.raster import RasterInfo, inspect_raster
+from pipeline.stores.location import Where, gdal_path, location, storage_error
 from pipeline.stores.output import OutputStore
 from pipeline.tiling.blocks import BlockPlan
 from pipeline.tiling.regions import slices
@@ -206,11 +207,13 @@ def polygon_regions(
     path: str | os.PathLike[str], crs_wkt: str | None, transform: Sequence[float], shape: tuple[int, int]
 ) -> list[RegionSpec]:
     """Polygons of a GeoJSON file, reprojected to the raster's CRS; named by ``name``/``id`` or index."""
-    path = Path(path)
+    path = location(path)
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: not a readable GeoJSON file ({exc})") from None
+    except Exception as exc:
+        raise storage_error(path, exc) from None
     if doc.get("type") == "FeatureCollection":
         features = doc.get("features") or []
     elif doc.get("type") == "Feature":
@@ -256,13 +259,13 @@ def _windows(bounds: Window, size: int) -> list[Window]:
 class _Reference:
     """The reference label raster read window by window (class ids; -1 where nodata)."""
 
-    def __init__(self, path: Path, output: RasterInfo | None, shape: tuple[int, int], num_classes: int):
+    def __init__(self, path: Where, output: RasterInfo | None, shape: tuple[int, int], num_classes: int):
         info = inspect_raster(path)
         if output is not None:
             check_same_grid(output, info)
         elif (info.height, info.width) != shape:
             raise InputError(f"{path}: {info.width}×{info.height} does not match the output's grid")
-        self.src = rasterio.open(path)
+        self.src = rasterio.open(gdal_path(path))
         self.nodata = info.nodata
         self.num_classes = num_classes
 
@@ -337,7 +340,7 @@ def compute_region_table(
     shape = tuple(store.labels.shape)
     blocks = block_regions(plan, attrs["transform"])
     specs = polygon_regions(regions, crs, attrs["transform"], shape) if regions is not None else blocks
-    reference = _Reference(Path(labels), output_info, shape, k) if labels is not None else None
+    reference = _Reference(location(labels), output_info, shape, k) if labels is not None else None
 
     def fresh(spec: RegionSpec) -> RegionStats:
         cm = np.zeros((k, k), dtype=np.int64) if reference is not None else None

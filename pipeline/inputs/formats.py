@@ -21,6 +21,7 @@ from pipeline.inputs.ome_zarr import is_ome_zarr, open_ome_zarr
 from pipeline.inputs.raster import RasterInfo, inspect_raster
 from pipeline.inputs.tiff_stack import is_tiff, open_tiff_stack, stack_depth
 from pipeline.inputs.volume import VolumeSource, ingest_volume
+from pipeline.stores.location import ObjectLocation, check_readable, local_copy, location
 from pipeline.stores.scene import SceneStore
 
 
@@ -28,7 +29,7 @@ from pipeline.stores.scene import SceneStore
 class InputDescription:
     """What an input is, read from its headers before any voxel is copied."""
 
-    path: Path
+    path: Path | ObjectLocation
     kind: str
     """``raster``, ``nifti``, ``dicom``, ``tiff_stack`` or ``ome_zarr``."""
     num_bands: int
@@ -37,11 +38,31 @@ class InputDescription:
     volume: VolumeSource | None = None
 
 
-def describe_input(path: str | os.PathLike[str], spacing: Sequence[float] | None = None) -> InputDescription:
-    """Pick the reader for ``path`` and read its header; bad input raises :class:`InputError`."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
+def describe_input(
+    path: str | os.PathLike[str] | ObjectLocation, spacing: Sequence[float] | None = None
+) -> InputDescription:
+    """Pick the reader for ``path`` and read its header; bad input raises :class:`InputError`.
+
+    A raster at a URL is read in place by GDAL; a volume at a URL (NIfTI, DICOM
+    folder, TIFF stack, OME-Zarr) is first copied to a private local folder, since
+    its readers need files.
+    """
+    where = location(path)
+    check_readable(where)
+    if isinstance(where, ObjectLocation):
+        if not _is_volume_name(where, spacing) and not where.is_dir():
+            info = inspect_raster(where)
+            return InputDescription(where, "raster", len(info.bands), 2, raster=info)
+        where = local_copy(where)
+    return _describe_local(where, spacing)
+
+
+def _is_volume_name(where: ObjectLocation, spacing: Sequence[float] | None) -> bool:
+    return is_nifti(where) or where.suffix.lower() == ".zarr" or (is_tiff(where) and spacing is not None)
+
+
+def _describe_local(path: Path, spacing: Sequence[float] | None) -> InputDescription:
+    """The reader for a local input."""
     volume: VolumeSource | None = None
     if path.is_dir():
         if is_ome_zarr(path):

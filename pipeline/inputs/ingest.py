@@ -16,29 +16,40 @@ import itertools
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import dask
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
 from pipeline.inputs.raster import RasterInfo, inspect_raster, read_window
+from pipeline.stores.location import ObjectLocation, Where, gdal_path, location
 from pipeline.stores.scene import SceneStore, SceneStoreWriter
 
 DEFAULT_CHUNK = 512
 CHUNKS_PER_TASK = 4  # per axis: one dask task reads a 4×4-chunk window
 
 
-def content_id(path: str | os.PathLike[str], chunk_bytes: int = 1 << 22) -> str:
-    """BLAKE2b of the file's bytes: the identity ingest reuse is keyed on."""
+def content_id(path: str | os.PathLike[str] | ObjectLocation, chunk_bytes: int = 1 << 22) -> str:
+    """BLAKE2b of the file's bytes: the identity ingest reuse is keyed on.
+
+    An object whose store reports an entity tag is identified by it and its size
+    (the tag changes with the bytes), without downloading it.
+    """
+    where = location(path)
     digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as fh:
+    if isinstance(where, ObjectLocation):
+        info = where.fs.info(where.url)
+        tag = info.get("ETag") or info.get("etag")
+        if tag:
+            digest.update(f"{where.protocol}:etag:{tag}:{info.get('size')}".encode())
+            return digest.hexdigest()
+    with where.open("rb") if isinstance(where, ObjectLocation) else open(where, "rb") as fh:
         while data := fh.read(chunk_bytes):
             digest.update(data)
     return digest.hexdigest()
 
 
-def _reusable(store_path: Path, source_id: str, chunk: Sequence[int]) -> SceneStore | None:
+def _reusable(store_path: Where, source_id: str, chunk: Sequence[int]) -> SceneStore | None:
     if not store_path.exists():
         return None
     try:
@@ -53,15 +64,15 @@ def _reusable(store_path: Path, source_id: str, chunk: Sequence[int]) -> SceneSt
 
 
 def ingest_raster(
-    path: str | os.PathLike[str],
-    store_path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | ObjectLocation,
+    store_path: str | os.PathLike[str] | ObjectLocation,
     chunk: int = DEFAULT_CHUNK,
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> SceneStore:
     """Copy a GDAL-readable raster into a scene store (or reuse an identical one)."""
     info = inspect_raster(path)
-    store_path = Path(store_path)
+    store_path = location(store_path)
     source_id = content_id(info.path)
     chunks = (chunk, chunk)
     if (store := _reusable(store_path, source_id, chunks)) is not None:
@@ -98,7 +109,7 @@ def _copy_windows(
     rows, cols = window
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(info.path) as src:
+        with rasterio.open(gdal_path(info.path)) as src:
             image, valid = read_window(src, info, rows, cols)
     writer.write((rows, cols), image, valid)
     if on_progress is not None:

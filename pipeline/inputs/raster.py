@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,7 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
 from pipeline.errors import InputError
+from pipeline.stores.location import ObjectLocation, Where, check_readable, gdal_path, location, storage_error
 
 SUPPORTED_DTYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64"}
 
@@ -26,7 +26,7 @@ SUPPORTED_DTYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "floa
 class RasterInfo:
     """What ingest needs to know about a raster, read from its header."""
 
-    path: Path
+    path: Where
     width: int
     height: int
     dtype: str
@@ -61,14 +61,19 @@ class RasterInfo:
         }
 
 
-def check_readable_file(path: str | os.PathLike[str]) -> Path:
-    """Fail with a clear message for a missing, non-regular or empty file."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, expected a raster file")
-    if path.stat().st_size == 0:
+def check_readable_file(path: str | os.PathLike[str] | ObjectLocation) -> Where:
+    """Fail with a clear message for a missing, non-regular or empty file (local or a URL)."""
+    path = location(path)
+    check_readable(path)
+    try:
+        if path.is_dir():
+            raise InputError(f"{path}: is a folder, expected a raster file")
+        size = path.fs.size(path.url) if isinstance(path, ObjectLocation) else path.stat().st_size
+    except InputError:
+        raise
+    except Exception as exc:
+        raise storage_error(path, exc) from None
+    if size == 0:
         raise InputError(f"{path}: file is empty")
     return path
 
@@ -79,13 +84,13 @@ def _gdal_reason(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def inspect_raster(path: str | os.PathLike[str]) -> RasterInfo:
+def inspect_raster(path: str | os.PathLike[str] | ObjectLocation) -> RasterInfo:
     """Open ``path`` with rasterio and describe it, or raise :class:`InputError`."""
     path = check_readable_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as src:
+            with rasterio.open(gdal_path(path)) as src:
                 return _describe(path, src)
     except RasterioIOError as exc:
         reason = _gdal_reason(exc)
@@ -94,7 +99,7 @@ def inspect_raster(path: str | os.PathLike[str]) -> RasterInfo:
         raise InputError(f"{path}: not a raster GDAL can read ({reason})") from None
 
 
-def _describe(path: Path, src: rasterio.DatasetReader) -> RasterInfo:
+def _describe(path: Where, src: rasterio.DatasetReader) -> RasterInfo:
     if src.width == 0 or src.height == 0 or src.count == 0:
         raise InputError(f"{path}: raster is empty ({src.count} bands of {src.width}×{src.height})")
     dtypes = set(src.dtypes)

@@ -13,6 +13,7 @@ from typing import Any
 from pipeline.engine.crf import CRFParams
 from pipeline.errors import InputError
 from pipeline.job.model_source import check_model_source
+from pipeline.stores.location import ObjectLocation, Where, check_readable, check_writable_folder, location
 from pipeline.tiling.blending import BLEND_MODES
 
 
@@ -24,9 +25,11 @@ class SegmentConfig:
     read them from here (the ``crf_*`` ones from :class:`CRFParams`).
     """
 
-    input: Path
+    input: Where
+    """The scene: a local path or a URL (``s3://…``, ``https://…``)."""
     model: str
-    output: Path
+    output: Where
+    """Where the labels go: a local path or an object-store URL (uploaded whole when finished)."""
     tile: int | None = None
     """Tile size in pixels; None: the model card's, else the architecture's default."""
     overlap: float = 0.25
@@ -39,10 +42,11 @@ class SegmentConfig:
     amp: bool = False
     channels_last: bool = True
     """Run the model channels-last (NHWC/NDHWC): faster convolutions, same results up to rounding."""
-    probabilities: Path | None = None
+    probabilities: Where | None = None
     overwrite: bool = False
     quiet: bool = False
-    work_dir: Path | None = None
+    work_dir: Where | None = None
+    """Scene and output stores while the job runs; a URL lets workers on any node open them."""
     keep_work: bool = False
     num_classes: int | None = None
     in_channels: int | None = None
@@ -83,12 +87,12 @@ class SegmentConfig:
     """Store chunk side for volumes (multiple of 16); ``chunk`` is for 2D rasters."""
 
     def __post_init__(self) -> None:
-        self.input = Path(self.input)
-        self.output = Path(self.output)
+        self.input = location(self.input)
+        self.output = location(self.output)
         if self.probabilities is not None:
-            self.probabilities = Path(self.probabilities)
+            self.probabilities = location(self.probabilities)
         if self.work_dir is not None:
-            self.work_dir = Path(self.work_dir)
+            self.work_dir = location(self.work_dir)
         if self.crf_bands is not None:
             self.crf_bands = tuple(int(b) for b in self.crf_bands)
 
@@ -141,16 +145,19 @@ class SegmentConfig:
 
     def validate_paths(self) -> None:
         """Check that the input exists and the outputs can be written without losing anything."""
-        if not self.input.exists():
-            raise InputError(f"{self.input}: no such file")
+        check_readable(self.input)
         outputs = [self.output] + ([self.probabilities] if self.probabilities else [])
         for out in outputs:
-            if not out.parent.is_dir():
+            if isinstance(out, ObjectLocation):
+                check_writable_folder(out.parent)
+            elif not out.parent.is_dir():
                 raise InputError(f"{out}: folder {out.parent} does not exist")
-            if out.exists() and not self.overwrite:
+            if _exists(out) and not self.overwrite:
                 raise InputError(f"{out}: already exists (use --overwrite to replace it)")
             if out.resolve() == self.input.resolve():
                 raise InputError(f"{out}: output would overwrite the input")
+        if isinstance(self.work_dir, ObjectLocation) and self.work_dir.parent != self.output.parent:
+            check_writable_folder(self.work_dir.parent)
         if self.probabilities is not None and self.probabilities.resolve() == self.output.resolve():
             raise InputError(f"{self.probabilities}: same path as the labels output")
 
@@ -161,10 +168,22 @@ class SegmentConfig:
         return self.block, self.chunk
 
     @property
-    def resolved_work_dir(self) -> Path:
+    def resolved_work_dir(self) -> Where:
         """Where the scene and output stores live while the job runs (and for resuming)."""
         return self.work_dir or self.output.with_name(self.output.name + ".gigaseg-work")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able settings (for logs and tracking)."""
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+        return {k: (str(v) if isinstance(v, Path | ObjectLocation) else v) for k, v in asdict(self).items()}
+
+
+def _exists(where: Where) -> bool:
+    """Whether something is at ``where``; reaching the store failing is the user's one-line error."""
+    try:
+        return where.exists()
+    except InputError:
+        raise
+    except Exception as exc:
+        from pipeline.stores.location import storage_error
+
+        raise storage_error(where, exc) from None

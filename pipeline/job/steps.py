@@ -7,9 +7,9 @@ the Ray executor can replace :func:`~pipeline.execution.in_process.run_blocks_in
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from pipeline.job.checks import CheckedInput, check_inputs
 from pipeline.job.config import SegmentConfig
 from pipeline.job.plan import Job, plan_job
 from pipeline.job.summary import BlockCounts, SegmentSummary, summarize
+from pipeline.stores.location import local_staging, remove_tree
 from pipeline.stores.scene import SceneStore
 
 BlockRunner = Callable[[Job, Progress | None], tuple[int, int]]
@@ -40,7 +41,7 @@ def ingest_scene(config: SegmentConfig, checked: CheckedInput) -> SceneStore:
         return ingest_input(checked.info, work / "scene.zarr", chunk=chunk)
     except BaseException:
         if fresh:  # nothing of this run is worth resuming: leave no trace
-            shutil.rmtree(work, ignore_errors=True)
+            remove_tree(work)
         raise
 
 
@@ -79,38 +80,39 @@ def infer(job: Job, run_blocks: BlockRunner | None = None) -> BlockCounts:
 
 
 def export(job: Job) -> ExportedOutputs:
-    """Write the outputs of a finished store: COG(s), NIfTI or OME-Zarr, by output name."""
+    """Write the outputs of a finished store: COG(s), NIfTI or OME-Zarr, by output name.
+
+    Outputs on object storage are written locally and uploaded whole when finished.
+    """
     if not job.store.is_complete():
         raise RuntimeError("export called before every block is done")
     t0 = time.perf_counter()
     attrs = job.scene.attrs
-    if is_volume(attrs) or output_format(job.config.output, len(job.scene.spatial_shape)) != "cog":
-        outputs = export_volume_outputs(
-            job.store.path,
-            job.scene,
-            job.config.output,
-            job.config.probabilities,
-            job.card.class_names,
-            job.card.class_colors,
-        )
-    else:
-        outputs = _export_cogs(job)
+    config = job.config
+    with local_staging(config.output, config.probabilities) as (labels, probabilities):
+        if is_volume(attrs) or output_format(config.output, len(job.scene.spatial_shape)) != "cog":
+            export_volume_outputs(
+                job.store.path,
+                job.scene,
+                labels,
+                probabilities,
+                job.card.class_names,
+                job.card.class_colors,
+            )
+        else:
+            _export_cogs(job, labels, probabilities)
     job.timings["export"] = time.perf_counter() - t0
-    return outputs
+    return ExportedOutputs(config.output, config.probabilities)
 
 
-def _export_cogs(job: Job) -> ExportedOutputs:
+def _export_cogs(job: Job, labels: Path, probabilities: Path | None) -> None:
     """The labels COG, tagged with the model, and the probabilities COG when asked for."""
     attrs = job.scene.attrs
     geo = Georeference(attrs.get("crs"), attrs["transform"])
     tags = {"GIGASEG_MODEL": job.config.model, "GIGASEG_ARCH": job.card.arch}
-    out = export_labels_cog(
-        job.store.path, job.config.output, geo, job.card.class_names, job.card.class_colors, tags
-    )
-    probs = None
-    if job.config.probabilities is not None:
-        probs = export_probabilities_cog(job.store.path, job.config.probabilities, geo, job.card.class_names)
-    return ExportedOutputs(out, probs)
+    export_labels_cog(job.store.path, labels, geo, job.card.class_names, job.card.class_colors, tags)
+    if probabilities is not None:
+        export_probabilities_cog(job.store.path, probabilities, geo, job.card.class_names)
 
 
 def segment(

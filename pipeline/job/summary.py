@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 from pipeline.exporters.formats import ExportedOutputs
 from pipeline.inputs.volume_geometry import VolumeGeometry, is_volume
 from pipeline.job.plan import Job
+from pipeline.stores.location import remove_tree
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def summarize(
     if on_finished is not None:
         on_finished(job)
     if not job.config.keep_work:
-        shutil.rmtree(job.config.resolved_work_dir, ignore_errors=True)
+        remove_tree(job.config.resolved_work_dir)
     return SegmentSummary(
         output=outputs.labels,
         probabilities=outputs.probabilities,

@@ -23,9 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +31,7 @@ import zarr
 
 from pipeline.stores.block_output import BlockOutput
 from pipeline.stores.labels import label_dtype, label_nodata
+from pipeline.stores.location import ObjectLocation, Where, location, remove_tree
 from pipeline.stores.scene import COMPRESSORS
 from pipeline.tiling import regions
 from pipeline.tiling.blocks import Block, BlockPlan
@@ -47,7 +46,7 @@ def fingerprint(parts: Mapping[str, Any]) -> str:
 class OutputStore:
     """Opened output store; create with :meth:`open_or_create`."""
 
-    def __init__(self, path: Path, group: zarr.Group):
+    def __init__(self, path: Where, group: zarr.Group):
         self.path = path
         self.group = group
         self.labels = group["labels"]
@@ -60,7 +59,7 @@ class OutputStore:
     @classmethod
     def open_or_create(
         cls,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | ObjectLocation,
         plan: BlockPlan,
         num_classes: int,
         with_probabilities: bool,
@@ -69,7 +68,7 @@ class OutputStore:
         with_uncertainty: bool = False,
     ) -> OutputStore:
         """Resume the store at ``path`` if it has this fingerprint, else start it afresh."""
-        path = Path(path)
+        path = location(path)
         if path.exists():
             try:
                 group = zarr.open_group(str(path), mode="r+")
@@ -77,7 +76,7 @@ class OutputStore:
                     return cls(path, group)
             except (FileNotFoundError, ValueError, KeyError):
                 pass
-            shutil.rmtree(path)
+            remove_tree(path)
         group = zarr.open_group(str(path), mode="w", zarr_format=3)
         _create_arrays(group, plan, num_classes, with_probabilities, with_uncertainty)
         nodata = label_nodata(num_classes)
@@ -93,9 +92,9 @@ class OutputStore:
         return cls(path, group)
 
     @classmethod
-    def open_existing(cls, path: str | os.PathLike[str], fingerprint: str) -> OutputStore:
+    def open_existing(cls, path: str | os.PathLike[str] | ObjectLocation, fingerprint: str) -> OutputStore:
         """Open a store another process created; it must carry ``fingerprint`` (never wiped here)."""
-        path = Path(path)
+        path = location(path)
         group = zarr.open_group(str(path), mode="r+")
         if group.attrs.get("fingerprint") != fingerprint:
             raise ValueError(f"{path}: output store was made with other settings (fingerprint differs)")
@@ -192,7 +191,9 @@ def _create_arrays(
     )
 
 
-def read_labels(path: str | os.PathLike[str], region: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
+def read_labels(
+    path: str | os.PathLike[str] | ObjectLocation, region: Sequence[tuple[int, int]] | None = None
+) -> np.ndarray:
     """Labels of a finished store (whole, or one region)."""
     group = zarr.open_group(str(path), mode="r")
     arr = group["labels"]

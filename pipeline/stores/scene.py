@@ -9,23 +9,24 @@ Layout::
                 volume geometry (affine, spacing), nodata, band names, source
                 identity, and ``complete`` once ingest has finished
 
-The store is written under a temporary name and renamed when complete, so a
-store that exists is a whole one.
+Locally the store is written under a temporary name and renamed when complete,
+so a store that exists is a whole one. Object storage has no rename: there the
+store is written in place and only its ``complete`` attribute, written last,
+makes it one that :meth:`SceneStore.open` accepts.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from pipeline.stores.location import ObjectLocation, Where, location, remove_tree
 from pipeline.tiling import regions
 from pipeline.tiling.regions import Region
 
@@ -36,13 +37,13 @@ COMPRESSORS = (BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),)
 class SceneStore:
     """An opened scene store (read side)."""
 
-    path: Path
+    path: Where
     group: zarr.Group
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> SceneStore:
+    def open(cls, path: str | os.PathLike[str] | ObjectLocation) -> SceneStore:
         """Open a complete store."""
-        path = Path(path)
+        path = location(path)
         group = zarr.open_group(str(path), mode="r")
         if not group.attrs.get("complete"):
             raise ValueError(f"{path}: scene store is incomplete (ingest did not finish)")
@@ -106,7 +107,7 @@ class SceneStoreWriter:
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | ObjectLocation,
         num_bands: int,
         spatial_shape: Sequence[int],
         dtype: np.dtype,
@@ -114,9 +115,10 @@ class SceneStoreWriter:
         with_mask: bool,
         attrs: Mapping[str, Any],
     ):
-        self.path = Path(path)
-        self.tmp_path = self.path.with_name(self.path.name + ".partial")
-        shutil.rmtree(self.tmp_path, ignore_errors=True)
+        self.path = location(path)
+        in_place = isinstance(self.path, ObjectLocation)
+        self.tmp_path: Where = self.path if in_place else self.path.with_name(self.path.name + ".partial")
+        remove_tree(self.tmp_path)
         self.group = zarr.open_group(str(self.tmp_path), mode="w", zarr_format=3)
         spatial_shape = tuple(int(s) for s in spatial_shape)
         chunk = tuple(min(int(c), s) for c, s in zip(chunk, spatial_shape))
@@ -156,11 +158,11 @@ class SceneStoreWriter:
     def commit(self, extra_attrs: Mapping[str, Any] | None = None) -> SceneStore:
         """Mark complete and move into place (replacing any older store)."""
         self.group.attrs.update({**(extra_attrs or {}), "complete": True})
-        if self.path.exists():
-            shutil.rmtree(self.path)
-        os.replace(self.tmp_path, self.path)
+        if self.tmp_path != self.path:
+            remove_tree(self.path)
+            os.replace(self.tmp_path, self.path)
         return SceneStore.open(self.path)
 
     def abort(self) -> None:
         """Remove the partial store."""
-        shutil.rmtree(self.tmp_path, ignore_errors=True)
+        remove_tree(self.tmp_path)

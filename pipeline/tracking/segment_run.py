@@ -24,6 +24,7 @@ from pipeline.job.config import SegmentConfig
 from pipeline.job.plan import Job
 from pipeline.job.steps import segment
 from pipeline.job.summary import SegmentSummary
+from pipeline.stores.location import Where, check_readable, local_staging, location
 from pipeline.tracking import runs as tracking
 
 
@@ -44,7 +45,7 @@ class TrackedSegment:
         return self.table.scene_row() if self.table is not None else {}
 
 
-def region_paths(output: Path) -> tuple[Path, Path]:
+def region_paths(output: Where) -> tuple[Where, Where]:
     """Where the per-region table goes beside ``output`` (CSV, GeoJSON)."""
     stem = output.name.removesuffix(output.suffix)
     return output.with_name(f"{stem}.regions.csv"), output.with_name(f"{stem}.regions.geojson")
@@ -78,8 +79,11 @@ def check_reference_files(
 ) -> None:
     """``--labels`` and ``--regions`` must be existing files (checked before any work starts)."""
     for path, what in ((labels, "--labels"), (regions, "--regions")):
-        if path is not None and not Path(path).is_file():
-            raise InputError(f"{path}: no such file ({what})")
+        if path is not None:
+            where = location(path)
+            check_readable(where, f"file ({what})")
+            if isinstance(where, Path) and not where.is_file():
+                raise InputError(f"{path}: no such file ({what})")
 
 
 class _RegionTableHook:
@@ -160,15 +164,16 @@ def _summary_metrics(summary: SegmentSummary) -> dict[str, float]:
     return metrics
 
 
-def _log_region_table(table: RegionTable, csv_path: Path, geojson_path: Path) -> None:
+def _log_region_table(table: RegionTable, csv_path: Where, geojson_path: Where) -> None:
     """The table beside the output (CSV, GeoJSON) and in the run (an MLflow table and both files)."""
     import mlflow
 
-    table.write_csv(csv_path)
-    table.write_geojson(geojson_path)
-    mlflow.log_table(table.columns(), "regions/regions.json")
-    mlflow.log_artifact(str(csv_path), "regions")
-    mlflow.log_artifact(str(geojson_path), "regions")
+    with local_staging(csv_path, geojson_path) as (csv_file, geojson_file):
+        table.write_csv(csv_file)
+        table.write_geojson(geojson_file)
+        mlflow.log_table(table.columns(), "regions/regions.json")
+        mlflow.log_artifact(str(csv_file), "regions")
+        mlflow.log_artifact(str(geojson_file), "regions")
 
 
 def _log_preview(config: SegmentConfig, summary: SegmentSummary, card: ModelCard) -> None:

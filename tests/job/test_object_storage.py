@@ -1,0 +1,175 @@
+"""Locations are URLs (DESIGN.md, invariant 9): input, work folder and outputs on an S3 bucket.
+
+The bucket is moto's S3 server on loopback (``s3_endpoint`` fixture); GDAL, zarr/s3fs
+and boto3 all reach it over HTTP through the standard ``AWS_*`` variables.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from pipeline.job.config import SegmentConfig
+from pipeline.job.steps import infer, prepare, segment
+from pipeline.stores.location import ObjectLocation
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def upload(local: Path, target: ObjectLocation) -> ObjectLocation:
+    target.fs.put_file(str(local), target.url)
+    return target
+
+
+def keys(bucket: ObjectLocation) -> list[str]:
+    return sorted(k.split("/", 1)[1] for k in bucket.fs.find(bucket.url))
+
+
+def download(where: ObjectLocation, folder: Path) -> Path:
+    local = folder / where.name
+    where.fs.get_file(where.url, str(local))
+    return local
+
+
+def test_scene_on_a_bucket_segments_to_the_same_bytes_as_on_local_disk(
+    small_scene, tiny_checkpoint, bucket, tmp_path
+):
+    local = segment(
+        SegmentConfig(
+            input=small_scene,
+            model=str(tiny_checkpoint),
+            output=tmp_path / "local.tif",
+            probabilities=tmp_path / "local_probs.tif",
+            block=256,
+            chunk=128,
+            quiet=True,
+        )
+    )
+    source = upload(small_scene, bucket / "in" / "scene.tif")
+    remote = segment(
+        SegmentConfig(
+            input=str(source),
+            model=str(tiny_checkpoint),
+            output=str(bucket / "out" / "labels.tif"),
+            probabilities=str(bucket / "out" / "probs.tif"),
+            block=256,
+            chunk=128,
+            quiet=True,
+        )
+    )
+    assert remote.output == bucket / "out" / "labels.tif"
+    assert remote.blocks_run == local.blocks_run > 1
+    got = tmp_path / "got"
+    got.mkdir()
+    for ours, theirs in (("labels.tif", "local.tif"), ("probs.tif", "local_probs.tif")):
+        assert download(bucket / "out" / ours, got).read_bytes() == (tmp_path / theirs).read_bytes()
+    with rasterio.open(tmp_path / "local_probs.tif") as src:  # the comparison sees varying pixels
+        assert float(np.nanstd(src.read(1))) > 0
+    # the work folder lived on the bucket and is gone; the label COG's sidecar went with it
+    assert keys(bucket) == ["in/scene.tif", "out/labels.tif", "out/labels.tif.aux.xml", "out/probs.tif"]
+
+
+def test_killed_run_resumes_from_the_bucket_with_the_same_result(small_scene, tiny_checkpoint, bucket, tmp_path):
+    source = upload(small_scene, bucket / "scene.tif")
+
+    def config(name: str) -> SegmentConfig:
+        return SegmentConfig(
+            input=str(source),
+            model=str(tiny_checkpoint),
+            output=str(bucket / name),
+            probabilities=str(bucket / f"probs_{name}"),
+            work_dir=str(bucket / "work"),
+            block=128,
+            chunk=128,
+            quiet=True,
+        )
+
+    class Killed(Exception):
+        pass
+
+    def dies_after_two(job, progress):
+        from pipeline.execution.in_process import compute_block, predictor_for
+
+        predictor = predictor_for(job, None)
+        for n, block in enumerate(job.store.pending(job.plan)):
+            if n == 2:
+                raise Killed
+            job.store.write_block(block, compute_block(job, block, predictor))
+        return 0, 0
+
+    with pytest.raises(Killed):
+        infer(prepare(config("a.tif")), dies_after_two)
+    assert not (bucket / "a.tif").exists()  # nothing that looks finished
+    assert (bucket / "work" / "output.zarr").exists()
+    resumed = segment(config("a.tif"))
+    assert resumed.blocks_skipped == 2 and resumed.blocks_run > 0
+    fresh = segment(SegmentConfig(**{**config("b.tif").__dict__, "work_dir": str(bucket / "work_b")}))
+    got = tmp_path / "got"
+    got.mkdir()
+    assert download(bucket / "probs_a.tif", got).read_bytes() == download(bucket / "probs_b.tif", got).read_bytes()
+    assert fresh.blocks_skipped == 0
+
+
+def gigaseg(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess, *words: str) -> str:
+    assert result.returncode == 2, result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+def test_missing_bucket_or_object_is_one_line_and_leaves_nothing(small_scene, tiny_checkpoint, bucket):
+    model = str(tiny_checkpoint)
+    missing_bucket = "s3://gigaseg-no-such-bucket/scene.tif"
+    one_line_error(
+        gigaseg("segment", missing_bucket, "-m", model, "-o", str(bucket / "x.tif"), "--no-track"),
+        missing_bucket,
+        "does not exist",
+    )
+    one_line_error(
+        gigaseg("segment", str(bucket / "nothing.tif"), "-m", model, "-o", str(bucket / "x.tif"), "--no-track"),
+        "nothing.tif",
+        "no such file",
+    )
+    source = upload(small_scene, bucket / "scene.tif")
+    one_line_error(
+        gigaseg("segment", str(source), "-m", model, "-o", "s3://gigaseg-no-such-bucket/x.tif", "--no-track"),
+        "gigaseg-no-such-bucket",
+        "does not exist",
+    )
+    assert keys(bucket) == ["scene.tif"]
+
+
+def test_absent_credentials_are_one_line(small_scene, tiny_checkpoint, bucket, tmp_path):
+    source = upload(small_scene, bucket / "scene.tif")
+    no_credentials = {
+        "AWS_ACCESS_KEY_ID": "",
+        "AWS_SECRET_ACCESS_KEY": "",
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    result = gigaseg(
+        "segment", str(source), "-m", str(tiny_checkpoint), "-o", str(tmp_path / "x.tif"), "--no-track",
+        env=no_credentials,
+    )  # fmt: skip
+    one_line_error(result, str(source), "credentials")
+    assert not (tmp_path / "x.tif").exists()
