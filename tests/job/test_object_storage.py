@@ -75,7 +75,9 @@ def test_scene_on_a_bucket_segments_to_the_same_bytes_as_on_local_disk(
     assert keys(bucket) == ["in/scene.tif", "out/labels.tif", "out/labels.tif.aux.xml", "out/probs.tif"]
 
 
-def test_killed_run_resumes_from_the_bucket_with_the_same_result(small_scene, tiny_checkpoint, bucket, tmp_path):
+def test_killed_run_resumes_from_the_bucket_with_the_same_result(
+    small_scene, tiny_checkpoint, bucket, tmp_path
+):
     source = upload(small_scene, bucket / "scene.tif")
 
     def config(name: str) -> SegmentConfig:
@@ -90,7 +92,7 @@ def test_killed_run_resumes_from_the_bucket_with_the_same_result(small_scene, ti
             quiet=True,
         )
 
-    class Killed(Exception):
+    class KilledError(Exception):
         pass
 
     def dies_after_two(job, progress):
@@ -99,11 +101,11 @@ def test_killed_run_resumes_from_the_bucket_with_the_same_result(small_scene, ti
         predictor = predictor_for(job, None)
         for n, block in enumerate(job.store.pending(job.plan)):
             if n == 2:
-                raise Killed
+                raise KilledError
             job.store.write_block(block, compute_block(job, block, predictor))
         return 0, 0
 
-    with pytest.raises(Killed):
+    with pytest.raises(KilledError):
         infer(prepare(config("a.tif")), dies_after_two)
     assert not (bucket / "a.tif").exists()  # nothing that looks finished
     assert (bucket / "work" / "output.zarr").exists()
@@ -112,7 +114,10 @@ def test_killed_run_resumes_from_the_bucket_with_the_same_result(small_scene, ti
     fresh = segment(SegmentConfig(**{**config("b.tif").__dict__, "work_dir": str(bucket / "work_b")}))
     got = tmp_path / "got"
     got.mkdir()
-    assert download(bucket / "probs_a.tif", got).read_bytes() == download(bucket / "probs_b.tif", got).read_bytes()
+    assert (
+        download(bucket / "probs_a.tif", got).read_bytes()
+        == download(bucket / "probs_b.tif", got).read_bytes()
+    )
     assert fresh.blocks_skipped == 0
 
 
@@ -145,7 +150,9 @@ def test_missing_bucket_or_object_is_one_line_and_leaves_nothing(small_scene, ti
         "does not exist",
     )
     one_line_error(
-        gigaseg("segment", str(bucket / "nothing.tif"), "-m", model, "-o", str(bucket / "x.tif"), "--no-track"),
+        gigaseg(
+            "segment", str(bucket / "nothing.tif"), "-m", model, "-o", str(bucket / "x.tif"), "--no-track"
+        ),
         "nothing.tif",
         "no such file",
     )
