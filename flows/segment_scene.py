@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from flows.prefect_runtime import configure_prefect
+from flows.prefect_server import use_prefect_api
 
 # Before Prefect is imported: run as a script (`ray submit … flows/segment_scene.py`) the
 # `flows` package has not been imported yet to set the embedded defaults.
@@ -159,11 +160,12 @@ def segment_scene(
     regions: str | os.PathLike[str] | None = None,
     track: bool = True,
 ) -> SegmentSummary:
-    """Run the flow; bad options fail here, before Prefect starts anything."""
+    """Run the flow; bad options fail here, before any Prefect API is found or started."""
     if not track and (labels is not None or regions is not None):
         raise InputError("--labels and --regions need tracking (drop --no-track)")
     check_reference_files(labels, regions)
     config.validate()
+    use_prefect_api()
     return segment_scene_flow(
         config,
         labels=None if labels is None else os.fspath(labels),
