@@ -146,7 +146,7 @@ def healthy_url(folder: Path, timeout_s: float = 5.0) -> str | None:
 def acquire(folder: Path, idle: float) -> str:
     """The shared server's API URL, started if none answers; this process holds a lease on it until exit."""
     global _lease
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # its database: this user's runs
     with _lock(folder / "start.lock", fcntl.LOCK_EX):
         url = healthy_url(folder) or _start(folder, idle)
         if _lease is None:

@@ -16,9 +16,14 @@ from typing import NamedTuple
 RAY_MIN_PIXELS = 64_000_000
 """Pending pixels (voxels) from which a run on one machine uses a local Ray without being asked.
 
-Below it Ray's fixed cost (measured ~5–10 s to the first block on 2 cores, which gain
-nothing from it) is more than the few per cent it could win on a many-core machine;
-at 64 Mpx a small U-Net works for minutes, and the start is about 1 % of the run."""
+Ray's fixed cost is a local Ray's start plus the actors' start and model load: 4.4 s +
+4.9 s to the first block on a quiet 2-core machine (bench/RESULTS.md, "Ray
+execution"), 17 s on a loaded one (``python -m bench.fixed_cost_bench``). What it can
+win on one CPU machine is small (two 1-thread actors matched the in-process engine on
+2 cores: 1.01×); on many cores it is the gap between torch's intra-op scaling and one
+process per core. At 64 Mpx a small U-Net (w16 d3) runs ~400 s in process on 2 cores,
+so the start costs 2–4 % there and less on larger machines, and a long run gets the
+pool's restarts of lost workers; below it the start is most of a small job's time."""
 
 
 class Placement(NamedTuple):
