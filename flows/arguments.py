@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.engine.crf import DEFAULT_ITERATIONS
+from pipeline.execution.placement import RAY_MIN_PIXELS
 from pipeline.job.config import SegmentConfig
 from pipeline.stores.location import location
 from pipeline.tracking.promotion import EvaluationScene
@@ -103,8 +104,10 @@ _BLEND_MEANING = (
     "global pooling)"
 )
 _WORKERS_MEANING = (
-    "Ray actors: auto = one per GPU in the cluster, else one single-threaded CPU actor per core (each "
-    "with cores ÷ actors torch threads); `0` runs the blocks in this process without Ray"
+    "Ray actors; auto = in this process without Ray for a job on one machine with < 2 GPUs and "
+    f"< {RAY_MIN_PIXELS / 1e6:.0f} Mpx pending (`pipeline/execution/placement.py`), else Ray with one "
+    "actor per GPU in the cluster, or one single-threaded CPU actor per core (each with cores ÷ actors "
+    "torch threads); `0` always runs the blocks in this process, N > 0 always on N Ray actors"
 )
 
 #: The engine options by ``SegmentConfig`` field (shared by ``segment`` and ``watch``).
@@ -180,8 +183,8 @@ ENGINE_HELP: dict[str, Option] = {
         meaning="appearance bands (0-based among the model's bands), e.g. NIR,red,green",
     ),
     "workers": Option(
-        "Ray actors (default: one per GPU, else one single-threaded CPU actor per core; "
-        "env GIGASEG_WORKERS); 0 runs in this process without Ray",
+        "Ray actors (default: none for a small job on one machine, else one per GPU or one "
+        "1-thread CPU actor per core; env GIGASEG_WORKERS); 0 runs in this process without Ray",
         int,
         unset="`$GIGASEG_WORKERS`, else auto",
         meaning=_WORKERS_MEANING,

@@ -22,6 +22,7 @@ from flows.arguments import (
     add_train_arguments,
     add_watch_arguments,
 )
+from flows.prefect_server import use_prefect_api
 from flows.script import prepare_process, run_command, say
 from pipeline.errors import InputError
 
@@ -36,18 +37,21 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    use_prefect_api()
     from flows import watch_imagery
 
     return commands.watch(args, watch_imagery)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    use_prefect_api()
     from flows.train_model import train_model
 
     return commands.train(args, train_model)
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
+    use_prefect_api()
     from flows.promote_model import promote_model
 
     return commands.promote(args, promote_model)
@@ -105,6 +109,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.evaluation.preview import write_preview
     from pipeline.job.config import SegmentConfig
 
+    use_prefect_api()
     work: Path = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -179,6 +184,23 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_server(args: argparse.Namespace) -> int:
+    """``gigaseg server start|status|stop``: the shared local Prefect server (see flows.prefect_server)."""
+    from flows import prefect_server
+
+    folder = prefect_server.server_folder()
+    if args.action == "stop":
+        print(f"gigaseg: {prefect_server.stop(folder, force=args.force)}")
+        return 0
+    if args.action == "start":
+        url = prefect_server.acquire(folder, prefect_server.idle_minutes())
+        print(f"gigaseg: shared Prefect server at {url} (UI: {url.removesuffix('/api')}; state {folder})")
+        return 0
+    url = prefect_server.healthy_url(folder)
+    print(f"gigaseg: shared Prefect server at {url}" if url else "gigaseg: no shared Prefect server running")
+    return 0 if url else 1
+
+
 def _add_segment_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment a scene into a label COG")
     add_segment_arguments(p)
@@ -243,6 +265,15 @@ def _add_models_command(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_models)
 
 
+def _add_server_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "server", help="the shared local Prefect server that flow commands use (start, status, stop)"
+    )
+    p.add_argument("action", choices=("start", "status", "stop"))
+    p.add_argument("--force", action="store_true", help="stop it even while commands are using it")
+    p.set_defaults(func=cmd_server)
+
+
 SUBCOMMANDS = (
     _add_segment_command,
     _add_watch_command,
@@ -252,6 +283,7 @@ SUBCOMMANDS = (
     _add_demo_command,
     _add_demo_volume_command,
     _add_models_command,
+    _add_server_command,
 )
 
 

@@ -1,8 +1,10 @@
 """Prefect settings for the embedded default, applied before Prefect is imported.
 
-With no ``PREFECT_API_URL`` Prefect starts its ephemeral API in this process's
-children; on a busy machine its start can take longer than Prefect's default
-wait, so the wait is raised. Prefect's console handler is kept quiet by default
+Which API a flow command reports to is :mod:`flows.prefect_server`'s choice (the
+user's ``PREFECT_API_URL``, else the shared local server). With
+``GIGASEG_PREFECT_SERVER=ephemeral`` Prefect starts its ephemeral API in this
+process's children; on a busy machine its start can take longer than Prefect's
+default wait, so the wait is raised. Prefect's console handler is kept quiet by default
 so a failed task prints our one-line message, not a traceback; the run's full
 logs still go to the API (Prefect UI). Every setting here only applies when the
 user has not set it.

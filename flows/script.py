@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 from rasterio.errors import NotGeoreferencedWarning
 
+from flows.prefect_server import use_prefect_api
 from pipeline.errors import InputError
 from pipeline.execution.process_memory import bound_process_memory
 
@@ -72,4 +73,9 @@ def run_script(
     prepare_process()
     parser = argparse.ArgumentParser(prog=f"gigaseg {name}")
     add_arguments(parser)
-    return run_command(command, parser.parse_args(sys.argv[1:] if argv is None else argv))
+
+    def on_the_prefect_api(args: argparse.Namespace) -> int | None:
+        use_prefect_api()  # the same Prefect API as `gigaseg NAME` (Prefect, imported already, re-reads it)
+        return command(args)
+
+    return run_command(on_the_prefect_api, parser.parse_args(sys.argv[1:] if argv is None else argv))

@@ -8,8 +8,10 @@ so the flow's result is the library's result. Tasks retry transient failures
 with the stage named. CRF refinement runs inside each block's inference (it needs
 the block's halo), so it is part of the infer stage rather than a pass of its own.
 
-Blocks run on Ray actors (joining the cluster this runs on, or a local Ray)
-unless ``workers`` is 0 (or ``$GIGASEG_WORKERS`` is 0), which runs them in this process.
+Blocks run where :func:`pipeline.execution.placement.place_blocks` says: with
+``workers`` (or ``$GIGASEG_WORKERS``) set, on that many Ray actors (0: in this
+process); otherwise on Ray only for a cluster (``--ray-address`` / ``RAY_ADDRESS``),
+several GPUs or a large scene, and in this process for anything small.
 """
 
 import os
@@ -18,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from flows.prefect_runtime import configure_prefect
+from flows.prefect_server import use_prefect_api
 
 # Before Prefect is imported: run as a script (`ray submit … flows/segment_scene.py`) the
 # `flows` package has not been imported yet to set the embedded defaults.
@@ -27,6 +30,7 @@ from prefect import flow, task
 from prefect.cache_policies import NONE
 
 from pipeline.errors import InputError
+from pipeline.execution.placement import place_blocks
 from pipeline.exporters.formats import ExportedOutputs
 from pipeline.job.checks import CheckedInput, check_inputs
 from pipeline.job.config import SegmentConfig
@@ -41,17 +45,23 @@ WORKERS_ENV = "GIGASEG_WORKERS"
 
 
 def resolved_workers(config: SegmentConfig) -> int | None:
-    """``config.workers``, else ``$GIGASEG_WORKERS``, else None (Ray sizes the pool)."""
+    """``config.workers``, else ``$GIGASEG_WORKERS``, else None (placement decides, Ray sizes the pool)."""
     if config.workers is not None:
         return config.workers
     env = os.environ.get(WORKERS_ENV, "").strip()
     return int(env) if env else None
 
 
-def block_runner(config: SegmentConfig) -> BlockRunner | None:
-    """Where blocks run: a Ray actor pool, or None for this process (0 workers)."""
+def block_runner(job: Job) -> BlockRunner | None:
+    """Where the job's blocks run: a Ray actor pool, or None for this process."""
+    import torch
+
+    config, pending = job.config, job.store.pending(job.plan)
     workers = resolved_workers(config)
-    if workers == 0:
+    address = config.ray_address or os.environ.get("RAY_ADDRESS") or None
+    pixels = sum(b.num_pixels for b in pending)
+    gpus = torch.cuda.device_count() if config.device != "cpu" else 0
+    if not place_blocks(workers, address, gpus, pixels, len(pending), config.device).on_ray:
         return None
     from pipeline.execution.ray_pool import RayBlockRunner
 
@@ -93,8 +103,8 @@ def plan_stage(config: SegmentConfig, checked: CheckedInput, scene: SceneStore) 
 
 @task(name="infer", **RETRYING)
 def infer_stage(job: Job) -> BlockCounts:
-    """Every pending block, on Ray unless configured otherwise (a retry skips the blocks already done)."""
-    return infer(job, block_runner(job.config))
+    """Every pending block, here or on Ray (:func:`block_runner`; a retry skips the blocks already done)."""
+    return infer(job, block_runner(job))
 
 
 @task(name="export", **RETRYING)
@@ -150,11 +160,12 @@ def segment_scene(
     regions: str | os.PathLike[str] | None = None,
     track: bool = True,
 ) -> SegmentSummary:
-    """Run the flow; bad options fail here, before Prefect starts anything."""
+    """Run the flow; bad options fail here, before any Prefect API is found or started."""
     if not track and (labels is not None or regions is not None):
         raise InputError("--labels and --regions need tracking (drop --no-track)")
     check_reference_files(labels, regions)
     config.validate()
+    use_prefect_api()
     return segment_scene_flow(
         config,
         labels=None if labels is None else os.fspath(labels),

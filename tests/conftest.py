@@ -19,7 +19,7 @@ from models.checkpoint import ModelCard, save_checkpoint
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-# `gigaseg segment` runs on Ray by default; tests of everything else run blocks in
+# `gigaseg segment` may run on Ray by default (RAY_ADDRESS, GPUs, large jobs); tests run blocks in
 # process (subprocesses inherit this). Ray tests pass --workers / a runner explicitly.
 os.environ.setdefault("GIGASEG_WORKERS", "0")
 

@@ -72,7 +72,7 @@ class SegmentConfig:
     uncertainty: bool = False
     """Keep per-pixel confidence and entropy in the output store (for per-region metrics)."""
     workers: int | None = None
-    """Ray actors: None = one per GPU (else one 1-thread CPU actor per core); 0 = in this process."""
+    """Ray actors: None = placement decides (small jobs run here); 0 = in this process; N = N actors."""
     ray_address: str | None = None
     """Ray cluster to join (else ``RAY_ADDRESS``); neither: a private local Ray, stopped when the run ends."""
     spacing: tuple[float, ...] | None = None
