@@ -10,6 +10,10 @@ the block's halo), so it is part of the infer stage rather than a pass of its ow
 
 Blocks run on Ray actors (joining the cluster this runs on, or a local Ray)
 unless ``workers`` is 0 (or ``$GIGASEG_WORKERS`` is 0), which runs them in this process.
+
+``segment_scenes_flow`` runs many scenes as one batch (:mod:`pipeline.execution.scene_batch`):
+each scene is this flow as a subflow (its own outputs and MLflow run), a few at a time,
+all on one actor pool that loads the model once; a failing scene is reported, the others finish.
 """
 
 import os
@@ -25,16 +29,21 @@ configure_prefect()
 
 from prefect import flow, task
 from prefect.cache_policies import NONE
+from prefect.futures import wait
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipeline.errors import InputError
+from pipeline.execution.scene_batch import BatchReport, SceneBatch, active_batch
 from pipeline.exporters.formats import ExportedOutputs
 from pipeline.job.checks import CheckedInput, check_inputs
 from pipeline.job.config import SegmentConfig
+from pipeline.job.model_source import load_model
 from pipeline.job.plan import Job, plan_job
 from pipeline.job.steps import BlockRunner, export, infer, ingest_scene
 from pipeline.job.summary import BlockCounts, SegmentSummary, summarize
 from pipeline.stores.scene import SceneStore
 from pipeline.tracking.segment_run import check_reference_files
+from pipeline.watch.ledger import failure_reason
 
 WORKERS_ENV = "GIGASEG_WORKERS"
 """Default for ``--workers`` when neither the option nor the config sets it."""
@@ -42,17 +51,25 @@ WORKERS_ENV = "GIGASEG_WORKERS"
 
 def resolved_workers(config: SegmentConfig) -> int | None:
     """``config.workers``, else ``$GIGASEG_WORKERS``, else None (Ray sizes the pool)."""
-    if config.workers is not None:
-        return config.workers
+    return workers_or_env(config.workers)
+
+
+def workers_or_env(workers: int | None) -> int | None:
+    """``workers``, else ``$GIGASEG_WORKERS``, else None (Ray sizes the pool)."""
+    if workers is not None:
+        return workers
     env = os.environ.get(WORKERS_ENV, "").strip()
     return int(env) if env else None
 
 
 def block_runner(config: SegmentConfig) -> BlockRunner | None:
-    """Where blocks run: a Ray actor pool, or None for this process (0 workers)."""
+    """Where blocks run: a Ray actor pool (the batch's, in a batch), or None for this process (0 workers)."""
     workers = resolved_workers(config)
     if workers == 0:
         return None
+    batch = active_batch()
+    if batch is not None and batch.uses_ray:
+        return batch.run_blocks
     from pipeline.execution.ray_pool import RayBlockRunner
 
     return RayBlockRunner(workers=workers, address=config.ray_address)
@@ -75,8 +92,9 @@ RETRYING = {**STAGE, "retries": 2, "retry_delay_seconds": 5, "retry_condition_fn
 
 @task(name="check", **STAGE)
 def check_stage(config: SegmentConfig) -> CheckedInput:
-    """Options, input header and model, before any data is read."""
-    return check_inputs(config)
+    """Options, input header and model (loaded once per batch), before any data is read."""
+    batch = active_batch()
+    return check_inputs(config, load=batch.models.load if batch is not None else load_model)
 
 
 @task(name="ingest", **RETRYING)
@@ -163,6 +181,44 @@ def segment_scene(
     )
 
 
+@task(name="segment-batch-scene", **STAGE)
+def batch_scene_stage(config: SegmentConfig, track: bool) -> SegmentSummary:
+    """One scene of a batch, as its own flow run (and MLflow run)."""
+    name = os.path.basename(str(config.input).rstrip("/"))
+    return segment_scene_flow.with_options(flow_run_name=f"segment {name}")(config, track=track)
+
+
+@flow(name="segment-scenes", log_prints=True)
+def segment_scenes_flow(configs: list[SegmentConfig], track: bool = True) -> BatchReport:
+    """Segment each config's input into its output: one batch, one actor pool, failures kept apart."""
+    t0 = time.perf_counter()
+    batch = SceneBatch(workers_or_env(configs[0].workers if configs else None))
+    with batch, ThreadPoolTaskRunner(max_workers=batch.scenes_in_flight) as runner:
+        futures = [
+            runner.submit(batch_scene_stage, parameters={"config": c, "track": track}) for c in configs
+        ]
+        wait(futures)
+    report = BatchReport(actors=batch.actors, models_loaded=batch.models.loads)
+    for config, future in zip(configs, futures):
+        if future.state.is_completed():
+            report.done.append(future.result())
+        else:
+            report.failed.append(
+                (str(config.input), failure_reason(future.state.result(raise_on_failure=False)))
+            )
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def segment_scenes(configs: Sequence[SegmentConfig], track: bool = True) -> BatchReport:
+    """Run the batch flow; options that are wrong for every scene fail here, before Prefect starts."""
+    if not configs:
+        raise InputError("no inputs to segment")
+    for config in configs:
+        config.validate_options()
+    return segment_scenes_flow(list(configs), track=track)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python flows/segment_scene.py ARGS``: exactly ``gigaseg segment ARGS``."""
     from flows import commands
@@ -170,9 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from flows.script import run_script
 
     # This module's own flow: run as a script, it is ``__main__`` and must not be imported again.
-    return run_script(
-        "segment", add_segment_arguments, lambda args: commands.segment(args, segment_scene), argv
-    )
+    this_flow = sys.modules[__name__]
+    return run_script("segment", add_segment_arguments, lambda args: commands.segment(args, this_flow), argv)
 
 
 if __name__ == "__main__":
