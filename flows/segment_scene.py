@@ -192,7 +192,8 @@ def batch_scene_stage(config: SegmentConfig, track: bool) -> SegmentSummary:
 def segment_scenes_flow(configs: list[SegmentConfig], track: bool = True) -> BatchReport:
     """Segment each config's input into its output: one batch, one actor pool, failures kept apart."""
     t0 = time.perf_counter()
-    batch = SceneBatch(workers_or_env(configs[0].workers if configs else None))
+    first = configs[0] if configs else None
+    batch = SceneBatch(workers_or_env(first and first.workers), first and first.ray_address)
     with batch, ThreadPoolTaskRunner(max_workers=batch.scenes_in_flight) as runner:
         futures = [
             runner.submit(batch_scene_stage, parameters={"config": c, "track": track}) for c in configs

@@ -6,8 +6,8 @@ looks each one up in the ledger kept in the output folder (content identity, so
 renames are not reprocessed and edits are), and segments what is new, a bounded
 number at a time, all of a scan on one actor pool that loads the model once
 (:class:`~pipeline.execution.scene_batch.SceneBatch`). A scene that fails (a corrupt
-file) is recorded and reported; the others finish. ``gigaseg watch`` runs it once (``--once``) or serves it on a
-schedule; ``infra/prefect.yaml`` deploys it to a work pool.
+file) is recorded and reported; the others finish. ``gigaseg watch`` runs it once
+(``--once``) or serves it on a schedule; ``infra/prefect.yaml`` deploys it to a work pool.
 
 Scanning, the ledger, the report and the option checks live in :mod:`pipeline.watch`;
 this module runs them as a flow with one task per scene. Runnable as a script:
@@ -74,7 +74,7 @@ def process_new_imagery(
     todo = new_or_changed(scenes, ledger)
     report = WatchReport(unchanged=len(scenes) - len(todo))
     logger.info("%d scene(s) found, %d new or changed", len(scenes), len(todo))
-    batch = SceneBatch(workers_or_env(opts.get("workers")), scenes_in_flight=max_concurrent)
+    batch = SceneBatch(workers_or_env(opts.get("workers")), opts.get("ray_address"), max_concurrent)
     with batch, ThreadPoolTaskRunner(max_workers=max(1, batch.scenes_in_flight)) as runner:
         futures = {
             s: runner.submit(
@@ -97,6 +97,7 @@ def process_new_imagery(
         else:
             reason = report.add_failed(scene.url, state.result(raise_on_failure=False))
             logger.error("%s: %s", scene.url, reason)
+    report.actors = batch.actors
     report.seconds = time.perf_counter() - t0
     logger.info(report.line())
     return report

@@ -44,7 +44,8 @@ def active_batch() -> SceneBatch | None:
 class SceneBatch:
     """The shared parts of a batch's scenes: the model cache and (on Ray) the actor pool.
 
-    ``workers``: Ray actors as ``--workers`` says (None: sized by Ray), 0 for this process.
+    ``workers``: Ray actors as ``--workers`` says (None: sized by Ray), 0 for this process;
+    ``address``: the Ray cluster to join (None: ``$RAY_ADDRESS``, else a private Ray).
 
     >>> with SceneBatch(workers=0) as batch:
     ...     active_batch() is batch, batch.uses_ray, batch.scenes_in_flight
@@ -53,8 +54,11 @@ class SceneBatch:
     True
     """
 
-    def __init__(self, workers: int | None = None, scenes_in_flight: int | None = None):
+    def __init__(
+        self, workers: int | None = None, address: str | None = None, scenes_in_flight: int | None = None
+    ):
         self.workers = workers
+        self.address = address
         self.models = ModelCache()
         self.scenes_in_flight = scenes_in_flight or (SCENES_IN_FLIGHT if self.uses_ray else 1)
         self.actors: list[dict[str, Any]] = []
@@ -71,6 +75,12 @@ class SceneBatch:
         global _active
         if _active is not None:
             raise RuntimeError("a scene batch is already running in this process")
+        if self.uses_ray:
+            # Ray here, not in a scene's thread: a private Ray's processes die with the *thread*
+            # that started them (Linux parent-death signal), and scene threads end before the batch.
+            from pipeline.execution.ray_pool import connect
+
+            connect(self.address)
         _active = self
         return self
 
