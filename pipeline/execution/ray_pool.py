@@ -52,6 +52,8 @@ from pipeline.job.plan import Job
 IN_FLIGHT_PER_ACTOR = 2
 """Blocks handed to one actor at a time: one computing, one reading ahead."""
 MAX_RESTARTS = 4
+DESCRIBE_TIMEOUT_S = 30.0
+"""How long :meth:`ActorPool.describe` waits for the actors to answer."""
 STALL_TIMEOUT_S = 600.0
 """With no worker alive and nothing in flight for this long, the run fails."""
 
@@ -141,7 +143,7 @@ class ActorPool:
 
     def describe(self) -> list[dict[str, Any]]:
         """Each live actor's description now (what it has loaded, how many scenes it reopened)."""
-        return ray.get([h.describe.remote() for h in self.handles])
+        return ray.get([h.describe.remote() for h in self.handles], timeout=DESCRIBE_TIMEOUT_S)
 
     def close(self) -> None:
         """Stop the hand-out loop and the actors."""
