@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.engine.crf import DEFAULT_ITERATIONS
+from pipeline.errors import InputError
 from pipeline.execution.placement import RAY_MIN_PIXELS
+from pipeline.job.batch_inputs import LIST_PREFIX, batch_outputs, expand_inputs
 from pipeline.job.config import SegmentConfig
 from pipeline.stores.location import location
 from pipeline.tracking.promotion import EvaluationScene
@@ -235,9 +237,11 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``gigaseg segment`` (and of ``python flows/segment_scene.py``)."""
     p.add_argument(
         "input",
-        type=location,
-        help="raster (GeoTIFF or anything GDAL reads; a path or a URL such as s3://…) or volume "
-        "(.nii/.nii.gz, DICOM folder, OME-Zarr, TIFF stack with --spacing)",
+        nargs="+",
+        help="raster (GeoTIFF or anything GDAL reads) or volume (.nii/.nii.gz, DICOM folder, "
+        "OME-Zarr, TIFF stack with --spacing), a path or a URL (s3://…, https://…); several "
+        f"(paths, URLs, quoted globs such as 'tiles/*.tif', or {LIST_PREFIX}FILE listing one a line) "
+        "with --output-dir",
     )
     p.add_argument(
         "-m",
@@ -248,9 +252,13 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-o",
         "--output",
-        required=True,
         type=location,
         help="labels: .tif (COG), .nii/.nii.gz (NIfTI) or .zarr; a path or an object-store URL",
+    )
+    p.add_argument(
+        "--output-dir",
+        help="segment every input into DIR/<stem>.tif (.nii.gz for NIfTI inputs) on one actor pool",
+        metavar="DIR",
     )
     add_engine_arguments(p)
     for name, option in JOB_OPTIONS.items():
@@ -262,10 +270,39 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-track", action="store_true", help="no MLflow run (and no per-region metrics)")
 
 
+def is_batch(args: argparse.Namespace) -> bool:
+    """Whether ``segment`` arguments name a batch (``--output-dir``) rather than one input with ``-o``."""
+    if args.output_dir is not None:
+        if args.output is not None:
+            raise InputError("give -o OUTPUT for one input, or --output-dir DIR for several, not both")
+        if args.labels is not None or args.regions is not None:
+            raise InputError("--labels and --regions belong to one scene: give one input with -o")
+        if args.probabilities is not None:
+            raise InputError("--probabilities names one file: give one input with -o")
+        return True
+    if len(args.input) != 1 or args.output is None:
+        raise InputError("give -o OUTPUT for one input, or --output-dir DIR for several inputs")
+    return False
+
+
 def segment_config_from_args(args: argparse.Namespace) -> SegmentConfig:
-    """Build the shared job configuration from parsed arguments."""
+    """Build the shared job configuration from parsed arguments (one input, ``-o``)."""
     options = {name: getattr(args, name) for name in (*JOB_OPTIONS, *ENGINE_OPTIONS)}
-    return SegmentConfig(input=args.input, model=args.model, output=args.output, **options)
+    return SegmentConfig(input=args.input[0], model=args.model, output=args.output, **options)
+
+
+def segment_configs_from_args(args: argparse.Namespace) -> list[SegmentConfig]:
+    """One configuration per input of a batch: outputs ``DIR/<stem>.tif``, work folders apart."""
+    inputs = expand_inputs(args.input)
+    options = {name: getattr(args, name) for name in (*JOB_OPTIONS, *ENGINE_OPTIONS)}
+    work = options.pop("work_dir")
+    configs = []
+    for source, output in zip(inputs, batch_outputs(inputs, args.output_dir)):
+        work_dir = None if work is None else location(work) / f"{location(output).name}.gigaseg-work"
+        configs.append(
+            SegmentConfig(input=source, model=args.model, output=output, work_dir=work_dir, **options)
+        )
+    return configs
 
 
 def engine_options_given(args: argparse.Namespace) -> dict[str, object]:
@@ -290,7 +327,7 @@ def add_watch_arguments(p: argparse.ArgumentParser) -> None:
         "--max-concurrent",
         type=int,
         default=WatchSettings.max_concurrent,
-        help="scenes segmented at the same time",
+        help="scenes in flight at once on the shared pool (default: 3 on Ray, 1 in this process)",
     )
     p.add_argument(
         "--min-age",

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from flows.segment_scene import segment_scene
+    from flows import segment_scene
 
     return commands.segment(args, segment_scene)
 

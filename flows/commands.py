@@ -16,19 +16,44 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from flows.arguments import engine_options_given, segment_config_from_args, train_settings_from_args
+from flows.arguments import (
+    engine_options_given,
+    is_batch,
+    segment_config_from_args,
+    segment_configs_from_args,
+    train_settings_from_args,
+)
 from flows.script import say
 from pipeline.errors import InputError
+from pipeline.stores.location import check_writable_folder, location
 from pipeline.watch.settings import check_watch_arguments, segment_options
 
 
-def segment(args: argparse.Namespace, segment_scene: Callable[..., Any]) -> int:
-    """``gigaseg segment``: run the flow, then print its one-line summary."""
-    summary = segment_scene(
+def segment(args: argparse.Namespace, segment_flow: ModuleType) -> int:
+    """``gigaseg segment``: run the flow, then print its one-line summary (one a scene for a batch).
+
+    ``segment_flow``: the module of the segment flows (``flows.segment_scene``, or the script itself).
+    A batch exits with status 1 when any of its scenes failed, each failure said in one line.
+    """
+    if is_batch(args):
+        return _segment_batch(args, segment_flow)
+    summary = segment_flow.segment_scene(
         segment_config_from_args(args), labels=args.labels, regions=args.regions, track=not args.no_track
     )
     say(args.quiet, f"gigaseg: {summary.line()}")
     return 0
+
+
+def _segment_batch(args: argparse.Namespace, segment_flow: ModuleType) -> int:
+    """Every input of a batch into ``--output-dir`` through one pool; failures named, one line each."""
+    check_writable_folder(location(args.output_dir))
+    report = segment_flow.segment_scenes(segment_configs_from_args(args), track=not args.no_track)
+    for summary in report.done:
+        say(args.quiet, f"gigaseg: {summary.line()}")
+    for scene, reason in report.failed:
+        print(f"gigaseg: {reason if scene in reason else f'{scene}: {reason}'}", file=sys.stderr)
+    say(args.quiet, f"gigaseg: {report.line()}")
+    return 1 if report.failed else 0
 
 
 def _watch_parameters(args: argparse.Namespace, options: dict[str, object]) -> dict[str, Any]:

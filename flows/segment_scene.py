@@ -12,6 +12,10 @@ Blocks run where :func:`pipeline.execution.placement.place_blocks` says: with
 ``workers`` (or ``$GIGASEG_WORKERS``) set, on that many Ray actors (0: in this
 process); otherwise on Ray only for a cluster (``--ray-address`` / ``RAY_ADDRESS``),
 several GPUs or a large scene, and in this process for anything small.
+
+``segment_scenes_flow`` runs many scenes as one batch (:mod:`pipeline.execution.scene_batch`):
+each scene is this flow as a subflow (its own outputs and MLflow run), a few at a time,
+all on one actor pool that loads the model once; a failing scene is reported, the others finish.
 """
 
 import os
@@ -28,17 +32,22 @@ configure_prefect()
 
 from prefect import flow, task
 from prefect.cache_policies import NONE
+from prefect.futures import wait
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipeline.errors import InputError
 from pipeline.execution.placement import place_blocks
+from pipeline.execution.scene_batch import BatchReport, SceneBatch, active_batch
 from pipeline.exporters.formats import ExportedOutputs
 from pipeline.job.checks import CheckedInput, check_inputs
 from pipeline.job.config import SegmentConfig
+from pipeline.job.model_source import load_model
 from pipeline.job.plan import Job, plan_job
 from pipeline.job.steps import BlockRunner, export, infer, ingest_scene
 from pipeline.job.summary import BlockCounts, SegmentSummary, summarize
 from pipeline.stores.scene import SceneStore
 from pipeline.tracking.segment_run import check_reference_files
+from pipeline.watch.ledger import failure_reason
 
 WORKERS_ENV = "GIGASEG_WORKERS"
 """Default for ``--workers`` when neither the option nor the config sets it."""
@@ -46,16 +55,24 @@ WORKERS_ENV = "GIGASEG_WORKERS"
 
 def resolved_workers(config: SegmentConfig) -> int | None:
     """``config.workers``, else ``$GIGASEG_WORKERS``, else None (placement decides, Ray sizes the pool)."""
-    if config.workers is not None:
-        return config.workers
+    return workers_or_env(config.workers)
+
+
+def workers_or_env(workers: int | None) -> int | None:
+    """``workers``, else ``$GIGASEG_WORKERS``, else None (placement decides, Ray sizes the pool)."""
+    if workers is not None:
+        return workers
     env = os.environ.get(WORKERS_ENV, "").strip()
     return int(env) if env else None
 
 
 def block_runner(job: Job) -> BlockRunner | None:
-    """Where the job's blocks run: a Ray actor pool, or None for this process."""
+    """Where the job's blocks run: the batch's pool in a batch, else Ray or this process (None)."""
     import torch
 
+    batch = active_batch()
+    if batch is not None:
+        return batch.run_blocks if batch.uses_ray else None
     config, pending = job.config, job.store.pending(job.plan)
     workers = resolved_workers(config)
     address = config.ray_address or os.environ.get("RAY_ADDRESS") or None
@@ -85,8 +102,9 @@ RETRYING = {**STAGE, "retries": 2, "retry_delay_seconds": 5, "retry_condition_fn
 
 @task(name="check", **STAGE)
 def check_stage(config: SegmentConfig) -> CheckedInput:
-    """Options, input header and model, before any data is read."""
-    return check_inputs(config)
+    """Options, input header and model (loaded once per batch), before any data is read."""
+    batch = active_batch()
+    return check_inputs(config, load=batch.models.load if batch is not None else load_model)
 
 
 @task(name="ingest", **RETRYING)
@@ -174,6 +192,45 @@ def segment_scene(
     )
 
 
+@task(name="segment-batch-scene", **STAGE)
+def batch_scene_stage(config: SegmentConfig, track: bool) -> SegmentSummary:
+    """One scene of a batch, as its own flow run (and MLflow run)."""
+    name = os.path.basename(str(config.input).rstrip("/"))
+    return segment_scene_flow.with_options(flow_run_name=f"segment {name}")(config, track=track)
+
+
+@flow(name="segment-scenes", log_prints=True)
+def segment_scenes_flow(configs: list[SegmentConfig], track: bool = True) -> BatchReport:
+    """Segment each config's input into its output: one batch, one actor pool, failures kept apart."""
+    t0 = time.perf_counter()
+    first = configs[0] if configs else None
+    batch = SceneBatch(workers_or_env(first and first.workers), first and first.ray_address)
+    with batch, ThreadPoolTaskRunner(max_workers=batch.scenes_in_flight) as runner:
+        futures = [
+            runner.submit(batch_scene_stage, parameters={"config": c, "track": track}) for c in configs
+        ]
+        wait(futures)
+    report = BatchReport(actors=batch.actors, models_loaded=batch.models.loads)
+    for config, future in zip(configs, futures):
+        if future.state.is_completed():
+            report.done.append(future.result())
+        else:
+            report.failed.append(
+                (str(config.input), failure_reason(future.state.result(raise_on_failure=False)))
+            )
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def segment_scenes(configs: Sequence[SegmentConfig], track: bool = True) -> BatchReport:
+    """Run the batch flow; options that are wrong for every scene fail here, before Prefect starts."""
+    if not configs:
+        raise InputError("no inputs to segment")
+    for config in configs:
+        config.validate_options()
+    return segment_scenes_flow(list(configs), track=track)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python flows/segment_scene.py ARGS``: exactly ``gigaseg segment ARGS``."""
     from flows import commands
@@ -181,9 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from flows.script import run_script
 
     # This module's own flow: run as a script, it is ``__main__`` and must not be imported again.
-    return run_script(
-        "segment", add_segment_arguments, lambda args: commands.segment(args, segment_scene), argv
-    )
+    this_flow = sys.modules[__name__]
+    return run_script("segment", add_segment_arguments, lambda args: commands.segment(args, this_flow), argv)
 
 
 if __name__ == "__main__":

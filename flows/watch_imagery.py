@@ -4,9 +4,10 @@
 when the matching filesystem package is installed) for files matching a pattern,
 looks each one up in the ledger kept in the output folder (content identity, so
 renames are not reprocessed and edits are), and segments what is new, a bounded
-number at a time. A scene that fails (a corrupt file) is recorded and reported;
-the others finish. ``gigaseg watch`` runs it once (``--once``) or serves it on a
-schedule; ``infra/prefect.yaml`` deploys it to a work pool.
+number at a time, all of a scan on one actor pool that loads the model once
+(:class:`~pipeline.execution.scene_batch.SceneBatch`). A scene that fails (a corrupt
+file) is recorded and reported; the others finish. ``gigaseg watch`` runs it once
+(``--once``) or serves it on a schedule; ``infra/prefect.yaml`` deploys it to a work pool.
 
 Scanning, the ledger, the report and the option checks live in :mod:`pipeline.watch`;
 this module runs them as a flow with one task per scene. Runnable as a script:
@@ -31,7 +32,8 @@ from prefect.cache_policies import NONE
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.segment_scene import segment_scene_flow
+from flows.segment_scene import segment_scene_flow, workers_or_env
+from pipeline.execution.scene_batch import SceneBatch
 from pipeline.watch.ledger import LEDGER_NAME, SceneLedger
 from pipeline.watch.report import WatchReport
 from pipeline.watch.scan import DOWNLOADS, Scene, local_copy, new_or_changed, scan
@@ -57,7 +59,7 @@ def process_new_imagery(
     output_dir: str,
     model: str,
     pattern: str = WatchSettings.pattern,
-    max_concurrent: int = WatchSettings.max_concurrent,
+    max_concurrent: int | None = WatchSettings.max_concurrent,
     min_age_seconds: float = WatchSettings.min_age_seconds,
     options: dict[str, Any] | None = None,
 ) -> WatchReport:
@@ -72,8 +74,8 @@ def process_new_imagery(
     todo = new_or_changed(scenes, ledger)
     report = WatchReport(unchanged=len(scenes) - len(todo))
     logger.info("%d scene(s) found, %d new or changed", len(scenes), len(todo))
-    runner = ThreadPoolTaskRunner(max_workers=max(1, max_concurrent))
-    with runner:
+    batch = SceneBatch(workers_or_env(opts.get("workers")), opts.get("ray_address"), max_concurrent)
+    with batch, ThreadPoolTaskRunner(max_workers=max(1, batch.scenes_in_flight)) as runner:
         futures = {
             s: runner.submit(
                 segment_new_scene,
@@ -95,6 +97,7 @@ def process_new_imagery(
         else:
             reason = report.add_failed(scene.url, state.result(raise_on_failure=False))
             logger.error("%s: %s", scene.url, reason)
+    report.actors = batch.actors
     report.seconds = time.perf_counter() - t0
     logger.info(report.line())
     return report

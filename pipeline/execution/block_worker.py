@@ -1,15 +1,21 @@
-"""The Ray pool's member: the job reopened on a worker, the model loaded once, blocks computed and written.
+"""The Ray pool's member: the model loaded once, many scenes' jobs reopened, blocks computed and written.
 
-Plain class, wrapped by ``ray.remote`` in :class:`pipeline.execution.ray_pool.RayBlockRunner`,
-so its logic can be read and called without Ray. Only a :class:`BlockReport` goes back to the
-driver; the block's pixels go straight to the output store.
+Plain class, wrapped by ``ray.remote`` in :class:`pipeline.execution.ray_pool.ActorPool`,
+so its logic can be read and called without Ray. An actor serves the blocks of every
+scene of a batch: each call names its scene by the job's configuration, the actor
+reopens that job once (:func:`pipeline.job.plan.attach`, no re-ingest) and keeps the
+last few; the model is loaded once per source (:class:`~pipeline.job.model_source.ModelCache`).
+Only a :class:`BlockReport` goes back to the driver; the block's pixels go straight to
+the output store.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,9 +23,15 @@ import ray
 import torch
 
 from pipeline.engine.device import select_device
+from pipeline.engine.predictor import TilePredictor
 from pipeline.execution.block_queue import BlockFailedError, BlockIndex
 from pipeline.job.config import SegmentConfig
+from pipeline.job.model_source import ModelCache
+from pipeline.job.plan import Job
 from pipeline.tiling.blocks import Block
+
+ATTACHED_SCENES = 8
+"""Scenes an actor keeps reopened; the least recently used one is dropped (reopened if asked again)."""
 
 
 @dataclass(frozen=True)
@@ -33,32 +45,44 @@ class BlockReport:
     node_id: str
 
 
+@dataclass
+class AttachedScene:
+    """One scene's job as a worker reopened it, with its predictor (over the shared model) and blocks."""
+
+    job: Job
+    predictor: TilePredictor
+    blocks: dict[BlockIndex, Block]
+
+
+def scene_key(config: SegmentConfig) -> str:
+    """What tells the scenes of a pool apart: the whole configuration (its work folder among it)."""
+    return json.dumps(config.to_dict(), sort_keys=True, default=str)
+
+
 class BlockWorker:
-    """A pool member: the job reopened, the model on its device, one block at a time computing.
+    """A pool member: the model on its device, scenes reopened on demand, one block at a time computing.
 
     Runs two calls at once (a threaded actor): while one computes under the
     compute lock, the next one reads its footprint — that is the prefetch.
     """
 
-    def __init__(self, config: SegmentConfig, threads: int):
-        from pipeline.execution.in_process import predictor_for
+    def __init__(self, device: str, threads: int):
         from pipeline.execution.process_memory import bound_process_memory
-        from pipeline.job.plan import attach
 
         bound_process_memory()
         torch.set_num_threads(max(1, threads))
-        self.job = attach(config)
         # On a GPU actor Ray exposes exactly its GPU (CUDA_VISIBLE_DEVICES): any cuda
         # name means that one. "auto" checks torch.cuda.is_available(), so a GPU that
         # Ray only *advertises* (no CUDA on the machine) leaves the actor on CPU.
-        name = "cuda" if config.device.startswith("cuda") else config.device
-        self.device = select_device(name)
-        self.predictor = predictor_for(self.job, self.device)
-        self.blocks: dict[BlockIndex, Block] = {b.index: b for b in self.job.plan}
+        self.device = select_device("cuda" if device.startswith("cuda") else device)
+        self.models = ModelCache()
+        self.scenes: OrderedDict[str, AttachedScene] = OrderedDict()
+        self.scenes_attached = 0
+        self._attach = threading.Lock()
         self._compute = threading.Lock()
 
     def describe(self) -> dict[str, Any]:
-        """Where this actor runs: node, pid, assigned GPU ids, torch device, threads."""
+        """Where this actor runs (node, pid, GPU ids, torch device, threads) and what it has loaded."""
         ctx = ray.get_runtime_context()
         return {
             "node_id": ctx.get_node_id(),
@@ -67,26 +91,49 @@ class BlockWorker:
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "device": str(self.device),
             "threads": torch.get_num_threads(),
+            "models_loaded": self.models.loads,
+            "scenes_attached": self.scenes_attached,
         }
 
-    def run(self, index: BlockIndex) -> BlockReport:
-        """Read, compute and write one block; report how it went."""
+    def scene(self, config: SegmentConfig) -> AttachedScene:
+        """The scene's job, reopened at its first block here (the model from the cache)."""
+        from pipeline.execution.in_process import predictor_for
+        from pipeline.job.plan import attach
+
+        key = scene_key(config)
+        with self._attach:
+            if key in self.scenes:
+                self.scenes.move_to_end(key)
+                return self.scenes[key]
+            job = attach(config, load=self.models.load)
+            with self._compute:  # the shared model is moved / converted in place: not while it runs
+                predictor = predictor_for(job, self.device)
+            attached = AttachedScene(job, predictor, {b.index: b for b in job.plan})
+            self.scenes[key] = attached
+            self.scenes_attached += 1
+            while len(self.scenes) > ATTACHED_SCENES:
+                self.scenes.popitem(last=False)
+            return attached
+
+    def run(self, config: SegmentConfig, index: BlockIndex) -> BlockReport:
+        """Read, compute and write one block of the scene ``config`` names; report how it went."""
         from pipeline.execution.in_process import compute_block
 
         t0 = time.perf_counter()
-        block = self.blocks[tuple(index)]
+        scene = self.scene(config)
+        job, block = scene.job, scene.blocks[tuple(index)]
         try:
-            raw, valid = self.job.read(block.footprint)
+            raw, valid = job.read(block.footprint)
         except Exception as exc:
             raise BlockFailedError(
-                f"{self.job.scene.path}: block {list(block.index)} (pixels {block.footprint}) "
+                f"{job.scene.path}: block {list(block.index)} (pixels {block.footprint}) "
                 f"cannot be read: {type(exc).__name__}: {exc}"
             ) from None
         with self._compute:
-            before = self.predictor.tiles_run
-            output = compute_block(self.job, block, self.predictor, read=lambda _region: (raw, valid))
-            tiles = self.predictor.tiles_run - before
-        self.job.store.write_block(block, output)
+            before = scene.predictor.tiles_run
+            output = compute_block(job, block, scene.predictor, read=lambda _region: (raw, valid))
+            tiles = scene.predictor.tiles_run - before
+        job.store.write_block(block, output)
         return BlockReport(
             block.index, tiles, time.perf_counter() - t0, os.getpid(), ray.get_runtime_context().get_node_id()
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from models import SegmentationModel
@@ -29,14 +30,17 @@ class CheckedInput:
     slice_axis: int | None = None
 
 
-def check_inputs(config: SegmentConfig) -> CheckedInput:
-    """Validate the options, open the input's header and load the model (no data is read yet)."""
+def check_inputs(config: SegmentConfig, load: Callable[..., tuple] = load_model) -> CheckedInput:
+    """Validate the options, open the input's header and load the model (no data is read yet).
+
+    ``load``: how the model is loaded (a batch passes its :class:`~pipeline.job.model_source.ModelCache`'s).
+    """
     config.validate()
     info = describe_input(config.input, config.spacing)
     for out in (config.output, config.probabilities):
         if out is not None:
             output_format(out, info.spatial_dims)
-    model, card = load_model(
+    model, card = load(
         config.model,
         in_channels=config.in_channels or info.num_bands,
         num_classes=config.num_classes,

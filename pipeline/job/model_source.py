@@ -8,6 +8,7 @@ the raw pixel values.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import torch
@@ -73,6 +74,38 @@ def load_model(
     except UnknownArchitectureError as exc:
         raise InputError(f"{path}: {exc}") from None
     return model, card
+
+
+class ModelCache:
+    """Models loaded once and shared by every scene that asks for the same one (a batch, an actor).
+
+    Keyed by everything :func:`load_model` depends on: the source, the channel and
+    class counts and the seed. A registry alias is resolved at the first load and
+    kept for the cache's life (one batch runs one version). ``loads`` counts the
+    models actually loaded.
+
+    >>> cache = ModelCache()
+    >>> a, _ = cache.load("arch:unet", in_channels=3, num_classes=2)
+    >>> b, _ = cache.load("arch:unet", in_channels=3, num_classes=2)
+    >>> a is b, cache.loads
+    (True, 1)
+    """
+
+    def __init__(self) -> None:
+        self._models: dict[tuple, tuple[SegmentationModel, ModelCard]] = {}
+        self._lock = threading.Lock()
+        self.loads = 0
+
+    def load(
+        self, source: str, in_channels: int | None = None, num_classes: int | None = None, seed: int = 0
+    ) -> tuple[SegmentationModel, ModelCard]:
+        """:func:`load_model`, once per key."""
+        key = (source, in_channels, num_classes, seed)
+        with self._lock:
+            if key not in self._models:
+                self._models[key] = load_model(source, in_channels, num_classes, seed)
+                self.loads += 1
+            return self._models[key]
 
 
 def model_identity(source: str, seed: int, model: SegmentationModel) -> str:

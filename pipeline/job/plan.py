@@ -225,19 +225,20 @@ def plan_job(config: SegmentConfig, checked: CheckedInput, scene: SceneStore, cr
     )
 
 
-def attach(config: SegmentConfig) -> Job:
+def attach(config: SegmentConfig, load: Callable[..., tuple] = load_model) -> Job:
     """The job :func:`~pipeline.job.steps.prepare` made, reopened without ingesting or planning anew.
 
     What a worker (a Ray actor, possibly on another node sharing the work folder)
     calls: it opens the scene and output stores and loads the model. The output
     store must carry this configuration's fingerprint; it is never created here.
+    ``load``: how the model is loaded (an actor serving many scenes passes its cache's).
     """
     work = config.resolved_work_dir
     try:
         scene = SceneStore.open(work / "scene.zarr")
     except (FileNotFoundError, ValueError) as exc:
         raise InputError(f"{work}: no complete scene store to attach to ({exc})") from None
-    model, card = load_model(
+    model, card = load(
         config.model,
         in_channels=config.in_channels or scene.num_bands,
         num_classes=config.num_classes,

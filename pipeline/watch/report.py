@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipeline.watch.ledger import failure_reason
 
@@ -17,6 +18,8 @@ class WatchReport:
     """(scene, one-line reason) pairs."""
     unchanged: int = 0
     seconds: float = 0.0
+    actors: list[dict[str, Any]] = field(default_factory=list)
+    """The scan's one actor pool, each actor as it described itself at the end (empty in process)."""
 
     def add_processed(self, scene: str, output: str) -> None:
         """``scene`` was segmented into ``output``."""

@@ -16,8 +16,9 @@ class WatchSettings:
 
     pattern: str = "*.tif"
     """Glob of scenes, relative to the watched location (e.g. ``**/*.tif``)."""
-    max_concurrent: int = 1
-    """Scenes segmented at the same time."""
+    max_concurrent: int | None = None
+    """Scenes in flight at once, sharing one actor pool; None: the batch's own
+    (:data:`~pipeline.execution.scene_batch.SCENES_IN_FLIGHT` on Ray, 1 in this process)."""
     min_age_seconds: float = 0.0
     """Files modified more recently than this are left for the next scan (still being written)."""
 
