@@ -10,8 +10,9 @@ each scene's stores from its configuration at its first block there
 (:func:`pipeline.job.plan.attach`, no re-ingest), and for every block it is handed
 reads the footprint, computes, and writes the block's own chunks to the output store
 itself; only a few numbers come back.
-Tiles and probabilities never pass through the driver or the object store, so the
-work folder must be on a filesystem every node sees.
+Tiles and probabilities never pass through the driver or Ray's object store, so the
+work folder must be where every node can open it: object storage (a URL), or a
+shared mount. The driver's object-storage settings (``AWS_*``) go to the actors.
 
 Hand-out is bounded: at most :data:`IN_FLIGHT_PER_ACTOR` blocks per actor. An actor
 runs two calls at once (a threaded actor): while one computes under the actor's
@@ -48,6 +49,7 @@ from pipeline.execution.pool_plan import PoolPlan, plan_pool
 from pipeline.execution.progress import Progress
 from pipeline.job.config import SegmentConfig
 from pipeline.job.plan import Job
+from pipeline.stores.location import object_storage_environment
 
 IN_FLIGHT_PER_ACTOR = 2
 """Blocks handed to one actor at a time: one computing, one reading ahead."""
@@ -104,6 +106,7 @@ class ActorPool:
             max_task_retries=0,  # a lost block is handed out again by the driver, visibly
             max_concurrency=in_flight_per_actor,
             scheduling_strategy="SPREAD",
+            runtime_env={"env_vars": object_storage_environment()},
         )
         self.handles = [actor_class.remote(device, plan.threads) for _ in range(plan.actors)]
         self.dispatcher = Dispatcher(self.handles, in_flight_per_actor, stall_timeout_s, on_block)

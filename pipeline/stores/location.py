@@ -400,6 +400,32 @@ def configure_gdal_for_object_storage() -> None:
             os.environ[key] = _configured[key] = value
 
 
+OBJECT_STORAGE_VARIABLES = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_NO_SIGN_REQUEST",
+    "AWS_S3_ENDPOINT",
+    "AWS_HTTPS",
+    "AWS_VIRTUAL_HOSTING",
+)
+"""What says where the object store is and who we are, as this process sees it."""
+
+
+def object_storage_environment() -> dict[str, str]:
+    """This process's object-storage settings, for the workers it starts (so they reach the same store).
+
+    Only what is set is passed; on a cluster whose nodes have their own roles or
+    profiles, leave the credentials unset here and the nodes use theirs.
+    """
+    return {k: os.environ[k] for k in OBJECT_STORAGE_VARIABLES if os.environ.get(k)}
+
+
 _GDAL_PREFIXES = {"s3": "/vsis3/", "gs": "/vsigs/", "gcs": "/vsigs/", "az": "/vsiaz/", "abfs": "/vsiaz/"}
 
 

@@ -212,3 +212,33 @@ def test_node_leaving_mid_run_loses_no_block(cluster, scene, tiny_checkpoint, re
     assert removed[0] in set(runner.block_nodes.values())
     assert set(runner.block_nodes.values()) - set(removed), "the other node finished the job"
     assert _outputs(out) == reference
+
+
+def test_input_work_folder_and_output_on_a_bucket_leave_no_local_files(
+    cluster, scene, tiny_checkpoint, reference, bucket, tmp_path
+):
+    """Actors on other nodes open the stores by URL: nothing is shared through the local disk."""
+    source = bucket / "scenes" / "scene.tif"
+    source.fs.put_file(str(scene), source.url)
+    out = bucket / "results" / "ray.tif"
+    config = SegmentConfig(
+        input=str(source),
+        model=str(tiny_checkpoint),
+        output=str(out),
+        probabilities=str(out.with_name("ray.p.tif")),
+        keep_work=True,
+        **SETTINGS,
+    )
+    before = set(Path(os.getcwd()).iterdir())
+    runner = RayBlockRunner()
+    run, skipped, _, _ = _run(config, runner)
+    assert (run, skipped) == (16, 0) and len(set(runner.block_nodes.values())) == 2
+    assert set(Path(os.getcwd()).iterdir()) == before and not any(tmp_path.iterdir())
+    keys = {k.split("/", 1)[1] for k in bucket.fs.find(bucket.url)}
+    assert {"results/ray.tif", "results/ray.p.tif", "results/ray.tif.aux.xml"} <= keys
+    assert any(k.startswith("results/ray.tif.gigaseg-work/output.zarr/done/") for k in keys)
+    local = tmp_path / "got"
+    local.mkdir()
+    for name in ("ray.tif", "ray.p.tif"):
+        out.fs.get_file(str(out.with_name(name)), str(local / name))
+    assert ((local / "ray.tif").read_bytes(), (local / "ray.p.tif").read_bytes()) == reference
