@@ -21,6 +21,7 @@ import numpy as np
 from pipeline.errors import InputError
 from pipeline.inputs.ingest import _reusable
 from pipeline.inputs.volume_geometry import VolumeGeometry
+from pipeline.stores.location import ObjectLocation, location
 from pipeline.stores.scene import SceneStore, SceneStoreWriter
 
 SUPPORTED_DTYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64"}
@@ -80,12 +81,12 @@ class VolumeSource:
 
 def ingest_volume(
     source: VolumeSource,
-    store_path: str | os.PathLike[str],
+    store_path: str | os.PathLike[str] | ObjectLocation,
     chunk: int | Sequence[int],
     on_progress: Callable[[int], None] | None = None,
 ) -> SceneStore:
     """Write ``source`` into a scene store (or reuse one made from the same content)."""
-    store_path = Path(store_path)
+    store_path = location(store_path)
     chunks = (chunk,) * 3 if isinstance(chunk, int) else tuple(int(c) for c in chunk)
     if (store := _reusable(store_path, source.source_id, chunks)) is not None:
         return store

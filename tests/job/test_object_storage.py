@@ -180,3 +180,48 @@ def test_absent_credentials_are_one_line(small_scene, tiny_checkpoint, bucket, t
     )  # fmt: skip
     one_line_error(result, str(source), "credentials")
     assert not (tmp_path / "x.tif").exists()
+
+
+def test_volume_on_a_bucket_gives_the_same_nifti_and_ome_zarr_as_on_disk(bucket, tmp_path):
+    """A NIfTI at a URL is copied locally for its reader; NIfTI and OME-Zarr outputs are uploaded whole."""
+    import zarr
+
+    from tests._volume_cases import oblique_affine, unet3d_checkpoint, write_nifti
+
+    rng = np.random.default_rng(0)
+    volume = rng.normal(100, 30, size=(29, 23, 19))
+    volume[9:, :, :9] += 80
+    src = write_nifti(tmp_path / "scan.nii.gz", volume.astype(np.int16), oblique_affine())
+    model = str(unet3d_checkpoint(tmp_path / "unet3d.safetensors"))
+    small = {"volume_block": 64, "volume_chunk": 16, "tile": 24, "quiet": True}
+    segment(
+        SegmentConfig(
+            input=src, model=model, output=tmp_path / "l.nii.gz", probabilities=tmp_path / "p.zarr", **small
+        )
+    )
+    source = upload(src, bucket / "scans" / "scan.nii.gz")
+    segment(
+        SegmentConfig(
+            input=str(source),
+            model=model,
+            output=str(bucket / "out" / "l.nii.gz"),
+            probabilities=str(bucket / "out" / "p.zarr"),
+            **small,
+        )
+    )
+    got = tmp_path / "got"
+    got.mkdir()
+    import nibabel as nib
+
+    ours, theirs = nib.load(download(bucket / "out" / "l.nii.gz", got)), nib.load(tmp_path / "l.nii.gz")
+    np.testing.assert_array_equal(np.asarray(ours.dataobj), np.asarray(theirs.dataobj))  # gzip stamps differ
+    np.testing.assert_array_equal(ours.affine, theirs.affine)
+    local, remote = (
+        zarr.open_group(str(tmp_path / "p.zarr"), mode="r"),
+        zarr.open_group(str(bucket / "out" / "p.zarr"), mode="r"),
+    )
+    assert local.attrs.asdict() == remote.attrs.asdict()
+    level = next(iter(local.array_keys()))
+    np.testing.assert_array_equal(local[level][...], remote[level][...])
+    assert float(np.nanstd(local[level][...])) > 0  # the comparison sees varying probabilities
+    assert not any(k.endswith(".gigaseg-work") for k in bucket.fs.ls(str(bucket / "out"), detail=False))
