@@ -11,7 +11,8 @@ import rasterio
 from PIL import Image, ImageDraw
 
 from pipeline.inputs.raster import inspect_raster
-from pipeline.stores.location import gdal_path, location
+from pipeline.stores.location import location
+from pipeline.stores.object_storage_settings import gdal_path
 
 
 def _stretch(band: np.ndarray, valid: np.ndarray) -> np.ndarray:

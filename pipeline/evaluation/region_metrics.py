@@ -34,7 +34,8 @@ from pipeline.errors import InputError
 from pipeline.evaluation.metrics import dice_per_class, iou_per_class, nanmean
 from pipeline.inputs.band_stack import check_same_grid
 from pipeline.inputs.raster import RasterInfo, inspect_raster
-from pipeline.stores.location import Where, gdal_path, location, storage_error
+from pipeline.stores.location import Where, location, storage_error
+from pipeline.stores.object_storage_settings import gdal_path
 from pipeline.stores.output import OutputStore
 from pipeline.tiling.blocks import BlockPlan
 from pipeline.tiling.regions import slices

@@ -49,7 +49,7 @@ from pipeline.execution.pool_plan import PoolPlan, plan_pool
 from pipeline.execution.progress import Progress
 from pipeline.job.config import SegmentConfig
 from pipeline.job.plan import Job
-from pipeline.stores.location import object_storage_environment
+from pipeline.stores.object_storage_settings import object_storage_environment
 
 IN_FLIGHT_PER_ACTOR = 2
 """Blocks handed to one actor at a time: one computing, one reading ahead."""
@@ -194,7 +194,7 @@ class RayBlockRunner:
         try:
             run, skipped, self.retries = pool.run_scene(job, progress)
         finally:
-            self.actors = pool.actors
+            self.actors = _every_actor(pool)
             pool.close()
         return run, skipped
 
@@ -202,6 +202,16 @@ class RayBlockRunner:
         self.block_nodes[report.index] = report.node_id
         if self.on_block is not None:
             self.on_block(report)
+
+
+def _every_actor(pool: ActorPool) -> list[dict[str, Any]]:
+    """Each actor's description; one still starting when the blocks ran out is asked now (bounded wait)."""
+    if len(pool.actors) == len(pool.handles):
+        return pool.actors
+    try:
+        return pool.describe()
+    except Exception:  # an actor that is gone or does not answer: report those that did
+        return pool.actors
 
 
 __all__ = ["ActorPool", "RayBlockRunner", "connect"]

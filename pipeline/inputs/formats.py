@@ -21,8 +21,9 @@ from pipeline.inputs.ome_zarr import is_ome_zarr, open_ome_zarr
 from pipeline.inputs.raster import RasterInfo, inspect_raster
 from pipeline.inputs.tiff_stack import is_tiff, open_tiff_stack, stack_depth
 from pipeline.inputs.volume import VolumeSource, ingest_volume
-from pipeline.stores.location import ObjectLocation, check_readable, local_copy, location
+from pipeline.stores.location import ObjectLocation, check_readable, location
 from pipeline.stores.scene import SceneStore
+from pipeline.stores.transfer import local_copy
 
 
 @dataclass

@@ -22,7 +22,8 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
 from pipeline.inputs.raster import RasterInfo, inspect_raster, read_window
-from pipeline.stores.location import ObjectLocation, Where, gdal_path, location
+from pipeline.stores.location import ObjectLocation, Where, location
+from pipeline.stores.object_storage_settings import gdal_path
 from pipeline.stores.scene import SceneStore, SceneStoreWriter
 
 DEFAULT_CHUNK = 512

@@ -17,7 +17,8 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
 from pipeline.errors import InputError
-from pipeline.stores.location import ObjectLocation, Where, check_readable, gdal_path, location, storage_error
+from pipeline.stores.location import ObjectLocation, Where, check_readable, location, storage_error
+from pipeline.stores.object_storage_settings import gdal_path
 
 SUPPORTED_DTYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64"}
 

@@ -24,8 +24,9 @@ from pipeline.job.checks import CheckedInput, check_inputs
 from pipeline.job.config import SegmentConfig
 from pipeline.job.plan import Job, plan_job
 from pipeline.job.summary import BlockCounts, SegmentSummary, summarize
-from pipeline.stores.location import local_staging, remove_tree
+from pipeline.stores.location import remove_tree
 from pipeline.stores.scene import SceneStore
+from pipeline.stores.transfer import local_staging
 
 BlockRunner = Callable[[Job, Progress | None], tuple[int, int]]
 """Computes and writes a job's pending blocks (in process, or on Ray actors); returns (run, skipped)."""

@@ -6,11 +6,12 @@ did. A URL (``s3://bucket/key``, ``gs://…``, ``az://…``, ``https://…``) be
 served by fsspec, so code that joins, names, checks and removes locations does not
 care which kind it holds (DESIGN.md, invariant 9). Credentials and endpoints come
 from the standard environment (``AWS_*`` variables, profiles, ``AWS_ENDPOINT_URL``
-for S3-compatible stores); :func:`gdal_object_storage_options` says the same to GDAL.
+for S3-compatible stores); :mod:`pipeline.stores.object_storage_settings` says the same
+to GDAL and to workers.
 
 What differs on object storage is said where it matters: there is no rename, so a
-finished file is made locally and uploaded whole (:func:`publish`), and a store
-that is written in place says it is complete with an attribute written last.
+finished file is made locally and uploaded whole (:mod:`pipeline.stores.transfer`),
+and a store that is written in place says it is complete with an attribute written last.
 
 >>> location("/data/scene.tif")
 PosixPath('/data/scene.tif')
@@ -21,16 +22,12 @@ PosixPath('/data/scene.tif')
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import glob
 import os
 import posixpath
 import re
 import shutil
-import tempfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
@@ -220,84 +217,6 @@ def remove_tree(where: Where) -> None:
         shutil.rmtree(where, ignore_errors=True)
 
 
-def publish(local: Path, target: Where) -> None:
-    """Move a finished local file or folder to ``target``, replacing what is there.
-
-    Locally this is a rename (same filesystem: atomic). On object storage the
-    file is uploaded whole; a folder's files are uploaded with its root metadata
-    (``zarr.json`` / ``.zattrs``) last, so a reader that opens the root finds
-    every chunk. The local copy is removed afterwards.
-    """
-    if not isinstance(target, ObjectLocation):
-        os.replace(local, target)
-        return
-    if local.is_dir():
-        remove_tree(target)
-        files = sorted(p for p in local.rglob("*") if p.is_file())
-        roots = {local / "zarr.json", local / ".zattrs", local / ".zgroup"}
-        for path in [p for p in files if p not in roots] + [p for p in files if p in roots]:
-            target.fs.put_file(str(path), str(target / path.relative_to(local).as_posix()))
-        shutil.rmtree(local)
-    else:
-        target.fs.put_file(str(local), target.url)
-        local.unlink()
-
-
-@contextlib.contextmanager
-def local_staging(*targets: Where | None) -> Iterator[list[Path | None]]:
-    """Local names to write ``targets`` at; object-storage ones are uploaded when the block succeeds.
-
-    A local target is its own name (its writer renames into place). An object-storage
-    target gets a name in a private temporary folder; on success each one is
-    uploaded whole, together with the sidecars its writer put beside it (``NAME.*``,
-    uploaded first), so the main object appears last and only when complete. On
-    failure nothing is uploaded and the folder goes.
-    """
-    remote = [t for t in targets if isinstance(t, ObjectLocation)]
-    if not remote:
-        yield [t for t in targets]  # type: ignore[misc]
-        return
-    folder = Path(tempfile.mkdtemp(prefix="gigaseg-export-"))
-    try:
-        names = [
-            (folder / str(i) / t.name) if isinstance(t, ObjectLocation) else t for i, t in enumerate(targets)
-        ]
-        for name in names:
-            if name is not None and name.parent.parent == folder:
-                name.parent.mkdir()
-        yield names
-        for staged, target in zip(names, targets):
-            if isinstance(target, ObjectLocation) and staged is not None:
-                for sidecar in sorted(staged.parent.glob(f"{glob.escape(staged.name)}.*")):
-                    publish(sidecar, target.with_name(sidecar.name))
-                publish(staged, target)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-_copies: list[Path] = []
-
-
-def local_copy(where: ObjectLocation) -> Path:
-    """A private local copy of a file or folder on object storage (removed when the process ends).
-
-    For readers that need files (nibabel, pydicom, tifffile); rasters are read in place.
-    """
-    if not _copies:
-        atexit.register(lambda: [shutil.rmtree(p, ignore_errors=True) for p in _copies])
-    folder = Path(tempfile.mkdtemp(prefix="gigaseg-input-"))
-    _copies.append(folder)
-    target = folder / where.name
-    try:
-        if where.is_dir():
-            where.fs.get(where.url + "/", str(target), recursive=True)
-        else:
-            where.fs.get_file(where.url, str(target))
-    except Exception as exc:
-        raise storage_error(where, exc) from None
-    return target
-
-
 def storage_error(where: Where, exc: BaseException) -> InputError:
     """One line naming the location and what is wrong with reaching it."""
     text = f"{type(exc).__name__} {exc}".lower()
@@ -359,91 +278,3 @@ def check_writable_folder(folder: Where) -> None:
         probe.unlink(missing_ok=True)
     except Exception as exc:
         raise storage_error(folder, exc) from None
-
-
-_configured: dict[str, str] = {}
-"""The GDAL settings this process put in its environment (a later endpoint may replace them)."""
-
-
-def gdal_object_storage_options() -> dict[str, str]:
-    """GDAL's settings for the endpoint the standard ``AWS_ENDPOINT_URL`` names.
-
-    GDAL reads ``AWS_S3_ENDPOINT`` (host and port, no scheme), ``AWS_HTTPS`` and
-    ``AWS_VIRTUAL_HOSTING``, not boto's ``AWS_ENDPOINT_URL``; a setting the user
-    made for GDAL is kept. Empty without a custom endpoint (AWS itself).
-
-    >>> os.environ["AWS_ENDPOINT_URL"] = "http://127.0.0.1:9000"
-    >>> sorted(gdal_object_storage_options().items())
-    [('AWS_HTTPS', 'NO'), ('AWS_S3_ENDPOINT', '127.0.0.1:9000'), ('AWS_VIRTUAL_HOSTING', 'FALSE')]
-    >>> del os.environ["AWS_ENDPOINT_URL"]
-    """
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    users_own = os.environ.get("AWS_S3_ENDPOINT") not in (None, _configured.get("AWS_S3_ENDPOINT"))
-    if not endpoint or users_own:
-        return {}
-    parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
-    return {
-        "AWS_S3_ENDPOINT": parts.netloc,
-        "AWS_HTTPS": "NO" if parts.scheme == "http" else "YES",
-        "AWS_VIRTUAL_HOSTING": "FALSE",
-    }
-
-
-def configure_gdal_for_object_storage() -> None:
-    """Put :func:`gdal_object_storage_options` in the environment, where GDAL reads its settings.
-
-    Called by every reader and exporter that hands GDAL a URL, in whichever process
-    (a Ray worker included) does it; a setting already present is left alone.
-    """
-    for key, value in gdal_object_storage_options().items():
-        if os.environ.get(key) in (None, _configured.get(key)):
-            os.environ[key] = _configured[key] = value
-
-
-OBJECT_STORAGE_VARIABLES = (
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_PROFILE",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_NO_SIGN_REQUEST",
-    "AWS_S3_ENDPOINT",
-    "AWS_HTTPS",
-    "AWS_VIRTUAL_HOSTING",
-)
-"""What says where the object store is and who we are, as this process sees it."""
-
-
-def object_storage_environment() -> dict[str, str]:
-    """This process's object-storage settings, for the workers it starts (so they reach the same store).
-
-    Only what is set is passed; on a cluster whose nodes have their own roles or
-    profiles, leave the credentials unset here and the nodes use theirs.
-    """
-    return {k: os.environ[k] for k in OBJECT_STORAGE_VARIABLES if os.environ.get(k)}
-
-
-_GDAL_PREFIXES = {"s3": "/vsis3/", "gs": "/vsigs/", "gcs": "/vsigs/", "az": "/vsiaz/", "abfs": "/vsiaz/"}
-
-
-def gdal_path(where: Where) -> str:
-    """What to hand rasterio for ``where``: GDAL's own ``/vsis3/``-style path for a URL.
-
-    GDAL then reads the credentials and endpoint from the environment itself;
-    rasterio's ``s3://`` handling would build a boto3 session per open, which
-    stalls when several threads open the same object at once.
-
-    >>> gdal_path(location("s3://bucket/scenes/a.tif")), gdal_path(location("https://host/a.tif"))
-    ('/vsis3/bucket/scenes/a.tif', '/vsicurl/https://host/a.tif')
-    """
-    if not isinstance(where, ObjectLocation):
-        return str(where)
-    configure_gdal_for_object_storage()
-    if where.protocol in _GDAL_PREFIXES:
-        return _GDAL_PREFIXES[where.protocol] + where.url.split("://", 1)[1]
-    if where.protocol in ("http", "https"):
-        return f"/vsicurl/{where.url}"
-    return where.url

@@ -24,7 +24,8 @@ from pipeline.job.config import SegmentConfig
 from pipeline.job.plan import Job
 from pipeline.job.steps import segment
 from pipeline.job.summary import SegmentSummary
-from pipeline.stores.location import Where, check_readable, local_staging, location
+from pipeline.stores.location import Where, check_readable, location
+from pipeline.stores.transfer import local_staging
 from pipeline.tracking import runs as tracking
 
 

@@ -232,7 +232,7 @@ def test_input_work_folder_and_output_on_a_bucket_leave_no_local_files(
     before = set(Path(os.getcwd()).iterdir())
     runner = RayBlockRunner()
     run, skipped, _, _ = _run(config, runner)
-    assert (run, skipped) == (16, 0) and len(set(runner.block_nodes.values())) == 2
+    assert (run, skipped) == (16, 0) and len(runner.block_nodes) == 16  # written by the actors
     assert set(Path(os.getcwd()).iterdir()) == before and not any(tmp_path.iterdir())
     keys = {k.split("/", 1)[1] for k in bucket.fs.find(bucket.url)}
     assert {"results/ray.tif", "results/ray.p.tif", "results/ray.tif.aux.xml"} <= keys
