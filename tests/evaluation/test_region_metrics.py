@@ -157,3 +157,33 @@ def test_polygons_in_another_crs_are_reprojected(scene, tiny_checkpoint):
         mask[draw_polygon(r - 0.5, c - 0.5, pred.shape)] = True  # skimage: pixel centres at integers
         assert mask.sum() > 1000
         _check(rows[name], _reference_stats(pred, probs, truth, mask, len(names)), names)
+
+
+def test_labels_regions_and_tables_on_a_bucket_match_local_files(scene, tiny_checkpoint, bucket):
+    """``--labels`` / ``--regions`` read from object storage; the region tables go beside the output there."""
+    geometry = {
+        "type": "Polygon",
+        "coordinates": [[[400_300.0, 4_999_700.0], [401_500.0, 4_999_700.0], [401_500.0, 4_998_000.0],
+                         [400_300.0, 4_999_700.0]]],
+    }  # fmt: skip
+    local_regions = scene["folder"] / "one.geojson"
+    feature = {"type": "Feature", "properties": {"name": "a"}, "geometry": geometry}
+    utm = {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32633"}}
+    local_regions.write_text(json.dumps({"type": "FeatureCollection", "crs": utm, "features": [feature]}))
+    local = _run(scene, tiny_checkpoint, "local_tables", regions=local_regions)
+    for name in ("scene.tif", "truth.tif", "one.geojson"):
+        (bucket / name).fs.put_file(str(scene["folder"] / name), str(bucket / name))
+    config = SegmentConfig(
+        input=str(bucket / "scene.tif"),
+        model=str(tiny_checkpoint),
+        output=str(bucket / "out" / "tables.tif"),
+        block=BLOCK,
+        chunk=64,
+        quiet=True,
+    )
+    remote = track_segment_run(config, labels=str(bucket / "truth.tif"), regions=str(bucket / "one.geojson"))
+    assert remote.table.rows() == local.table.rows()
+    keys = {k.rsplit("/", 1)[1] for k in bucket.fs.find(str(bucket / "out"))}
+    assert {"tables.tif", "tables.regions.csv", "tables.regions.geojson"} <= keys
+    csv_text = (bucket / "out" / "tables.regions.csv").read_text()
+    assert csv_text == (scene["folder"] / "local_tables.regions.csv").read_text()
