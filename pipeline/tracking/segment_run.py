@@ -9,10 +9,11 @@ and written beside the output as ``NAME.regions.geojson`` and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from pipeline.job.config import SegmentConfig
 from pipeline.job.plan import Job
 from pipeline.job.steps import segment
 from pipeline.job.summary import SegmentSummary
-from pipeline.stores.location import Where, check_readable, local_staging, location
+from pipeline.stores.location import ObjectLocation, Where, check_readable, local_staging, location
 from pipeline.tracking import runs as tracking
 
 
@@ -102,7 +103,6 @@ class _RegionTableHook:
 
     def __call__(self, job: Job) -> None:
         from pipeline.exporters.formats import output_format
-        from pipeline.inputs.raster import inspect_raster
         from pipeline.inputs.volume_geometry import is_volume
 
         self.card = job.card
@@ -110,6 +110,7 @@ class _RegionTableHook:
         if is_volume(job.scene.attrs) or output_format(job.config.output, dims) != "cog":
             return  # per-region tables are for 2D GeoTIFF outputs; a volume's run records per-label mL
         t0 = time.perf_counter()
+        output_info = _output_info(job.config.output)
         self.table = compute_region_table(
             job.store,
             job.plan,
@@ -117,9 +118,33 @@ class _RegionTableHook:
             job.card.class_names,
             labels=self.labels,
             regions=self.regions,
-            output_info=inspect_raster(job.config.output),
+            output_info=output_info,
         )
         job.timings["region_metrics"] = time.perf_counter() - t0
+
+
+@contextlib.contextmanager
+def _no_folder_listing(output: Where) -> Iterator[None]:
+    """GDAL opens an output on object storage without listing its folder (sidecars are not needed).
+
+    Listing the output's prefix while opening it stalled against an S3-compatible
+    server (moto); the run reads only the output's own pixels and georeferencing.
+    """
+    if not isinstance(output, ObjectLocation):
+        yield
+        return
+    import rasterio
+
+    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+        yield
+
+
+def _output_info(output: Where) -> Any:
+    """The finished output's raster description."""
+    from pipeline.inputs.raster import inspect_raster
+
+    with _no_folder_listing(output):
+        return inspect_raster(output)
 
 
 def _tracked_config(
@@ -182,7 +207,7 @@ def _log_preview(config: SegmentConfig, summary: SegmentSummary, card: ModelCard
 
     from pipeline.evaluation.preview import write_preview
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _no_folder_listing(summary.output):
         png = write_preview(
             config.input, summary.output, Path(tmp) / "preview.png", card.class_names, card.class_colors
         )
