@@ -314,7 +314,12 @@ def engine_options_given(args: argparse.Namespace) -> dict[str, object]:
 def add_watch_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``gigaseg watch`` (and of ``python flows/watch_imagery.py``)."""
     p.add_argument("input", help="folder (or fsspec URL such as s3://bucket/prefix) to scan")
-    p.add_argument("--output-dir", required=True, type=Path, help="where label COGs and the ledger go")
+    p.add_argument(
+        "--output-dir",
+        required=True,
+        type=location,
+        help="where label COGs and the ledger go: a folder or an object-store URL (s3://bucket/prefix)",
+    )
     p.add_argument("-m", "--model", required=True, help="checkpoint file, or arch:NAME (untrained)")
     p.add_argument(
         "--pattern", default=WatchSettings.pattern, help="glob of scenes, relative to INPUT (e.g. '**/*.tif')"

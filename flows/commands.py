@@ -60,7 +60,7 @@ def _watch_parameters(args: argparse.Namespace, options: dict[str, object]) -> d
     """The watch flow's parameters (absolute paths, so a served flow finds them from anywhere)."""
     return {
         "input_url": args.input,
-        "output_dir": str(args.output_dir.resolve()),
+        "output_dir": str(location(args.output_dir).resolve()),
         "model": args.model
         if "://" in args.model or args.model.startswith(("arch:", "models:/"))
         else str(Path(args.model).resolve()),

@@ -34,21 +34,25 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.segment_scene import segment_scene_flow, workers_or_env
 from pipeline.execution.scene_batch import SceneBatch
-from pipeline.watch.ledger import LEDGER_NAME, SceneLedger
+from pipeline.stores.location import Where, location
+from pipeline.watch.ledger import open_ledger
 from pipeline.watch.report import WatchReport
-from pipeline.watch.scan import DOWNLOADS, Scene, local_copy, new_or_changed, scan
+from pipeline.watch.scan import DOWNLOADS, Scene, new_or_changed, scan, scene_input
 from pipeline.watch.settings import WatchSettings, scene_config, segment_options
 
 
 @task(name="segment-new-scene", cache_policy=NONE, persist_result=False)
-def segment_new_scene(
-    scene: Scene, output: Path, model: str, options: dict[str, Any], ledger_path: Path
-) -> str:
-    """Segment one scene into ``output``, recording start and outcome in the ledger."""
-    ledger = SceneLedger(ledger_path)
+def segment_new_scene(scene: Scene, output: Where, model: str, options: dict[str, Any]) -> str:
+    """Segment one scene into ``output``, recording start and outcome in the ledger of its folder.
+
+    A remote raster is read in place; a remote volume is copied to scratch space beside a
+    local output (a private temporary folder when the output is on object storage).
+    """
+    ledger = open_ledger(output.parent)
     recorded = ledger.processing(scene.url, scene.content_id, str(output))
-    with recorded, local_copy(scene, output.parent / DOWNLOADS) as local:
-        config = scene_config(local, model, output, options)
+    scratch = output.parent / DOWNLOADS if isinstance(output, Path) else None
+    with recorded, scene_input(scene, scratch, options.get("spacing")) as source:
+        config = scene_config(source, model, output, options)
         segment_scene_flow.with_options(flow_run_name=f"segment {scene.relative}")(config)
     return str(output)
 
@@ -67,10 +71,9 @@ def process_new_imagery(
     t0 = time.perf_counter()
     logger = get_run_logger()
     opts = segment_options(options)
-    out_dir = Path(output_dir)
-    ledger_path = out_dir / LEDGER_NAME
-    ledger = SceneLedger(ledger_path)
-    scenes = scan(input_url, pattern, ledger, min_age_seconds, exclude=str(out_dir.resolve()))
+    out_dir = location(output_dir).resolve()
+    ledger = open_ledger(out_dir)
+    scenes = scan(input_url, pattern, ledger, min_age_seconds, exclude=str(out_dir))
     todo = new_or_changed(scenes, ledger)
     report = WatchReport(unchanged=len(scenes) - len(todo))
     logger.info("%d scene(s) found, %d new or changed", len(scenes), len(todo))
@@ -84,7 +87,6 @@ def process_new_imagery(
                     "output": s.output_in(out_dir),
                     "model": model,
                     "options": opts,
-                    "ledger_path": ledger_path,
                 },
             )
             for s in todo

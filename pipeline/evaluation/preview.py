@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from pipeline.inputs.raster import inspect_raster
 from pipeline.stores.location import location
-from pipeline.stores.object_storage_settings import gdal_path
+from pipeline.stores.object_storage_settings import open_raster
 
 
 def _stretch(band: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -54,12 +54,12 @@ def _read_decimated(
     info = inspect_raster(image_path)
     scale = max(info.width, info.height) / max_side
     shape = (max(1, round(info.height / scale)), max(1, round(info.width / scale)))
-    with rasterio.open(gdal_path(location(image_path))) as src:
+    with open_raster(location(image_path)) as src:
         bands = list(info.bands)
         pick = [bands[i] for i in _false_colour(len(bands))]
         img = src.read(pick, out_shape=(3, *shape)).astype(np.float32)
         valid = src.dataset_mask(out_shape=shape) > 0
-    with rasterio.open(gdal_path(location(labels_path))) as src:
+    with open_raster(location(labels_path)) as src:
         labels = src.read(1, out_shape=shape, resampling=rasterio.enums.Resampling.mode)
     return img, valid, labels
 

@@ -35,7 +35,7 @@ from pipeline.evaluation.metrics import dice_per_class, iou_per_class, nanmean
 from pipeline.inputs.band_stack import check_same_grid
 from pipeline.inputs.raster import RasterInfo, inspect_raster
 from pipeline.stores.location import Where, location, storage_error
-from pipeline.stores.object_storage_settings import gdal_path
+from pipeline.stores.object_storage_settings import open_raster
 from pipeline.stores.output import OutputStore
 from pipeline.tiling.blocks import BlockPlan
 from pipeline.tiling.regions import slices
@@ -266,7 +266,7 @@ class _Reference:
             check_same_grid(output, info)
         elif (info.height, info.width) != shape:
             raise InputError(f"{path}: {info.width}×{info.height} does not match the output's grid")
-        self.src = rasterio.open(gdal_path(path))
+        self.src = open_raster(path)
         self.nodata = info.nodata
         self.num_classes = num_classes
 

@@ -58,6 +58,16 @@ def describe_input(
     return _describe_local(where, spacing)
 
 
+def read_in_place(where: Path | ObjectLocation, spacing: Sequence[float] | None = None) -> bool:
+    """Whether :func:`describe_input` reads ``where`` in place: a local input, or a raster file at a URL.
+
+    Volumes at a URL (NIfTI, OME-Zarr, TIFF stacks, DICOM folders) are copied first.
+    """
+    if not isinstance(where, ObjectLocation):
+        return True
+    return not _is_volume_name(where, spacing) and not where.is_dir()
+
+
 def _is_volume_name(where: ObjectLocation, spacing: Sequence[float] | None) -> bool:
     return is_nifti(where) or where.suffix.lower() == ".zarr" or (is_tiff(where) and spacing is not None)
 

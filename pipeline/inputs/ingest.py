@@ -18,12 +18,11 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import dask
-import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
 from pipeline.inputs.raster import RasterInfo, inspect_raster, read_window
 from pipeline.stores.location import ObjectLocation, Where, location
-from pipeline.stores.object_storage_settings import gdal_path
+from pipeline.stores.object_storage_settings import open_raster
 from pipeline.stores.scene import SceneStore, SceneStoreWriter
 
 DEFAULT_CHUNK = 512
@@ -110,7 +109,7 @@ def _copy_windows(
     rows, cols = window
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(gdal_path(info.path)) as src:
+        with open_raster(info.path) as src:
             image, valid = read_window(src, info, rows, cols)
     writer.write((rows, cols), image, valid)
     if on_progress is not None:

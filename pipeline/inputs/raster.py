@@ -18,7 +18,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
 from pipeline.errors import InputError
 from pipeline.stores.location import ObjectLocation, Where, check_readable, location, storage_error
-from pipeline.stores.object_storage_settings import gdal_path
+from pipeline.stores.object_storage_settings import open_raster
 
 SUPPORTED_DTYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64"}
 
@@ -91,7 +91,7 @@ def inspect_raster(path: str | os.PathLike[str] | ObjectLocation) -> RasterInfo:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(gdal_path(path)) as src:
+            with open_raster(path) as src:
                 return _describe(path, src)
     except RasterioIOError as exc:
         reason = _gdal_reason(exc)

@@ -9,7 +9,10 @@ after putting those names in the environment.
 from __future__ import annotations
 
 import os
+from typing import Any
 from urllib.parse import urlsplit
+
+import rasterio
 
 from pipeline.stores.location import ObjectLocation, Where
 
@@ -99,3 +102,18 @@ def gdal_path(where: Where) -> str:
     if where.protocol in ("http", "https"):
         return f"/vsicurl/{where.url}"
     return where.url
+
+
+def open_raster(where: Where, mode: str = "r", **kwargs: Any) -> rasterio.DatasetReader:
+    """``rasterio.open`` for a location: a URL through its ``/vsi*`` path, opened without listing its folder.
+
+    A cloud raster is self-contained (a COG): GDAL's look for sidecar files at open
+    lists the object's whole prefix, a request per open that only costs time, and
+    against some S3-compatible servers (moto) never returned. Local files are opened
+    as always, sidecars (``.msk``, ``.aux.xml``, ``.ovr``) included.
+    """
+    path = gdal_path(where)
+    if not isinstance(where, ObjectLocation):
+        return rasterio.open(path, mode, **kwargs)
+    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+        return rasterio.open(path, mode, **kwargs)

@@ -103,7 +103,6 @@ class _RegionTableHook:
 
     def __call__(self, job: Job) -> None:
         from pipeline.exporters.formats import output_format
-        from pipeline.inputs.raster import inspect_raster
         from pipeline.inputs.volume_geometry import is_volume
 
         self.card = job.card
@@ -111,6 +110,7 @@ class _RegionTableHook:
         if is_volume(job.scene.attrs) or output_format(job.config.output, dims) != "cog":
             return  # per-region tables are for 2D GeoTIFF outputs; a volume's run records per-label mL
         t0 = time.perf_counter()
+        output_info = _output_info(job.config.output)
         self.table = compute_region_table(
             job.store,
             job.plan,
@@ -118,9 +118,16 @@ class _RegionTableHook:
             job.card.class_names,
             labels=self.labels,
             regions=self.regions,
-            output_info=inspect_raster(job.config.output),
+            output_info=output_info,
         )
         job.timings["region_metrics"] = time.perf_counter() - t0
+
+
+def _output_info(output: Where) -> Any:
+    """The finished output's raster description."""
+    from pipeline.inputs.raster import inspect_raster
+
+    return inspect_raster(output)
 
 
 def _tracked_config(

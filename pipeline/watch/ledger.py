@@ -5,18 +5,35 @@ renamed copy is not processed again, and a file whose bytes change is. Hashing
 is skipped when a file's size and modification time match what the ledger saw
 last time. A scene that failed is not retried for the same content (a corrupt
 file stays skipped until it is replaced); ``forget`` clears that.
+
+A local output folder keeps the ledger in one SQLite file (:class:`SceneLedger`;
+SQLite's own locking serialises the scenes that update it at once). Object storage
+has neither locks nor renames, and SQLite cannot live on it, so an output folder
+there keeps one small JSON object per record (:class:`ObjectLedger`, under
+``.gigaseg-ledger/``): each scene's record is written only by the task segmenting
+that scene, and an object is replaced whole by one PUT, so concurrent scenes —
+in threads, processes or on other nodes — never overwrite each other's updates
+(the ledger's form of "one writer per chunk"). :func:`open_ledger` picks the kind.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
+
+from pipeline.stores.location import ObjectLocation, Where, storage_error
 
 LEDGER_NAME = ".gigaseg-ledger.sqlite"
+"""The ledger's file in a local output folder."""
+OBJECT_LEDGER_NAME = ".gigaseg-ledger"
+"""The ledger's prefix in an output folder on object storage (one object per record)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS scenes (
@@ -144,3 +161,126 @@ class SceneLedger:
                 "SELECT source, content_id, status, output, message FROM scenes ORDER BY started"
             ).fetchall()
         return [LedgerEntry(*r) for r in rows]
+
+
+def _key(*parts: str) -> str:
+    return hashlib.blake2b("\0".join(parts).encode(), digest_size=16).hexdigest()
+
+
+class ObjectLedger:
+    """:class:`SceneLedger`'s records as one JSON object each under ``prefix`` on object storage.
+
+    ``scenes/<hash(source, content)>.json`` holds a scene's status and
+    ``seen/<hash(source)>.json`` the size and change marker its content id was
+    computed at. Records are read in one batch on first use (a scan asks about
+    every file) and written through, whole.
+    """
+
+    def __init__(self, prefix: ObjectLocation):
+        self.prefix = prefix
+        self.path = str(prefix)
+        self._cache: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def _where(self, kind: str, key: str) -> ObjectLocation:
+        return self.prefix / kind / f"{key}.json"
+
+    def _all(self, kind: str) -> dict[str, dict[str, Any]]:
+        """Every record of ``kind`` by key (listed and fetched once per ledger object)."""
+        if kind not in self._cache:
+            folder = self.prefix / kind
+            try:
+                found = folder.fs.find(folder.url)
+                blobs = folder.fs.cat([folder.fs.unstrip_protocol(k) for k in found]) if found else {}
+            except Exception as exc:
+                raise storage_error(folder, exc) from None
+            self._cache[kind] = {
+                os.path.basename(k).removesuffix(".json"): json.loads(v) for k, v in blobs.items()
+            }
+        return self._cache[kind]
+
+    def _put(self, kind: str, key: str, record: dict[str, Any]) -> None:
+        where = self._where(kind, key)
+        try:
+            where.write_text(json.dumps(record, sort_keys=True))
+        except Exception as exc:
+            raise storage_error(where, exc) from None
+        if kind in self._cache:
+            self._cache[kind][key] = record
+
+    def _one(self, kind: str, key: str) -> dict[str, Any] | None:
+        """One record (from the batch if it was read, else fetched alone)."""
+        if kind in self._cache:
+            return self._cache[kind].get(key)
+        where = self._where(kind, key)
+        try:
+            return json.loads(where.read_bytes())
+        except FileNotFoundError:
+            return None
+        except Exception as exc:
+            raise storage_error(where, exc) from None
+
+    def known_content_id(self, source: str, size: int, mtime: str) -> str | None:
+        """The content id recorded for ``source`` if its size and mtime are unchanged."""
+        row = self._all("seen").get(_key(source))
+        return row["content_id"] if row and row["size"] == size and row["mtime"] == mtime else None
+
+    def remember(self, source: str, size: int, mtime: str, content_id: str) -> None:
+        """Cache the content id of ``source`` at this size and mtime."""
+        record = {"source": source, "size": size, "mtime": mtime, "content_id": content_id}
+        self._put("seen", _key(source), record)
+
+    def get(self, source: str, content_id: str) -> LedgerEntry | None:
+        """The record of this content at this source, if any."""
+        row = self._all("scenes").get(_key(source, content_id))
+        return _entry(row) if row else None
+
+    def needs_processing(self, source: str, content_id: str) -> bool:
+        """True unless this content was already segmented or already failed (an interrupted run is redone)."""
+        entry = self.get(source, content_id)
+        return entry is None or entry.status == "running"
+
+    def start(self, source: str, content_id: str, output: str) -> None:
+        """Record that processing began (a crash leaves ``running``, which the next scan redoes)."""
+        record = {
+            "source": source, "content_id": content_id, "status": "running", "output": output,
+            "message": None, "started": time.time(), "finished": None,
+        }  # fmt: skip
+        self._put("scenes", _key(source, content_id), record)
+
+    def finish(self, source: str, content_id: str, ok: bool, message: str | None = None) -> None:
+        """Record the outcome."""
+        key = _key(source, content_id)
+        record = dict(self._one("scenes", key) or {"source": source, "content_id": content_id})
+        record.update(status="done" if ok else "failed", message=message, finished=time.time())
+        self._put("scenes", key, record)
+
+    processing = SceneLedger.processing
+
+    def forget(self, source: str) -> int:
+        """Drop every record of ``source`` (it will be processed again); returns records removed."""
+        gone = [k for k, row in self._all("scenes").items() if row["source"] == source]
+        for key in gone:
+            self._where("scenes", key).unlink(missing_ok=True)
+            del self._cache["scenes"][key]
+        self._where("seen", _key(source)).unlink(missing_ok=True)
+        self._cache.pop("seen", None)
+        return len(gone)
+
+    def entries(self) -> list[LedgerEntry]:
+        """Every record, oldest first."""
+        rows = sorted(self._all("scenes").values(), key=lambda r: r.get("started") or 0.0)
+        return [_entry(r) for r in rows]
+
+
+def _entry(row: dict[str, Any]) -> LedgerEntry:
+    return LedgerEntry(row["source"], row["content_id"], row["status"], row.get("output"), row.get("message"))
+
+
+Ledger = SceneLedger | ObjectLedger
+
+
+def open_ledger(output_dir: Where) -> Ledger:
+    """The ledger of a watch writing into ``output_dir``: a SQLite file locally, objects on a bucket."""
+    if isinstance(output_dir, ObjectLocation):
+        return ObjectLedger(output_dir / OBJECT_LEDGER_NAME)
+    return SceneLedger(output_dir / LEDGER_NAME)

@@ -3,8 +3,9 @@
 A location is a folder or any fsspec URL (``s3://bucket/scenes`` when the matching
 filesystem package is installed). Each file found is identified by its content, so
 renames are not reprocessed and edits are; the ledger spares rehashing a file whose
-size and change marker are as last seen. A remote scene is copied to a local scratch
-folder only while it is being segmented.
+size and change marker are as last seen. A remote raster is segmented in place (GDAL
+reads it from its URL); a remote volume, whose readers need files, is copied to a local
+scratch folder only while it is being segmented.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import hashlib
 import os
 import posixpath
 import re
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,11 +25,13 @@ from typing import Any
 
 import fsspec
 
+from pipeline.inputs.formats import read_in_place
 from pipeline.inputs.ingest import content_id
-from pipeline.watch.ledger import SceneLedger
+from pipeline.stores.location import ObjectLocation, Where, location
+from pipeline.watch.ledger import Ledger
 
 DOWNLOADS = ".gigaseg-downloads"
-"""Scratch folder (in the output folder) for local copies of remote scenes."""
+"""Scratch folder (in a local output folder) for local copies of remote volumes."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +45,7 @@ class Scene:
     content_id: str
     local: bool
 
-    def output_in(self, folder: Path) -> Path:
+    def output_in(self, folder: Where) -> Where:
         """Where this scene's labels go in ``folder``."""
         return folder / output_name(self.relative, self.content_id)
 
@@ -92,7 +97,7 @@ def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
 
 
 def _identify(
-    fs: fsspec.AbstractFileSystem, path: str, source: str, info: dict[str, Any], ledger: SceneLedger
+    fs: fsspec.AbstractFileSystem, path: str, source: str, info: dict[str, Any], ledger: Ledger
 ) -> str:
     """The content id of a file: the ledger's when unchanged, else its hash (local) or the store's digest."""
     size, marker = _fingerprint(info)
@@ -109,13 +114,25 @@ def _identify(
     return cid
 
 
+def _same_filesystem_path(fs: fsspec.AbstractFileSystem, where: str | None) -> str | None:
+    """``where`` (a path or URL) as a path of ``fs``, or None when it lies elsewhere."""
+    if where is None:
+        return None
+    other, path = fsspec.core.url_to_fs(where)
+    return path.rstrip("/") if other.protocol == fs.protocol else None
+
+
 def scan(
-    url: str, pattern: str, ledger: SceneLedger, min_age: float = 0.0, exclude: str | None = None
+    url: str, pattern: str, ledger: Ledger, min_age: float = 0.0, exclude: str | None = None
 ) -> list[Scene]:
-    """Files under ``url`` matching ``pattern``, each with its content id (hashed only when it changed)."""
+    """Files under ``url`` matching ``pattern``, each with its content id (hashed only when it changed).
+
+    ``exclude``: a folder (path or URL) whose files are never scenes (the output folder).
+    """
     fs, root = fsspec.core.url_to_fs(url)
     local = _is_local(fs)
     root = root.rstrip("/")
+    exclude = _same_filesystem_path(fs, exclude)
     found = []
     for path, info in _candidates(fs, root, pattern, min_age, exclude):
         source = path if local else fs.unstrip_protocol(path)
@@ -124,22 +141,38 @@ def scan(
     return found
 
 
-def new_or_changed(scenes: list[Scene], ledger: SceneLedger) -> list[Scene]:
+def new_or_changed(scenes: list[Scene], ledger: Ledger) -> list[Scene]:
     """The scenes whose content was neither segmented nor failed yet (an interrupted one is redone)."""
     return [s for s in scenes if ledger.needs_processing(s.url, s.content_id)]
 
 
 @contextmanager
-def local_copy(scene: Scene, scratch: Path) -> Iterator[Path]:
-    """A local path of the scene while it is segmented (remote: copied to ``scratch``, then removed)."""
+def scene_input(
+    scene: Scene, scratch: Path | None = None, spacing: object = None
+) -> Iterator[Path | ObjectLocation]:
+    """What the segment step reads for ``scene`` while it is segmented.
+
+    A local file is itself and a remote raster its URL (read in place). A remote
+    volume is copied into ``scratch`` (a private temporary folder when None, as for
+    an output folder on object storage) and removed afterwards.
+    """
     if scene.local:
         yield Path(scene.url)
         return
-    scratch.mkdir(parents=True, exist_ok=True)
-    target = scratch / f"{scene.content_id[:16]}{posixpath.splitext(scene.relative)[1]}"
+    where = location(scene.url)
+    if read_in_place(where, spacing):
+        yield where
+        return
+    own = scratch is None
+    folder = Path(tempfile.mkdtemp(prefix="gigaseg-watch-")) if own else scratch
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{re.sub(r'[^A-Za-z0-9]', '', scene.content_id)[:16]}{''.join(where.suffixes)}"
     fs, path = fsspec.core.url_to_fs(scene.url)
     try:
         fs.get(path, str(target))
         yield target
     finally:
-        target.unlink(missing_ok=True)
+        if own:
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            target.unlink(missing_ok=True)

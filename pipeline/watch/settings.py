@@ -8,6 +8,7 @@ from typing import Any
 
 from pipeline.errors import InputError
 from pipeline.job.config import SegmentConfig
+from pipeline.stores.location import ObjectLocation, Where, check_writable_folder, location, storage_error
 
 
 @dataclass(frozen=True)
@@ -37,18 +38,35 @@ def segment_options(options: dict[str, Any] | None) -> dict[str, Any]:
     return options
 
 
-def check_watch_arguments(input_url: str, output_dir: Path, model: str, options: dict[str, Any]) -> None:
-    """Fail fast, before Prefect starts, on what the user can fix."""
-    if "://" not in input_url and not Path(input_url).is_dir():
+def check_watch_arguments(
+    input_url: str, output_dir: str | Path | ObjectLocation, model: str, options: dict[str, Any]
+) -> None:
+    """Fail fast, before Prefect starts, on what the user can fix.
+
+    A watched prefix on object storage may still be empty (scenes arrive later), but
+    its bucket must be reachable; an output folder there must take a probe object.
+    """
+    watched = location(input_url)
+    if isinstance(watched, ObjectLocation):
+        if watched.protocol not in ("http", "https"):
+            try:
+                watched.fs.ls(f"{watched.protocol}://{watched.bucket}", detail=False)
+            except Exception as exc:
+                raise storage_error(watched, exc) from None
+    elif "://" not in input_url and not watched.is_dir():
         raise InputError(f"{input_url}: no such folder to watch")
-    if not output_dir.is_dir():
+    out = location(output_dir)
+    if isinstance(out, Path) and not out.is_dir():
         raise InputError(f"{output_dir}: output folder does not exist")
-    probe = SegmentConfig(input=Path(input_url), model=model, output=output_dir / "probe.tif", **options)
+    check_writable_folder(out)
+    probe = SegmentConfig(input=input_url, model=model, output=out / "probe.tif", **options)
     probe.validate_options()
 
 
-def scene_config(scene: Path, model: str, output: Path, options: dict[str, Any]) -> SegmentConfig:
-    """The validated settings that segment one scene (a local path) into ``output``, replacing it."""
+def scene_config(
+    scene: str | Where, model: str, output: str | Where, options: dict[str, Any]
+) -> SegmentConfig:
+    """The validated settings that segment one scene (a local path or a URL) into ``output``, replacing it."""
     config = SegmentConfig(input=scene, model=model, output=output, quiet=True, overwrite=True, **options)
     config.validate()
     return config
