@@ -86,25 +86,41 @@ def _mlflow_store(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """An S3-protocol server on loopback (moto's standalone server), named by the standard variables.
 
-    ``AWS_ENDPOINT_URL`` and test credentials are exported for the session, so boto3,
-    s3fs, GDAL (through :mod:`pipeline.stores.location`) and subprocesses all reach it.
+    The server runs in a process of its own, as a real store would: GDAL holds the
+    GIL while it opens a file, so a server thread inside the test process could never
+    answer that open. ``AWS_ENDPOINT_URL`` and test credentials are exported for the
+    session, so boto3, s3fs, GDAL (through :mod:`pipeline.stores.object_storage_settings`)
+    and subprocesses all reach it.
     """
-    import logging
+    import socket
+    import subprocess
+    import sys
+    import time
 
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path_factory.mktemp("moto") / "server.log", "w")  # noqa: SIM115 (closed below)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"moto's S3 server did not start (see {log.name})") from None
+            time.sleep(0.2)
     env = {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
     }
     previous = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -116,7 +132,9 @@ def s3_endpoint() -> Iterator[str]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        server.stop()
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
 
 
 @pytest.fixture

@@ -185,5 +185,5 @@ def test_labels_regions_and_tables_on_a_bucket_match_local_files(scene, tiny_che
     assert remote.table.rows() == local.table.rows()
     keys = {k.rsplit("/", 1)[1] for k in bucket.fs.find(str(bucket / "out"))}
     assert {"tables.tif", "tables.regions.csv", "tables.regions.geojson"} <= keys
-    csv_text = (bucket / "out" / "tables.regions.csv").read_text()
-    assert csv_text == (scene["folder"] / "local_tables.regions.csv").read_text()
+    csv_bytes = (bucket / "out" / "tables.regions.csv").read_bytes()
+    assert csv_bytes == (scene["folder"] / "local_tables.regions.csv").read_bytes()

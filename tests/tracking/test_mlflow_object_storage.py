@@ -54,6 +54,8 @@ def _same_weights(a: Path, b: Path) -> bool:
 def test_embedded_store_puts_run_and_model_artifacts_on_the_bucket(
     embedded, small_scene, tiny_checkpoint, s3_endpoint, tmp_path
 ):
+    local_runs = Path("mlruns")  # MLflow's own default folder: must get nothing from this run
+    before = set(local_runs.rglob("*"))
     tracked = track_segment_run(
         SegmentConfig(
             input=small_scene,
@@ -69,7 +71,7 @@ def test_embedded_store_puts_run_and_model_artifacts_on_the_bucket(
     assert run.info.artifact_uri == f"{embedded.parent}/{prefix}"
     found = keys(embedded)
     assert {f"{prefix}/preview.png", f"{prefix}/regions/labels.regions.csv"} <= set(found)
-    assert not (tmp_path / "mlruns").exists() and not Path("mlruns").exists()
+    assert not (tmp_path / "mlruns").exists() and set(local_runs.rglob("*")) == before
 
     _register(tiny_checkpoint, "tiny-on-a-bucket")
     assert any(k.startswith(f"mlflow/{tracking.TRAIN_EXPERIMENT}/models/") for k in keys(embedded))
