@@ -15,7 +15,7 @@ Each command is split into interpreter start, imports, finding/starting the
 Prefect API, the flow (Prefect and MLflow bookkeeping, and Ray when used) and the
 model work (the stages' seconds, check → export, from the summary line); the fixed
 cost is the wall time minus the model work. Run: ``python -m bench.fixed_cost_bench
-[--warm N]``; it prints its section (it does not write bench/RESULTS.md).
+[--warm N]``; it prints its section and writes it to bench/RESULTS.md (``--no-record``: not).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.results import table_head
+from bench.results import table_head, write_section
 
 TARGET_S = 5.0
 """Issue 21: the fixed cost of one command on a 1 Mpx scene with the embedded defaults."""
@@ -175,10 +175,14 @@ def main() -> None:
         sys.exit(child(sys.argv[2], sys.argv[4:]))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warm", type=int, default=3, help="warm commands to time")
+    parser.add_argument("--no-record", action="store_true", help="do not update bench/RESULTS.md")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fixed-cost-") as tmp_name:
         runs, floor = measure(Path(tmp_name), args.warm)
-    print(report(runs, floor, args.warm))
+    text = report(runs, floor, args.warm)
+    print(text)
+    if not args.no_record:
+        write_section("Fixed cost of one command", text)
 
 
 if __name__ == "__main__":
