@@ -109,11 +109,12 @@ def report(args: argparse.Namespace, m: dict[str, float | bool]) -> str:
         table_head("run", "seconds", "s / scene", "Mpx/s")
         + [f"| {name} | {s:.1f} | {s / n:.2f} | {mpx / s:.3f} |" for name, s in rows]
     )
-    prefect = (
-        "a Prefect server (PREFECT_API_URL)"
-        if os.environ.get("PREFECT_API_URL")
-        else "Prefect's ephemeral API"
-    )
+    if os.environ.get("PREFECT_API_URL"):
+        prefect = "a Prefect server (PREFECT_API_URL)"
+    elif os.environ.get("GIGASEG_PREFECT_SERVER") == "ephemeral":
+        prefect = "Prefect's ephemeral API"
+    else:
+        prefect = "the shared local Prefect server (started by the first command, reused by the rest)"
     return (
         f"`python -m bench.many_scenes_bench{' --quick' if args.quick else ''}` — {dt.date.today()}, "
         f"{platform.machine()}, {os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} at the end), "
