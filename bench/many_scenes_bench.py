@@ -31,6 +31,7 @@ import torch
 from affine import Affine
 
 from bench.results import table_head, write_section
+from flows.prefect_server import MODE_ENV
 from models import build
 from models.checkpoint import card_for, save_checkpoint
 
@@ -111,7 +112,7 @@ def report(args: argparse.Namespace, m: dict[str, float | bool]) -> str:
     )
     if os.environ.get("PREFECT_API_URL"):
         prefect = "a Prefect server (PREFECT_API_URL)"
-    elif os.environ.get("GIGASEG_PREFECT_SERVER") == "ephemeral":
+    elif os.environ.get(MODE_ENV) == "ephemeral":
         prefect = "Prefect's ephemeral API"
     else:
         prefect = "the shared local Prefect server (started by the first command, reused by the rest)"

@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- the bucket's COG is byte-identical to the local one: **{'yes' if same else 'NO'}**",
         f"- the S3 server itself (moto, Python, on the same {os.cpu_count()} cores) used "
         f"{server_cpu:.1f} CPU-s over the whole bench ({args.repeats} bucket runs and the upload): "
-        f"{server_cpu / args.repeats:.1f} CPU-s per bucket run that a remote store would not take "
-        "from this machine",
+        f"about {server_cpu / args.repeats:.1f} CPU-s per bucket run (the upload shared among them) that a "
+        "remote store would not take from this machine",
     ]
     text = "\n".join(lines)
     print(text)
