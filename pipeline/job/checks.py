@@ -17,6 +17,9 @@ from pipeline.job.model_source import load_model
 
 log = logging.getLogger("gigaseg")
 
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+"""The geotransform GDAL reports for a raster without one (pixel coordinates)."""
+
 
 @dataclass
 class CheckedInput:
@@ -61,7 +64,13 @@ def check_inputs(config: SegmentConfig, load: Callable[..., tuple] = load_model)
 def _warn_about(config: SegmentConfig, info: InputDescription, model: SegmentationModel) -> None:
     """Log what runs but may surprise: no georeference, or a model whose output depends on the tile."""
     if info.raster is not None and not info.raster.georeferenced:
-        log.warning("%s: not georeferenced; the output has pixel coordinates only", config.input)
+        if tuple(info.raster.transform) == IDENTITY:
+            log.warning("%s: not georeferenced; the output has pixel coordinates only", config.input)
+        else:
+            log.warning(
+                "%s: has a geotransform but no CRS; the output keeps the transform and has no CRS either",
+                config.input,
+            )
     if not model.spec.fully_convolutional:
         log.warning(
             "%s is not fully convolutional (global pooling): tiled output depends on the tile size",
