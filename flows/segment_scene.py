@@ -47,7 +47,7 @@ from pipeline.job.steps import BlockRunner, export, finish, infer, ingest_scene,
 from pipeline.job.summary import BlockCounts, SegmentSummary, summarize
 from pipeline.stores.scene import SceneStore
 from pipeline.stores.transfer import OutputSet
-from pipeline.tracking.segment_run import check_reference_files
+from pipeline.tracking.segment_run import check_reference_files, check_reference_grid
 from pipeline.watch.ledger import failure_reason
 
 WORKERS_ENV = "GIGASEG_WORKERS"
@@ -200,6 +200,7 @@ def segment_scene(
         raise InputError("--labels and --regions need tracking (drop --no-track)")
     check_reference_files(labels, regions)
     config.validate()
+    check_reference_grid(config, labels, regions)
     use_prefect_api()
     return segment_scene_flow(
         config,

@@ -71,10 +71,33 @@ def _warn_about(config: SegmentConfig, info: InputDescription, model: Segmentati
                 "%s: has a geotransform but no CRS; the output keeps the transform and has no CRS either",
                 config.input,
             )
+    _warn_about_tile(config, info, model)
     if not model.spec.fully_convolutional:
         log.warning(
             "%s is not fully convolutional (global pooling): tiled output depends on the tile size",
             model.arch,
+        )
+
+
+def _warn_about_tile(config: SegmentConfig, info: InputDescription, model: SegmentationModel) -> None:
+    """One line each for a tile far smaller than the model's reach and a scene much thinner than the tile."""
+    tile = config.tile or model.spec.default_tile
+    if config.tile is not None and config.tile < model.reach:
+        log.warning(
+            "--tile %d is far smaller than %s's receptive field (%d px each side): every tile is mostly "
+            "padding, slow and unlike the model's training; use --tile %d or more",
+            config.tile,
+            model.arch,
+            model.reach,
+            4 * model.reach,
+        )
+    if info.raster is not None and min(info.raster.width, info.raster.height) * 4 <= tile:
+        log.warning(
+            "%s: %d×%d px is much thinner than the %d px tile; tiles are cut to the scene's thin side",
+            config.input,
+            info.raster.width,
+            info.raster.height,
+            tile,
         )
 
 
