@@ -173,3 +173,23 @@ def test_an_all_nodata_input_is_warned_about(tmp_path, warnings_said):
     )
     segment(config)
     assert f"{src}: every pixel is nodata; the output is nodata throughout" in warnings_said
+
+
+def test_a_truncated_file_says_what_gdal_failed_at_not_see_previous_exception(tmp_path):
+    from pipeline.inputs.raster import inspect_raster, read_window
+    from pipeline.stores.object_storage_settings import open_raster
+
+    rng = np.random.default_rng(0)
+    data = (rng.random((3, 600, 600)) * 999).astype(np.uint16)
+    full = _write(tmp_path / "full.tif", data)
+    with rasterio.open(full) as src:
+        profile = src.profile | {"compress": "deflate", "tiled": True, "blockxsize": 256, "blockysize": 256}
+    with rasterio.open(tmp_path / "deflate.tif", "w", **profile) as dst:
+        dst.write(data)
+    whole = (tmp_path / "deflate.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(whole[: len(whole) // 2])
+    info = inspect_raster(tmp_path / "cut.tif")
+    with open_raster(info.path) as src, pytest.raises(InputError) as caught:
+        read_window(src, info, (0, 600), (0, 600))
+    assert "truncated or corrupt file" in str(caught.value)
+    assert "See previous exception" not in str(caught.value)
