@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from rasterio.errors import NotGeoreferencedWarning
 
 from flows.prefect_server import use_prefect_api
-from pipeline.errors import InputError
+from pipeline.errors import expected_failure
 from pipeline.execution.process_memory import bound_process_memory
 
 EXIT_USER_ERROR = 2
@@ -52,11 +52,18 @@ def prepare_process() -> None:
 
 
 def run_command(command: Command, args: argparse.Namespace) -> int:
-    """Run ``command``: an :class:`InputError` becomes one line and status 2, Ctrl-C status 130."""
+    """Run ``command``: an expected failure becomes one line and status 2, Ctrl-C status 130.
+
+    What is expected is decided in one place, :func:`pipeline.errors.expected_failure`;
+    anything else propagates with its traceback (status 1).
+    """
     try:
         return int(command(args) or 0)
-    except InputError as exc:
-        print(f"gigaseg: {exc}", file=sys.stderr)
+    except Exception as exc:
+        line = expected_failure(exc)
+        if line is None:
+            raise
+        print(f"gigaseg: {line}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("gigaseg: interrupted; run the same command again to resume", file=sys.stderr)

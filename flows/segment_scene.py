@@ -35,7 +35,7 @@ from prefect.cache_policies import NONE
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, expected_failure
 from pipeline.execution.placement import place_blocks
 from pipeline.execution.scene_batch import BatchReport, SceneBatch, active_batch
 from pipeline.exporters.formats import ExportedOutputs
@@ -43,10 +43,11 @@ from pipeline.job.checks import CheckedInput, check_inputs
 from pipeline.job.config import SegmentConfig
 from pipeline.job.model_source import load_model
 from pipeline.job.plan import Job, plan_job
-from pipeline.job.steps import BlockRunner, export, infer, ingest_scene
+from pipeline.job.steps import BlockRunner, export, finish, infer, ingest_scene, output_set
 from pipeline.job.summary import BlockCounts, SegmentSummary, summarize
 from pipeline.stores.scene import SceneStore
-from pipeline.tracking.segment_run import check_reference_files
+from pipeline.stores.transfer import OutputSet
+from pipeline.tracking.segment_run import check_reference_files, check_reference_grid
 from pipeline.watch.ledger import failure_reason
 
 WORKERS_ENV = "GIGASEG_WORKERS"
@@ -89,10 +90,8 @@ def retry_transient(task, task_run, state) -> bool:
     """Retry only failures that a second try could fix: never the input's fault."""
     try:
         state.result()
-    except InputError:
-        return False
-    except Exception:
-        return True
+    except Exception as exc:
+        return expected_failure(exc) is None
     return False
 
 
@@ -126,9 +125,9 @@ def infer_stage(job: Job) -> BlockCounts:
 
 
 @task(name="export", **RETRYING)
-def export_stage(job: Job) -> ExportedOutputs:
-    """Cloud-optimised GeoTIFF(s) of the finished store."""
-    return export(job)
+def export_stage(job: Job, outputs: OutputSet) -> ExportedOutputs:
+    """The outputs of the finished store, at their staged names (published when the run is done)."""
+    return export(job, outputs)
 
 
 @task(name="metrics", **STAGE)
@@ -139,21 +138,39 @@ def metrics_stage(
     seconds: float,
     on_finished: Callable[[Job], None] | None,
 ) -> SegmentSummary:
-    """Class fractions and, when tracked, the per-region table; then the work folder goes."""
+    """Class fractions and, when tracked, the per-region table."""
     return summarize(job, outputs, counts, seconds, on_finished)
 
 
-def run_stages(config: SegmentConfig, on_finished: Callable[[Job], None] | None = None) -> SegmentSummary:
+@task(name="publish", **STAGE)
+def publish_stage(config: SegmentConfig, outputs: OutputSet) -> None:
+    """Every output of the run appears under its final name together; then the work folder goes."""
+    finish(config, outputs)
+
+
+def run_stages(
+    config: SegmentConfig,
+    on_finished: Callable[[Job], None] | None = None,
+    outputs: OutputSet | None = None,
+) -> SegmentSummary:
     """The stages as tasks of the current flow run (same signature as :func:`pipeline.job.steps.segment`)."""
     t0 = time.perf_counter()
-    checked = check_stage(config)
-    t_ingest = time.perf_counter()
-    scene = ingest_stage(config, checked)
-    job = plan_stage(config, checked, scene)
-    job.timings["ingest"] = time.perf_counter() - t_ingest
-    counts = infer_stage(job)
-    outputs = export_stage(job)
-    return metrics_stage(job, outputs, counts, time.perf_counter() - t0, on_finished)
+    staged = outputs or output_set(config)
+    try:
+        checked = check_stage(config)
+        t_ingest = time.perf_counter()
+        scene = ingest_stage(config, checked)
+        job = plan_stage(config, checked, scene)
+        job.timings["ingest"] = time.perf_counter() - t_ingest
+        counts = infer_stage(job)
+        exported = export_stage(job, staged)
+        summary = metrics_stage(job, exported, counts, time.perf_counter() - t0, on_finished)
+    except BaseException:
+        staged.discard()
+        raise
+    if outputs is None:
+        publish_stage(config, staged)
+    return summary
 
 
 @flow(name="segment-scene", log_prints=True)
@@ -183,6 +200,7 @@ def segment_scene(
         raise InputError("--labels and --regions need tracking (drop --no-track)")
     check_reference_files(labels, regions)
     config.validate()
+    check_reference_grid(config, labels, regions)
     use_prefect_api()
     return segment_scene_flow(
         config,

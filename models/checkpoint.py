@@ -110,6 +110,13 @@ def card_for(
     return ModelCard(arch=model.arch, config=dict(model.config), class_names=names, **fields)
 
 
+def _give_normal_permissions(path: Path) -> None:
+    """safetensors writes 0600; give the file the mode any other output gets (0666 less the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def save_checkpoint(path: str | os.PathLike[str], model: SegmentationModel, card: ModelCard) -> Path:
     """Write weights + card to ``path`` atomically (temporary name, then rename)."""
     path = Path(path)
@@ -117,6 +124,7 @@ def save_checkpoint(path: str | os.PathLike[str], model: SegmentationModel, card
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         save_file(state, str(tmp), metadata={CARD_KEY: card.to_json()})
+        _give_normal_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -124,11 +132,31 @@ def save_checkpoint(path: str | os.PathLike[str], model: SegmentationModel, card
     return path
 
 
+PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")
+"""How ``torch.save`` files start: a zip archive (PyTorch ≥ 1.6) or a bare pickle."""
+
+
+def _refuse_pickle(path: Path) -> None:
+    """Say what a PyTorch pickle is, and what to do, instead of a safetensors header error."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return  # said by the safetensors reader below
+    if head.startswith(PICKLE_MAGIC):
+        raise CheckpointError(
+            f"{path}: a PyTorch pickle (torch.save), which gigaseg never loads (unpickling can run code); "
+            "if you trust it, load it yourself and save it with models.checkpoint.save_checkpoint "
+            "(safetensors + model card), or train one with gigaseg train -o NAME.safetensors"
+        )
+
+
 def read_card(path: str | os.PathLike[str]) -> ModelCard:
     """Read only the card of a checkpoint (no tensors loaded)."""
     from safetensors import safe_open
 
     path = Path(path)
+    _refuse_pickle(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

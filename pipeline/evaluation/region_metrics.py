@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ from pipeline.stores.object_storage_settings import open_raster
 from pipeline.stores.output import OutputStore
 from pipeline.tiling.blocks import BlockPlan
 from pipeline.tiling.regions import slices
+
+log = logging.getLogger("gigaseg")
 
 Window = tuple[tuple[int, int], tuple[int, int]]
 WINDOW = 1024
@@ -257,6 +260,18 @@ def _windows(bounds: Window, size: int) -> list[Window]:
     ]
 
 
+def warn_nodata_is_a_class(path: Where, nodata: float | None, num_classes: int) -> None:
+    """One warning line when the labels' nodata value is also a class id: that class is never scored."""
+    if nodata is not None and float(nodata).is_integer() and 0 <= nodata < num_classes:
+        log.warning(
+            "%s: nodata value %d is also class %d, so that class's pixels are not scored "
+            "(set another nodata value on the labels)",
+            path,
+            int(nodata),
+            int(nodata),
+        )
+
+
 class _Reference:
     """The reference label raster read window by window (class ids; -1 where nodata)."""
 
@@ -269,6 +284,7 @@ class _Reference:
         self.src = open_raster(path)
         self.nodata = info.nodata
         self.num_classes = num_classes
+        warn_nodata_is_a_class(path, info.nodata, num_classes)
 
     def read(self, win: Window) -> np.ndarray:
         (r0, r1), (c0, c1) = win

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import InputError
+from pipeline.stores.location import Where
 from pipeline.stores.scene import SceneStore
 
 
@@ -21,6 +22,30 @@ class ExportedOutputs:
 
     labels: Path
     probabilities: Path | None = None
+
+
+OUTPUT_SUFFIXES = (".tif", ".tiff", ".nii", ".nii.gz", ".zarr")
+"""The output names a writer exists for (``.tif``/``.tiff``: COG; ``.nii``/``.nii.gz``: NIfTI; ``.zarr``)."""
+
+
+def check_output_name(path: Where) -> None:
+    """Refuse an output name no writer is for, before anything is written (not silently a GeoTIFF)."""
+    if not path.name.lower().endswith(OUTPUT_SUFFIXES):
+        raise InputError(
+            f"{path}: unknown output format {path.suffix or '(no extension)'!r} "
+            f"(use {', '.join(OUTPUT_SUFFIXES)})"
+        )
+
+
+def region_table_paths(output: Where) -> tuple[Where, Where]:
+    """Where a tracked run's per-region table goes beside ``output`` (CSV, GeoJSON)."""
+    stem = output.name.removesuffix(output.suffix)
+    return output.with_name(f"{stem}.regions.csv"), output.with_name(f"{stem}.regions.geojson")
+
+
+def companions(output: Where) -> list[Where]:
+    """Files beside ``output`` that belong to the run that wrote it (sidecar, region tables)."""
+    return [output.with_name(output.name + ".aux.xml"), *region_table_paths(output)]
 
 
 def output_format(path: Path, spatial_dims: int) -> str:

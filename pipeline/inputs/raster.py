@@ -79,10 +79,15 @@ def check_readable_file(path: str | os.PathLike[str] | ObjectLocation) -> Where:
     return path
 
 
-def _gdal_reason(exc: Exception) -> str:
-    """First line of a GDAL error, without the file path GDAL repeats."""
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+def _gdal_reason(exc: BaseException) -> str:
+    """First line of a GDAL error, or of the error it chains to when it only says "see previous"."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        lines = str(seen).strip().splitlines()
+        if lines and "See previous exception" not in lines[0]:
+            return lines[0]
+        seen = seen.__cause__ or seen.__context__
+    return "GDAL could not read it"
 
 
 def inspect_raster(path: str | os.PathLike[str] | ObjectLocation) -> RasterInfo:

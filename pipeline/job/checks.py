@@ -17,6 +17,9 @@ from pipeline.job.model_source import load_model
 
 log = logging.getLogger("gigaseg")
 
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+"""The geotransform GDAL reports for a raster without one (pixel coordinates)."""
+
 
 @dataclass
 class CheckedInput:
@@ -61,11 +64,40 @@ def check_inputs(config: SegmentConfig, load: Callable[..., tuple] = load_model)
 def _warn_about(config: SegmentConfig, info: InputDescription, model: SegmentationModel) -> None:
     """Log what runs but may surprise: no georeference, or a model whose output depends on the tile."""
     if info.raster is not None and not info.raster.georeferenced:
-        log.warning("%s: not georeferenced; the output has pixel coordinates only", config.input)
+        if tuple(info.raster.transform) == IDENTITY:
+            log.warning("%s: not georeferenced; the output has pixel coordinates only", config.input)
+        else:
+            log.warning(
+                "%s: has a geotransform but no CRS; the output keeps the transform and has no CRS either",
+                config.input,
+            )
+    _warn_about_tile(config, info, model)
     if not model.spec.fully_convolutional:
         log.warning(
             "%s is not fully convolutional (global pooling): tiled output depends on the tile size",
             model.arch,
+        )
+
+
+def _warn_about_tile(config: SegmentConfig, info: InputDescription, model: SegmentationModel) -> None:
+    """One line each for a tile far smaller than the model's reach and a scene much thinner than the tile."""
+    tile = config.tile or model.spec.default_tile
+    if config.tile is not None and config.tile < model.reach:
+        log.warning(
+            "--tile %d is far smaller than %s's receptive field (%d px each side): every tile is mostly "
+            "padding, slow and unlike the model's training; use --tile %d or more",
+            config.tile,
+            model.arch,
+            model.reach,
+            4 * model.reach,
+        )
+    if info.raster is not None and min(info.raster.width, info.raster.height) * 4 <= tile:
+        log.warning(
+            "%s: %d×%d px is much thinner than the %d px tile; tiles are cut to the scene's thin side",
+            config.input,
+            info.raster.width,
+            info.raster.height,
+            tile,
         )
 
 

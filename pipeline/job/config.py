@@ -12,8 +12,16 @@ from typing import Any
 
 from pipeline.engine.crf import CRFParams
 from pipeline.errors import InputError
+from pipeline.exporters.formats import check_output_name
 from pipeline.job.model_source import check_model_source
-from pipeline.stores.location import ObjectLocation, Where, check_readable, check_writable_folder, location
+from pipeline.stores.location import (
+    ObjectLocation,
+    Where,
+    check_readable,
+    check_work_folder,
+    check_writable_folder,
+    location,
+)
 from pipeline.tiling.blending import BLEND_MODES
 
 
@@ -148,16 +156,19 @@ class SegmentConfig:
         check_readable(self.input)
         outputs = [self.output] + ([self.probabilities] if self.probabilities else [])
         for out in outputs:
-            if isinstance(out, ObjectLocation):
-                check_writable_folder(out.parent)
-            elif not out.parent.is_dir():
+            check_output_name(out)
+            if isinstance(out, Path) and not out.parent.is_dir():
                 raise InputError(f"{out}: folder {out.parent} does not exist")
-            if _exists(out) and not self.overwrite:
-                raise InputError(f"{out}: already exists (use --overwrite to replace it)")
             if out.resolve() == self.input.resolve():
                 raise InputError(f"{out}: output would overwrite the input")
-        if isinstance(self.work_dir, ObjectLocation) and self.work_dir.parent != self.output.parent:
-            check_writable_folder(self.work_dir.parent)
+            if _exists(out) and not self.overwrite:
+                raise InputError(f"{out}: already exists (use --overwrite to replace it)")
+            if isinstance(out, Path) and out.is_dir() and not out.name.lower().endswith(".zarr"):
+                raise InputError(f"{out}: is a folder; name a file for the output")
+            check_writable_folder(out.parent)
+        work = self.resolved_work_dir
+        if not (isinstance(work, ObjectLocation) and work.parent == self.output.parent):  # probed above
+            check_work_folder(work)
         if self.probabilities is not None and self.probabilities.resolve() == self.output.resolve():
             raise InputError(f"{self.probabilities}: same path as the labels output")
 

@@ -17,16 +17,16 @@ from pipeline.execution.in_process import run_blocks_in_process
 from pipeline.execution.process_memory import release_freed_memory
 from pipeline.execution.progress import Progress
 from pipeline.exporters.cog import Georeference, export_labels_cog, export_probabilities_cog
-from pipeline.exporters.formats import ExportedOutputs, export_volume_outputs, output_format
+from pipeline.exporters.formats import ExportedOutputs, companions, export_volume_outputs, output_format
 from pipeline.inputs.formats import ingest_input
 from pipeline.inputs.volume_geometry import is_volume
 from pipeline.job.checks import CheckedInput, check_inputs
 from pipeline.job.config import SegmentConfig
 from pipeline.job.plan import Job, plan_job
 from pipeline.job.summary import BlockCounts, SegmentSummary, summarize
-from pipeline.stores.location import remove_tree
+from pipeline.stores.location import Where, remove_tree
 from pipeline.stores.scene import SceneStore
-from pipeline.stores.transfer import local_staging
+from pipeline.stores.transfer import OutputSet
 
 BlockRunner = Callable[[Job, Progress | None], tuple[int, int]]
 """Computes and writes a job's pending blocks (in process, or on Ray actors); returns (run, skipped)."""
@@ -80,30 +80,61 @@ def infer(job: Job, run_blocks: BlockRunner | None = None) -> BlockCounts:
     return BlockCounts(run, skipped, progress.retries)
 
 
-def export(job: Job) -> ExportedOutputs:
+def output_set(config: SegmentConfig) -> OutputSet:
+    """The run's outputs, staged until :func:`finish`: labels and probabilities with what belongs to them.
+
+    ``owned``: every name an earlier run on the same output may have left (sidecars,
+    region tables); publishing removes the ones this run does not write again.
+    """
+    owned: list[Where] = [config.output, *companions(config.output)]
+    if config.probabilities is not None:
+        owned += [config.probabilities, *companions(config.probabilities)[:1]]
+    return OutputSet(owned)
+
+
+def export(job: Job, outputs: OutputSet | None = None) -> ExportedOutputs:
     """Write the outputs of a finished store: COG(s), NIfTI or OME-Zarr, by output name.
 
-    Outputs on object storage are written locally and uploaded whole when finished.
+    They are written at ``outputs``' staged names and appear under their final names
+    only when the run publishes them (:func:`finish`); without ``outputs`` they are
+    published at once. Returns the final names.
     """
     if not job.store.is_complete():
         raise RuntimeError("export called before every block is done")
+    if outputs is None:
+        outputs = OutputSet()
+        try:
+            exported = export(job, outputs)
+        except BaseException:
+            outputs.discard()
+            raise
+        outputs.publish()
+        return exported
     t0 = time.perf_counter()
     attrs = job.scene.attrs
     config = job.config
-    with local_staging(config.output, config.probabilities) as (labels, probabilities):
-        if is_volume(attrs) or output_format(config.output, len(job.scene.spatial_shape)) != "cog":
-            export_volume_outputs(
-                job.store.path,
-                job.scene,
-                labels,
-                probabilities,
-                job.card.class_names,
-                job.card.class_colors,
-            )
-        else:
-            _export_cogs(job, labels, probabilities)
+    labels = outputs.staged(config.output)
+    probabilities = None if config.probabilities is None else outputs.staged(config.probabilities)
+    if is_volume(attrs) or output_format(config.output, len(job.scene.spatial_shape)) != "cog":
+        export_volume_outputs(
+            job.store.path,
+            job.scene,
+            labels,
+            probabilities,
+            job.card.class_names,
+            job.card.class_colors,
+        )
+    else:
+        _export_cogs(job, labels, probabilities)
     job.timings["export"] = time.perf_counter() - t0
     return ExportedOutputs(config.output, config.probabilities)
+
+
+def finish(config: SegmentConfig, outputs: OutputSet) -> None:
+    """The run succeeded: its outputs appear together, then the work folder goes unless kept."""
+    outputs.publish()
+    if not config.keep_work:
+        remove_tree(config.resolved_work_dir)
 
 
 def _export_cogs(job: Job, labels: Path, probabilities: Path | None) -> None:
@@ -120,10 +151,23 @@ def segment(
     config: SegmentConfig,
     on_finished: Callable[[Job], None] | None = None,
     run_blocks: BlockRunner | None = None,
+    outputs: OutputSet | None = None,
 ) -> SegmentSummary:
-    """Prepare → infer (here, unless ``run_blocks`` says where) → export → summarize."""
+    """Prepare → infer (here, unless ``run_blocks`` says where) → export → summarize → publish.
+
+    Given ``outputs``, the caller publishes them (:func:`finish`) once its own work
+    on the run is done; a failure discards them either way.
+    """
     t0 = time.perf_counter()
-    job = prepare(config)
-    counts = infer(job, run_blocks)
-    outputs = export(job)
-    return summarize(job, outputs, counts, time.perf_counter() - t0, on_finished)
+    staged = outputs or output_set(config)
+    try:
+        job = prepare(config)
+        counts = infer(job, run_blocks)
+        exported = export(job, staged)
+        summary = summarize(job, exported, counts, time.perf_counter() - t0, on_finished)
+    except BaseException:
+        staged.discard()
+        raise
+    if outputs is None:
+        finish(config, staged)
+    return summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,8 @@ import numpy as np
 from pipeline.exporters.formats import ExportedOutputs
 from pipeline.inputs.volume_geometry import VolumeGeometry, is_volume
 from pipeline.job.plan import Job
-from pipeline.stores.location import remove_tree
+
+log = logging.getLogger("gigaseg")
 
 
 @dataclass(frozen=True)
@@ -107,17 +109,18 @@ def summarize(
     seconds: float,
     on_finished: Callable[[Job], None] | None = None,
 ) -> SegmentSummary:
-    """Class fractions of the finished output; removes the work folder unless asked to keep it.
+    """Class fractions of the finished output (one warning line when every pixel was nodata).
 
-    ``on_finished(job)`` runs first, while the stores still exist (e.g. per-region
-    metrics read them).
+    ``on_finished(job)`` runs here, while the stores still exist (e.g. per-region
+    metrics read them); the work folder goes when the outputs are published
+    (:func:`pipeline.job.steps.finish`).
     """
     fractions, valid = class_fractions(job)
+    if valid == 0:
+        log.warning("%s: every pixel is nodata; the output is nodata throughout", job.config.input)
     labels = label_metrics(job)
     if on_finished is not None:
         on_finished(job)
-    if not job.config.keep_work:
-        remove_tree(job.config.resolved_work_dir)
     return SegmentSummary(
         output=outputs.labels,
         probabilities=outputs.probabilities,

@@ -269,6 +269,7 @@ def check_writable_folder(folder: Where) -> None:
     if not isinstance(folder, ObjectLocation):
         if not folder.is_dir():
             raise InputError(f"{folder}: folder does not exist")
+        _probe_local(folder)
         return
     if folder.protocol in ("http", "https"):
         raise InputError(f"{folder}: web locations are read-only; write to object storage or a local path")
@@ -278,3 +279,40 @@ def check_writable_folder(folder: Where) -> None:
         probe.unlink(missing_ok=True)
     except Exception as exc:
         raise storage_error(folder, exc) from None
+
+
+def _write_refusal(folder: Path) -> str | None:
+    """Why files cannot be written in ``folder`` (None: they can), by making and removing a probe."""
+    probe = folder / f".gigaseg-probe-{uuid.uuid4().hex[:12]}"
+    try:
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as exc:
+        return (exc.strerror or type(exc).__name__).lower()
+    return None
+
+
+def _probe_local(folder: Path) -> None:
+    """Fail with one line unless files can be written in the local ``folder``."""
+    reason = _write_refusal(folder)
+    if reason is not None:
+        raise InputError(f"{folder}: cannot write there ({reason})")
+
+
+def check_work_folder(work: Where) -> None:
+    """Fail with one line unless the work folder exists and is writable, or can be made.
+
+    A folder that does not exist yet is checked through the nearest folder above it
+    that does (that is where it will be made).
+    """
+    if isinstance(work, ObjectLocation):
+        check_writable_folder(work.parent)
+        return
+    if work.exists() and not work.is_dir():
+        raise InputError(f"{work}: work folder is a file")
+    existing = work
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    reason = _write_refusal(existing) if existing.is_dir() else f"{existing} is a file"
+    if reason is not None:
+        raise InputError(f"{work}: the work folder cannot be written ({existing}: {reason})")

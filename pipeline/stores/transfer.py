@@ -14,7 +14,8 @@ import glob
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from pipeline.stores.location import ObjectLocation, Where, remove_tree, storage_error
@@ -73,6 +74,78 @@ def local_staging(*targets: Where | None) -> Iterator[list[Path | None]]:
                 publish(staged, target)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+class OutputSet:
+    """The files one run makes, written under private names and moved into place together at the end.
+
+    Every output of a run (labels, probabilities, their sidecars, the region tables)
+    is written at :meth:`staged` (a hidden folder beside a local target, so the final
+    rename is atomic and on the same file system; a private local folder for an
+    object-storage target, uploaded whole). Only :meth:`publish`, called once the whole
+    run has succeeded, touches the final names: it moves every staged file into place
+    (sidecars first, the main file last) and removes what an earlier run left under
+    the ``owned`` names that this run did not make (a region table of a tracked run
+    beside an untracked rerun's output). :meth:`discard` (a failed run) removes the
+    staging and touches nothing else, so an earlier output survives a failed
+    ``--overwrite`` byte for byte.
+
+    A plain object, not a dataclass: Prefect walks into dataclass task parameters.
+    """
+
+    def __init__(self, owned: Sequence[Where] = ()) -> None:
+        self.owned = list(owned)
+        self._staged: dict[Where, Path] = {}
+        self._folders: list[Path] = []
+
+    def staged(self, target: Where) -> Path:
+        """The local name to write ``target`` at (made once; the same name on a retry)."""
+        if target not in self._staged:
+            if isinstance(target, ObjectLocation):
+                folder = Path(tempfile.mkdtemp(prefix="gigaseg-export-"))
+            else:
+                folder = target.parent / f".{target.name}.gigaseg-staging-{uuid.uuid4().hex[:8]}"
+                folder.mkdir()  # the user's umask, like any output
+            self._folders.append(folder)
+            self._staged[target] = folder / target.name
+        return self._staged[target]
+
+    def publish(self) -> None:
+        """Move every staged file to its final name, then remove stale owned files; drop the staging."""
+        published: set[Where] = set()
+        try:
+            for target, staged in self._staged.items():
+                if not staged.exists():
+                    continue  # asked for a name but wrote nothing there
+                for sidecar in sorted(staged.parent.glob(f"{glob.escape(staged.name)}.*")):
+                    final = target.with_name(sidecar.name)
+                    _move(sidecar, final)
+                    published.add(final)
+                _move(staged, target)
+                published.add(target)
+            for stale in self.owned:
+                if stale not in published and stale.exists():
+                    stale.unlink()
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        """Remove the staging folders (and whatever is still in them); the final names are untouched."""
+        for folder in self._folders:
+            shutil.rmtree(folder, ignore_errors=True)
+        self._folders.clear()
+        self._staged.clear()
+
+
+def _move(local: Path, target: Where) -> None:
+    """A finished local file or folder into place: a rename, a folder swap, or an upload."""
+    if isinstance(target, Path) and local.is_dir() and target.is_dir():
+        aside = target.with_name(f".{target.name}.gigaseg-replaced-{uuid.uuid4().hex[:8]}")
+        os.replace(target, aside)
+        os.replace(local, target)
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    publish(local, target)
 
 
 _copies: list[Path] = []

@@ -17,9 +17,11 @@ registry runs.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,6 +100,19 @@ def _write_model_folder(
     mlmodel.save(str(folder / "MLmodel"))
 
 
+@contextlib.contextmanager
+def _mlflow_event_lines_silenced() -> Iterator[None]:
+    """MLflow's own "Successfully registered model" / "Created version" lines, kept off stderr."""
+    from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
+
+    enabled = MLFLOW_LOGGING_STREAM.enabled
+    MLFLOW_LOGGING_STREAM.enabled = False
+    try:
+        yield
+    finally:
+        MLFLOW_LOGGING_STREAM.enabled = enabled
+
+
 def register_version(
     model: SegmentationModel,
     card: ModelCard,
@@ -120,7 +135,8 @@ def register_version(
         _write_model_folder(staging, model, card, run_id, logged.model_id)
         client.log_model_artifacts(logged.model_id, str(staging))
         mlflow.finalize_logged_model(logged.model_id, "READY")
-        version = mlflow.register_model(f"{PREFIX}{logged.model_id}", name, tags=tags)
+        with _mlflow_event_lines_silenced():  # gigaseg says what it registered, once (or not: --quiet)
+            version = mlflow.register_model(f"{PREFIX}{logged.model_id}", name, tags=tags)
         client.update_model_version(
             name, version.version, description=f"{card.arch}, {card.num_classes} classes, run {run_id}"
         )

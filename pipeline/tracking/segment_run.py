@@ -20,12 +20,13 @@ from typing import Any
 from models.checkpoint import ModelCard
 from pipeline.errors import InputError
 from pipeline.evaluation.region_metrics import RegionTable, compute_region_table
+from pipeline.exporters.formats import region_table_paths
 from pipeline.job.config import SegmentConfig
 from pipeline.job.plan import Job
-from pipeline.job.steps import segment
+from pipeline.job.steps import finish, output_set, segment
 from pipeline.job.summary import SegmentSummary
 from pipeline.stores.location import Where, check_readable, location
-from pipeline.stores.transfer import local_staging
+from pipeline.stores.transfer import OutputSet
 from pipeline.tracking import runs as tracking
 
 
@@ -48,8 +49,7 @@ class TrackedSegment:
 
 def region_paths(output: Where) -> tuple[Where, Where]:
     """Where the per-region table goes beside ``output`` (CSV, GeoJSON)."""
-    stem = output.name.removesuffix(output.suffix)
-    return output.with_name(f"{stem}.regions.csv"), output.with_name(f"{stem}.regions.geojson")
+    return region_table_paths(output)
 
 
 def _model_tags(model: str) -> dict[str, str]:
@@ -87,6 +87,29 @@ def check_reference_files(
                 raise InputError(f"{path}: no such file ({what})")
 
 
+def check_reference_grid(
+    config: SegmentConfig, labels: str | os.PathLike[str] | None, regions: str | os.PathLike[str] | None
+) -> None:
+    """``--labels`` on the input's pixel grid and ``--regions`` polygons that parse, before any work.
+
+    Only for 2D rasters, the inputs whose runs get a region table.
+    """
+    if labels is None and regions is None:
+        return
+    from pipeline.evaluation.region_metrics import polygon_regions
+    from pipeline.inputs.band_stack import check_same_grid
+    from pipeline.inputs.formats import describe_input
+    from pipeline.inputs.raster import inspect_raster
+
+    raster = describe_input(config.input, config.spacing).raster
+    if raster is None:
+        return
+    if labels is not None:
+        check_same_grid(raster, inspect_raster(labels))
+    if regions is not None:
+        polygon_regions(regions, raster.crs_wkt, raster.transform, (raster.height, raster.width))
+
+
 class _RegionTableHook:
     """The job's ``on_finished`` hook: the model card and, for 2D GeoTIFF outputs, the region table.
 
@@ -95,9 +118,15 @@ class _RegionTableHook:
     metrics task must fill in this very object.
     """
 
-    def __init__(self, labels: str | os.PathLike[str] | None, regions: str | os.PathLike[str] | None):
+    def __init__(
+        self,
+        labels: str | os.PathLike[str] | None,
+        regions: str | os.PathLike[str] | None,
+        outputs: OutputSet,
+    ):
         self.labels = labels
         self.regions = regions
+        self.outputs = outputs
         self.card: ModelCard | None = None
         self.table: RegionTable | None = None
 
@@ -110,7 +139,7 @@ class _RegionTableHook:
         if is_volume(job.scene.attrs) or output_format(job.config.output, dims) != "cog":
             return  # per-region tables are for 2D GeoTIFF outputs; a volume's run records per-label mL
         t0 = time.perf_counter()
-        output_info = _output_info(job.config.output)
+        output_info = _output_info(self.outputs.staged(job.config.output))
         self.table = compute_region_table(
             job.store,
             job.plan,
@@ -140,6 +169,7 @@ def _tracked_config(
             raise InputError(f"{out}: already exists (use --overwrite to replace it)")
     tracked = replace(config, uncertainty=True)
     tracked.validate()
+    check_reference_grid(tracked, labels, regions)
     return tracked
 
 
@@ -172,27 +202,26 @@ def _summary_metrics(summary: SegmentSummary) -> dict[str, float]:
     return metrics
 
 
-def _log_region_table(table: RegionTable, csv_path: Where, geojson_path: Where) -> None:
-    """The table beside the output (CSV, GeoJSON) and in the run (an MLflow table and both files)."""
+def _log_region_table(table: RegionTable, csv_file: Path, geojson_file: Path) -> None:
+    """The table at its staged names beside the output (CSV, GeoJSON) and in the run (table, both files)."""
     import mlflow
 
-    with local_staging(csv_path, geojson_path) as (csv_file, geojson_file):
-        table.write_csv(csv_file)
-        table.write_geojson(geojson_file)
-        mlflow.log_table(table.columns(), "regions/regions.json")
-        mlflow.log_artifact(str(csv_file), "regions")
-        mlflow.log_artifact(str(geojson_file), "regions")
+    table.write_csv(csv_file)
+    table.write_geojson(geojson_file)
+    mlflow.log_table(table.columns(), "regions/regions.json")
+    mlflow.log_artifact(str(csv_file), "regions")
+    mlflow.log_artifact(str(geojson_file), "regions")
 
 
-def _log_preview(config: SegmentConfig, summary: SegmentSummary, card: ModelCard) -> None:
-    """A PNG of the image, its classes and the legend, as a run artifact."""
+def _log_preview(config: SegmentConfig, labels: Path, card: ModelCard) -> None:
+    """A PNG of the image, its classes (``labels``: the staged output) and the legend, as a run artifact."""
     import mlflow
 
     from pipeline.evaluation.preview import write_preview
 
     with tempfile.TemporaryDirectory() as tmp:
         png = write_preview(
-            config.input, summary.output, Path(tmp) / "preview.png", card.class_names, card.class_colors
+            config.input, labels, Path(tmp) / "preview.png", card.class_names, card.class_colors
         )
         mlflow.log_artifact(str(png))
 
@@ -216,17 +245,25 @@ def track_segment_run(
     config = _tracked_config(config, labels, regions)
     csv_path, geojson_path = region_paths(config.output)
     run_tags = {"gigaseg.kind": "segment", **_model_tags(config.model), **(tags or {})}
-    hook = _RegionTableHook(labels, regions)
-    with tracking.run(experiment, run_name or f"segment {config.input.name}", run_tags, nested) as r:
-        import mlflow
+    outputs = output_set(config)
+    hook = _RegionTableHook(labels, regions, outputs)
+    try:
+        with tracking.run(experiment, run_name or f"segment {config.input.name}", run_tags, nested) as r:
+            import mlflow
 
-        _log_params(config, labels, regions)
-        summary = run(config, on_finished=hook)
-        metrics = _summary_metrics(summary)
-        if hook.table is None:
-            mlflow.log_metrics(metrics)
-            return TrackedSegment(summary, r.info.run_id, None, None, None)
-        mlflow.log_metrics(metrics | _scalar_metrics("scene_", hook.table.scene_row()))
-        _log_region_table(hook.table, csv_path, geojson_path)
-        _log_preview(config, summary, hook.card)
+            _log_params(config, labels, regions)
+            summary = run(config, on_finished=hook, outputs=outputs)
+            metrics = _summary_metrics(summary)
+            if hook.table is None:
+                mlflow.log_metrics(metrics)
+            else:
+                mlflow.log_metrics(metrics | _scalar_metrics("scene_", hook.table.scene_row()))
+                _log_region_table(hook.table, outputs.staged(csv_path), outputs.staged(geojson_path))
+                _log_preview(config, outputs.staged(config.output), hook.card)
+            finish(config, outputs)
+    except BaseException:
+        outputs.discard()
+        raise
+    if hook.table is None:
+        return TrackedSegment(summary, r.info.run_id, None, None, None)
     return TrackedSegment(summary, r.info.run_id, hook.table, csv_path, geojson_path)

@@ -199,20 +199,57 @@ def class_counts(scene: LabelledScene, region: Region, num_classes: int, window:
     return np.asarray(rows, dtype=np.int64).reshape(-1, num_classes)
 
 
-def scan_classes(scenes: list[LabelledScene]) -> int:
-    """Number of classes: one more than the largest label anywhere (labels are 0-based class ids)."""
-    top = -1
+def check_label_values(name: str, raw: np.ndarray, valid: np.ndarray, nodata_is_nan: bool) -> None:
+    """Labels are class ids: refuse NaN (unless it is the nodata value), fractions and negatives."""
+    values = raw[np.broadcast_to(valid, raw.shape)]
+    if np.issubdtype(raw.dtype, np.floating):
+        if not nodata_is_nan and np.isnan(raw).any():
+            raise InputError(f"{name}: labels hold NaN values (class ids expected; set a nodata value)")
+        values = values[np.isfinite(values)]
+        if (values != np.floor(values)).any():
+            raise InputError(f"{name}: labels hold fractional values (class ids expected, e.g. 0, 1, 2)")
+    if values.size and values.min() < 0:
+        raise InputError(f"{name}: labels hold negative values (class ids are 0, 1, 2, …)")
+
+
+def _check_no_outliers(name: str, counts: np.ndarray, named: int) -> None:
+    """Refuse ids far above the rest (an outlier or an unmapped nodata value) unless all are named."""
+    present = np.flatnonzero(counts)
+    implied = int(present[-1]) + 1
+    if named >= implied or implied <= max(8, 2 * len(present)):
+        return
+    shown = ", ".join(map(str, present[:8])) + (", …" if len(present) > 8 else "")
+    raise InputError(
+        f"{name}: label ids {shown} imply {implied} classes, {implied - len(present)} of them absent "
+        f"(an outlier, or a nodata value not declared?); remap the ids to 0…{len(present) - 1}, set the "
+        f"labels' nodata value, or name all {implied} classes with --classes"
+    )
+
+
+def scan_classes(scenes: list[LabelledScene], named: int = 0) -> int:
+    """Number of classes: one more than the largest label anywhere (labels are 0-based class ids).
+
+    The labels are checked on the way (:func:`check_label_values`), and ids that imply
+    many more classes than appear are refused unless ``named`` names them all.
+    """
+    counts = np.zeros(0, dtype=np.int64)
     for s in scenes:
         side = 4 * window_side(len(s.image.spatial_shape))
+        nodata_is_nan = bool(s.labels.attrs.get("nodata_is_nan"))
         for win in region_windows(whole_region(s), side):
+            raw, label_valid = s.labels.read(win)
+            check_label_values(s.name, raw[0], label_valid, nodata_is_nan)
             lab = s.read_labels(win)
             if (lab < IGNORE).any():
                 raise InputError(f"{s.name}: labels must be non-negative class ids")
-            if lab.size:
-                top = max(top, int(lab.max()))
-    if top < 0:
+            found = np.bincount(lab[lab >= 0].ravel())
+            if found.size > counts.size:
+                counts = np.pad(counts, (0, found.size - counts.size))
+            counts[: found.size] += found
+    if not counts.any():
         raise InputError(f"{scenes[0].name}: no labelled pixel in the label image(s)")
-    return top + 1
+    _check_no_outliers(scenes[0].name, counts, named)
+    return int(np.flatnonzero(counts)[-1]) + 1
 
 
 class TileSampler:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.errors import InputError
+from pipeline.evaluation.region_metrics import warn_nodata_is_a_class
 from pipeline.training.data import LabelledScene, open_pair, scan_classes
 from pipeline.training.request import TrainRequest
 
@@ -38,8 +39,11 @@ def open_training_scenes(request: TrainRequest) -> TrainingScenes:
         )
         scenes.append(validation[0])
     given = request.class_names
-    num_classes = max(scan_classes(scenes), len(given or tagged or []))
+    num_classes = max(scan_classes(scenes, len(given or tagged or [])), len(given or tagged or []))
     names = list(given or tagged or [f"class_{i}" for i in range(num_classes)])
     if len(names) < num_classes:
         raise InputError(f"{len(names)} class names given but the labels hold {num_classes} classes")
+    for scene in scenes:
+        attrs = scene.labels.attrs
+        warn_nodata_is_a_class(attrs.get("source", scene.name), attrs.get("nodata"), num_classes)
     return TrainingScenes(scenes, num_classes, names)

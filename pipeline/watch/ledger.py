@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.errors import expected_failure
 from pipeline.stores.location import ObjectLocation, Where, storage_error
 
 LEDGER_NAME = ".gigaseg-ledger.sqlite"
@@ -67,7 +68,10 @@ class LedgerEntry:
 
 
 def failure_reason(error: BaseException) -> str:
-    """The one line that says why a scene failed: the error's first line, else its type."""
+    """The one line that says why a scene failed: the expected failure's line, else the error's first."""
+    expected = expected_failure(error)
+    if expected is not None:
+        return expected
     return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
