@@ -113,7 +113,9 @@ def _export_cogs(job: Job, labels: Path, probabilities: Path | None) -> None:
     tags = {"GIGASEG_MODEL": job.config.model, "GIGASEG_ARCH": job.card.arch}
     export_labels_cog(job.store.path, labels, geo, job.card.class_names, job.card.class_colors, tags)
     if probabilities is not None:
-        export_probabilities_cog(job.store.path, probabilities, geo, job.card.class_names)
+        export_probabilities_cog(
+            job.store.path, probabilities, geo, job.card.class_names, job.card.class_colors
+        )
 
 
 def segment(

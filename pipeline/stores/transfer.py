@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import glob
 import os
 import shutil
 import tempfile
@@ -49,9 +48,10 @@ def local_staging(*targets: Where | None) -> Iterator[list[Path | None]]:
 
     A local target is its own name (its writer renames into place). An object-storage
     target gets a name in a private temporary folder; on success each one is
-    uploaded whole, together with the sidecars its writer put beside it (``NAME.*``,
-    uploaded first), so the main object appears last and only when complete. On
-    failure nothing is uploaded and the folder goes.
+    uploaded whole, together with the sidecars its writer put beside it (every other
+    file of its private folder: ``NAME.aux.xml``, ``STEM.qml``…, uploaded first), so the
+    main object appears last and only when complete. On failure nothing is uploaded
+    and the folder goes.
     """
     remote = [t for t in targets if isinstance(t, ObjectLocation)]
     if not remote:
@@ -68,11 +68,22 @@ def local_staging(*targets: Where | None) -> Iterator[list[Path | None]]:
         yield names
         for staged, target in zip(names, targets):
             if isinstance(target, ObjectLocation) and staged is not None:
-                for sidecar in sorted(staged.parent.glob(f"{glob.escape(staged.name)}.*")):
+                for sidecar in sorted(p for p in staged.parent.iterdir() if p != staged):
                     publish(sidecar, target.with_name(sidecar.name))
                 publish(staged, target)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def write_text_atomically(path: Path, text: str) -> Path:
+    """Write ``text`` to a hidden temporary name beside ``path`` and rename it into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 _copies: list[Path] = []
