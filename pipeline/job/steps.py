@@ -90,7 +90,7 @@ def export(job: Job) -> ExportedOutputs:
     t0 = time.perf_counter()
     attrs = job.scene.attrs
     config = job.config
-    with local_staging(config.output, config.probabilities) as (labels, probabilities):
+    with local_staging(config.output, config.probabilities, config.vector) as (labels, probabilities, vector):
         if is_volume(attrs) or output_format(config.output, len(job.scene.spatial_shape)) != "cog":
             export_volume_outputs(
                 job.store.path,
@@ -102,6 +102,8 @@ def export(job: Job) -> ExportedOutputs:
             )
         else:
             _export_cogs(job, labels, probabilities)
+        if vector is not None:
+            _export_polygons(job, vector)
     job.timings["export"] = time.perf_counter() - t0
     return ExportedOutputs(config.output, config.probabilities)
 
@@ -116,6 +118,30 @@ def _export_cogs(job: Job, labels: Path, probabilities: Path | None) -> None:
         export_probabilities_cog(
             job.store.path, probabilities, geo, job.card.class_names, job.card.class_colors
         )
+
+
+def _export_polygons(job: Job, vector: Path) -> None:
+    """The blocks' polygon pieces merged across block edges, cleaned and written by format."""
+    from pipeline.exporters.polygons import (
+        PolygonOptions,
+        VectorTarget,
+        clean,
+        merge_pieces,
+        read_pieces,
+        write_regions,
+    )
+
+    t0 = time.perf_counter()
+    config, attrs = job.config, job.scene.attrs
+    regions = merge_pieces(read_pieces(job.store.polygon_pieces(job.plan)))
+    a, b, _, d, e, _ = attrs["transform"][:6]
+    options = PolygonOptions(
+        config.vector_min_area, config.vector_small, config.vector_fill_holes, config.vector_simplify
+    )
+    regions = clean(regions, options, pixel_area=abs(a * e - b * d), pixel_size=abs(a * e - b * d) ** 0.5)
+    target = VectorTarget(vector, attrs.get("crs"), job.card.class_names, job.card.class_colors)
+    write_regions(regions, attrs["transform"], target)
+    job.timings["polygons"] = time.perf_counter() - t0
 
 
 def segment(
