@@ -303,7 +303,7 @@ def _add_layer_style(gpkg: Path, qml: str) -> None:
             "f_table_catalog TEXT(256), f_table_schema TEXT(256), f_table_name TEXT(256), "
             "f_geometry_column TEXT(256), styleName TEXT(30), styleQML TEXT, styleSLD TEXT, "
             "useAsDefault BOOLEAN, description TEXT, owner TEXT(30), ui TEXT(30), update_time DATETIME "
-            "DEFAULT CURRENT_TIMESTAMP)"
+            "DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))"
         )
         db.execute(
             "INSERT OR IGNORE INTO gpkg_contents (table_name, data_type, identifier) "

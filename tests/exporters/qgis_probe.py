@@ -13,6 +13,7 @@ labels); for the vector, validity, CRS, renderer type, categories and feature co
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from qgis.core import (
@@ -97,8 +98,9 @@ def main(argv: list[str]) -> None:
     if len(argv) >= 4:
         probs = QgsRasterLayer(argv[3], "probabilities", "gdal")
         report["probabilities"] = {"valid": probs.isValid(), "renderer": probs.renderer().type()}
-    print(json.dumps(report))
-    app.exitQgis()
+    print(json.dumps(report), flush=True)
+    # QGIS 3.22 may crash tearing down layers still referenced at exit: the report is out, leave now.
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -113,3 +113,36 @@ def test_qgis_shows_the_labels_with_exactly_the_model_classes(tmp_path):
     for value, rgb in enumerate(colors):
         where = labels == value
         assert (image[where, :3] == rgb).all() and (image[where, 3] == 255).all(), NAMES[value]
+
+
+def _polygons(tmp_path: Path, labels: np.ndarray, colors: list) -> tuple[Path, int]:
+    from pipeline.exporters.polygon_pieces import BlockPolygons
+    from pipeline.exporters.polygons import VectorTarget, merge_pieces, write_regions
+
+    pieces = {
+        (i, j): BlockPolygons.from_labels(labels[r : r + 16, c : c + 16], None, (r, c), 255)
+        for i, r in enumerate(range(0, labels.shape[0], 16))
+        for j, c in enumerate(range(0, labels.shape[1], 16))
+    }
+    regions = merge_pieces(pieces)
+    target = VectorTarget(
+        tmp_path / "classes.gpkg", rasterio.crs.CRS.from_epsg(32633).to_wkt(), NAMES, colors
+    )
+    return write_regions(regions, (10.0, 0, 500000, 0, -10.0, 4000000), target), len(regions.classes)
+
+
+def test_qgis_shows_the_polygons_styled_by_class(tmp_path):
+    reason = _qgis_missing()
+    if reason:
+        pytest.skip(reason)
+    out, labels, colors = _labels_cog(tmp_path)
+    gpkg, count = _polygons(tmp_path, labels, colors)
+    seen = _probe(out, gpkg, "classes", tmp_path / "probs.tif")
+    vector = seen["vector"]
+    assert vector["valid"] and vector["crs"] == "EPSG:32633"
+    assert vector["extent"] == pytest.approx(seen["raster"]["extent"])  # every class reaches the edges
+    assert vector["renderer"] == "categorizedSymbol" and vector["attribute"] == "class_id"
+    assert [label for _, label, _ in vector["categories"]] == NAMES
+    assert [c for _, _, c in vector["categories"]] == ["#{:02x}{:02x}{:02x}".format(*c) for c in colors]
+    assert vector["features"] == count
+    assert seen["probabilities"] == {"valid": True, "renderer": "singlebandpseudocolor"}
