@@ -188,6 +188,10 @@ class SegmentConfig:
             raise InputError(f"{self.probabilities}: same path as the labels output")
         if self.vector is not None and self.vector.resolve() == self.output.resolve():
             raise InputError(f"{self.vector}: same path as the labels output")
+        if self.vector is not None and self.vector.suffix.lower() != ".gpkg":
+            vector, output = self.vector.resolve(), self.output.resolve()
+            if (str(vector.parent), Path(vector.name).stem) == (str(output.parent), Path(output.name).stem):
+                raise InputError(f"{self.vector}: its QGIS style would replace the labels' (name it apart)")
 
     def block_and_chunk(self, spatial_dims: int) -> tuple[int, int]:
         """Output block and store chunk sides: ``block``/``chunk`` for rasters, ``volume_*`` for volumes."""

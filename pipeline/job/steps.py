@@ -12,12 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pystac
 
 from pipeline.execution.in_process import run_blocks_in_process
 from pipeline.execution.process_memory import release_freed_memory
 from pipeline.execution.progress import Progress
 from pipeline.exporters.cog import Georeference, export_labels_cog, export_probabilities_cog
 from pipeline.exporters.formats import ExportedOutputs, export_volume_outputs, output_format
+from pipeline.exporters.stac import OutputFile, Product, item_json, item_name, relative_href, stac_item
 from pipeline.inputs.formats import ingest_input
 from pipeline.inputs.volume_geometry import is_volume
 from pipeline.job.checks import CheckedInput, check_inputs
@@ -26,7 +28,7 @@ from pipeline.job.plan import Job, plan_job
 from pipeline.job.summary import BlockCounts, SegmentSummary, summarize
 from pipeline.stores.location import remove_tree
 from pipeline.stores.scene import SceneStore
-from pipeline.stores.transfer import local_staging
+from pipeline.stores.transfer import local_staging, write_text_atomically
 
 BlockRunner = Callable[[Job, Progress | None], tuple[int, int]]
 """Computes and writes a job's pending blocks (in process, or on Ray actors); returns (run, skipped)."""
@@ -90,8 +92,10 @@ def export(job: Job) -> ExportedOutputs:
     t0 = time.perf_counter()
     attrs = job.scene.attrs
     config = job.config
+    item = None
     with local_staging(config.output, config.probabilities, config.vector) as (labels, probabilities, vector):
-        if is_volume(attrs) or output_format(config.output, len(job.scene.spatial_shape)) != "cog":
+        raster = not is_volume(attrs) and output_format(config.output, len(job.scene.spatial_shape)) == "cog"
+        if not raster:
             export_volume_outputs(
                 job.store.path,
                 job.scene,
@@ -104,6 +108,11 @@ def export(job: Job) -> ExportedOutputs:
             _export_cogs(job, labels, probabilities)
         if vector is not None:
             _export_polygons(job, vector)
+        if raster:
+            item = stac_item_for(job, labels, probabilities, vector)
+    if item is not None:
+        with local_staging(config.output.with_name(item_name(config.output.name))) as (local,):
+            write_text_atomically(local, item_json(item))
     job.timings["export"] = time.perf_counter() - t0
     return ExportedOutputs(config.output, config.probabilities)
 
@@ -118,6 +127,37 @@ def _export_cogs(job: Job, labels: Path, probabilities: Path | None) -> None:
         export_probabilities_cog(
             job.store.path, probabilities, geo, job.card.class_names, job.card.class_colors
         )
+
+
+def stac_item_for(job: Job, labels: Path, probabilities: Path | None, vector: Path | None) -> pystac.Item:
+    """The run's STAC item over the staged outputs (checksums of the files as they will be published)."""
+    config, attrs = job.config, job.scene.attrs
+    folder = config.output.parent
+    outputs = [OutputFile("labels", labels, relative_href(config.output, folder))]
+    staged = {"probabilities": (probabilities, config.probabilities), "polygons": (vector, config.vector)}
+    for key, (local, where) in staged.items():
+        if local is not None and where is not None:
+            outputs.append(OutputFile(key, local, relative_href(where, folder)))
+    vector_style = vector if vector is not None and vector.suffix.lower() != ".gpkg" else None
+    for key, local in (("labels_style", labels), ("polygons_style", vector_style)):
+        style = local.with_suffix(".qml") if local is not None else None
+        if style is not None and style.exists():
+            where = (config.output if key == "labels_style" else config.vector).with_name(style.name)
+            outputs.append(OutputFile(key, style, relative_href(where, folder), ("style",)))
+    product = Product(
+        item_id=Path(config.output.name).stem,
+        source=str(config.input),
+        model=config.model,
+        crs_wkt=attrs.get("crs"),
+        transform=attrs["transform"],
+        shape=tuple(job.scene.spatial_shape),
+        class_names=job.card.class_names,
+        colors=job.card.class_colors,
+        nodata=job.store.nodata,
+        label_dtype=str(job.store.labels.dtype),
+        properties={"gigaseg:arch": job.card.arch},
+    )
+    return stac_item(product, outputs)
 
 
 def _export_polygons(job: Job, vector: Path) -> None:
