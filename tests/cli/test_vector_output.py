@@ -116,3 +116,11 @@ def test_bad_vector_requests_get_one_line_and_leave_nothing(case, needle, scene,
     assert set(tmp_path.iterdir()) == before
     if case == "exists":
         assert vector.read_bytes() == b"mine"
+
+
+def test_polygon_pieces_made_on_ray_actors_give_the_same_polygons(scene, model, tmp_path):
+    here, actors = tmp_path / "here.fgb", tmp_path / "actors.fgb"
+    assert _segment(scene, model, tmp_path / "a.tif", "--block", "64", "--vector", str(here)) == 0
+    args = ["--block", "64", "--vector", str(actors), "--workers", "1", "--threads", "1"]
+    assert _segment(scene, model, tmp_path / "b.tif", *args) == 0
+    assert _features(actors) == _features(here)
