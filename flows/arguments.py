@@ -84,6 +84,16 @@ JOB_OPTIONS: dict[str, Option] = {
         meaning="stores while running; the resume point",
     ),
     "keep_work": Option("keep the work folder after success"),
+    "vector": Option(
+        "also write the classes as polygons: .gpkg, .fgb or .parquet",
+        location,
+        meaning="also write one polygon per connected region of a class (GeoPackage, FlatGeobuf or "
+        "GeoParquet by extension), merged across blocks, with a QGIS style",
+    ),
+    "vector_min_area": Option("merge (or drop) regions under this area (CRS units²)", float),
+    "vector_small": Option("regions under --vector-min-area: merge or drop", metavar="MODE"),
+    "vector_fill_holes": Option("fill holes under this area (CRS units²)", float),
+    "vector_simplify": Option("simplify polygons, keeping shared edges (tolerance, CRS units)", float),
 }
 
 #: ``SegmentConfig`` fields that no option sets.
@@ -277,8 +287,8 @@ def is_batch(args: argparse.Namespace) -> bool:
             raise InputError("give -o OUTPUT for one input, or --output-dir DIR for several, not both")
         if args.labels is not None or args.regions is not None:
             raise InputError("--labels and --regions belong to one scene: give one input with -o")
-        if args.probabilities is not None:
-            raise InputError("--probabilities names one file: give one input with -o")
+        if args.probabilities is not None or args.vector is not None:
+            raise InputError("--probabilities and --vector name one file: give one input with -o")
         return True
     if len(args.input) != 1 or args.output is None:
         raise InputError("give -o OUTPUT for one input, or --output-dir DIR for several inputs")

@@ -34,6 +34,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.segment_scene import segment_scene_flow, workers_or_env
 from pipeline.execution.scene_batch import SceneBatch
+from pipeline.exporters.stac import add_to_catalog
 from pipeline.stores.location import Where, location
 from pipeline.watch.ledger import open_ledger
 from pipeline.watch.report import WatchReport
@@ -99,6 +100,7 @@ def process_new_imagery(
         else:
             reason = report.add_failed(scene.url, state.result(raise_on_failure=False))
             logger.error("%s: %s", scene.url, reason)
+    add_to_catalog(out_dir, [location(output) for _, output in report.processed])
     report.actors = batch.actors
     report.seconds = time.perf_counter() - t0
     logger.info(report.line())

@@ -31,12 +31,44 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be read as a gigaseg model."""
 
 
-def default_colors(num_classes: int) -> list[tuple[int, int, int]]:
-    """A distinct, stable RGB colour per class (golden-angle hues)."""
+CONVENTIONAL_COLORS: dict[str, tuple[int, int, int]] = {
+    "water": (40, 110, 220),
+    "forest": (20, 110, 40),
+    "tree": (20, 110, 40),
+    "grassland": (150, 210, 90),
+    "grass": (150, 210, 90),
+    "shrubland": (170, 160, 60),
+    "cropland": (230, 200, 80),
+    "agriculture": (230, 200, 80),
+    "built-up": (200, 60, 60),
+    "building": (200, 60, 60),
+    "road": (120, 120, 120),
+    "bare": (180, 160, 130),
+    "barren": (180, 160, 130),
+    "snow": (240, 240, 250),
+    "ice": (240, 240, 250),
+    "wetland": (60, 150, 160),
+    "cloud": (250, 250, 250),
+    "background": (0, 0, 0),
+}
+"""Colours an analyst expects for common land-cover class names (lower case), used when a card has none."""
+
+
+def default_colors(num_classes: int, names: Sequence[str] | None = None) -> list[tuple[int, int, int]]:
+    """A colour per class: the conventional one for a known land-cover name, else a distinct,
+    stable golden-angle hue.
+
+    >>> default_colors(2, ["water", "class_1"])[0]
+    (40, 110, 220)
+    """
     import colorsys
 
     colors = []
     for i in range(num_classes):
+        name = names[i].strip().lower() if names is not None and i < len(names) else ""
+        if name in CONVENTIONAL_COLORS:
+            colors.append(CONVENTIONAL_COLORS[name])
+            continue
         h = (i * 0.618033988749895) % 1.0
         r, g, b = colorsys.hsv_to_rgb(h, 0.65, 0.95)
         colors.append((round(r * 255), round(g * 255), round(b * 255)))
@@ -68,7 +100,7 @@ class ModelCard:
 
     def __post_init__(self) -> None:
         if not self.class_colors:
-            self.class_colors = default_colors(len(self.class_names))
+            self.class_colors = default_colors(len(self.class_names), self.class_names)
         self.class_colors = [tuple(int(c) for c in rgb) for rgb in self.class_colors]
         if len(self.class_colors) != len(self.class_names):
             raise CheckpointError("class_colors and class_names differ in length")

@@ -19,6 +19,7 @@ from pipeline.engine.predictor import TilePredictor
 from pipeline.engine.slicewise import SliceWiseModel
 from pipeline.execution.process_memory import release_freed_memory
 from pipeline.execution.progress import Progress
+from pipeline.exporters.polygon_pieces import BlockPolygons
 from pipeline.job.plan import Job
 from pipeline.stores.block_output import BlockOutput
 from pipeline.tiling.blocks import Block
@@ -48,7 +49,7 @@ def compute_block(
     on_tiles: Callable[[int], None] | None = None,
     read: Callable[[Region], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> BlockOutput:
-    """One block's labels (and probabilities), not yet written.
+    """One block's labels (probabilities, and polygon piece when polygons are wanted), not yet written.
 
     ``read`` replaces the scene read (a worker passes the footprint it prefetched).
     The block's freed temporaries go back to the system before it returns (see
@@ -65,8 +66,12 @@ def compute_block(
         with_probabilities=job.store.probabilities is not None,
         refiner=job.refiner(),
         on_tiles=on_tiles,
-        with_uncertainty=job.store.confidence is not None,
+        with_uncertainty=job.store.confidence is not None or job.config.vector is not None,
     )
+    if job.config.vector is not None:
+        origin = [start for start, _ in block.region]
+        piece = BlockPolygons.from_labels(output.labels, output.confidence, origin, job.store.nodata)
+        output.polygons = piece.to_bytes()
     release_freed_memory()
     return output
 

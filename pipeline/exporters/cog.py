@@ -7,7 +7,9 @@ overviews (a class map must never be averaged), computed by
 :mod:`pipeline.exporters.overviews` in the pass that stages the labels; an
 embedded palette; a nodata value; class names (band metadata inside the TIFF,
 plus a PAM ``.aux.xml`` sidecar with category names and a raster attribute
-table, which is where QGIS and GDAL look); BigTIFF when the file could pass 4 GB.
+table, which is where QGIS and GDAL look, and a QGIS style ``STEM.qml`` whose legend
+lists exactly the classes: :mod:`pipeline.exporters.qgis_style`); BigTIFF when the
+file could pass 4 GB.
 Everything is written under temporary names in the destination folder and
 renamed into place last, so a reader never sees a half-written file under the
 final name.
@@ -34,6 +36,8 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from pipeline.exporters.overviews import ModePyramid, overview_shapes
+from pipeline.exporters.qgis_style import labels_qml, probabilities_qml
+from pipeline.stores.transfer import write_text_atomically
 
 COG_BLOCK = 512
 WRITE_WINDOW = (COG_BLOCK, 8192)
@@ -241,7 +245,10 @@ def export_labels_cog(
             )
         )
         rasterio.shutil.copy(vrt, cog, driver="COG", **_cog_options("NO", "MODE"))
-        _write_sidecar(output, pam_xml(class_names, colors, nodata))
+        write_text_atomically(
+            output.with_name(output.name + ".aux.xml"), pam_xml(class_names, colors, nodata)
+        )
+        write_text_atomically(output.with_suffix(".qml"), labels_qml(class_names, colors))
         os.replace(cog, output)
     return output
 
@@ -305,21 +312,18 @@ def _stream_strips(labels: zarr.Array, dst: rasterio.io.DatasetWriter, pyramid: 
             done.result()
 
 
-def _write_sidecar(output: Path, pam: str) -> None:
-    """The PAM ``.aux.xml`` beside ``output``, written under a temporary name and renamed."""
-    aux = output.with_name(output.name + ".aux.xml")
-    aux_tmp = aux.with_name(f".{aux.name}.tmp")
-    aux_tmp.write_text(pam)
-    os.replace(aux_tmp, aux)
-
-
 def export_probabilities_cog(
     store_path: str | os.PathLike[str],
     output: str | os.PathLike[str],
     geo: Georeference,
     class_names: Sequence[str],
+    colors: Sequence[Sequence[int]] | None = None,
 ) -> Path:
-    """Write per-class probabilities (float32, NaN nodata, AVERAGE overviews) as a COG."""
+    """Write per-class probabilities (float32, NaN nodata, AVERAGE overviews) as a COG.
+
+    With ``colors``, a QGIS style ``STEM.qml`` beside it shows the first class's
+    probability as a ramp to that class's colour (any band can be picked in QGIS).
+    """
     output = Path(output)
     group = zarr.open_group(str(store_path), mode="r")
     probs = group["probabilities"]
@@ -335,5 +339,7 @@ def export_probabilities_cog(
             for i, name in enumerate(class_names, start=1):
                 dst.set_band_description(i, name)
         rasterio.shutil.copy(staging, cog, driver="COG", **_cog_options("FLOATING_POINT", "AVERAGE"))
+        if colors:
+            write_text_atomically(output.with_suffix(".qml"), probabilities_qml(class_names[0], colors[0]))
         os.replace(cog, output)
     return output

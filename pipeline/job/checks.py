@@ -43,6 +43,8 @@ def check_inputs(config: SegmentConfig, load: Callable[..., tuple] = load_model)
     for out in (config.output, config.probabilities):
         if out is not None:
             output_format(out, info.spatial_dims)
+    if config.vector is not None and info.spatial_dims != 2:
+        raise InputError(f"{config.vector}: polygons are for 2D rasters; {config.input} is a volume")
     model, card = load(
         config.model,
         in_channels=config.in_channels or info.num_bands,

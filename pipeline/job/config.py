@@ -93,12 +93,25 @@ class SegmentConfig:
     """Output block side for volumes (voxels, whole chunks); ``block`` is for 2D rasters."""
     volume_chunk: int = 64
     """Store chunk side for volumes (multiple of 16); ``chunk`` is for 2D rasters."""
+    vector: Where | None = None
+    """Polygons of the classes: ``.gpkg``, ``.fgb`` or ``.parquet`` (2D rasters)."""
+    vector_min_area: float = 0.0
+    """Regions under this area (CRS units², m² when projected) are merged or dropped; 0: none."""
+    vector_small: str = "merge"
+    """What happens to a region under ``vector_min_area``: ``merge`` (into the neighbour it shares
+    the longest edge with) or ``drop``."""
+    vector_fill_holes: float = 0.0
+    """Holes under this area (CRS units²) are filled where polygons fill them (never nodata); 0: none."""
+    vector_simplify: float = 0.0
+    """Coverage simplification tolerance (CRS units; neighbours keep shared edges); 0: none."""
 
     def __post_init__(self) -> None:
         self.input = location(self.input)
         self.output = location(self.output)
         if self.probabilities is not None:
             self.probabilities = location(self.probabilities)
+        if self.vector is not None:
+            self.vector = location(self.vector)
         if self.work_dir is not None:
             self.work_dir = location(self.work_dir)
         if self.crf_bands is not None:
@@ -149,12 +162,25 @@ class SegmentConfig:
                 f"--volume-block must be positive and --volume-chunk a positive multiple of 16, "
                 f"got {self.volume_block} and {self.volume_chunk}"
             )
+        self.validate_vector_options()
         check_model_source(self.model)
+
+    def validate_vector_options(self) -> None:
+        """Check the polygon options: a known format, areas and tolerance ≥ 0."""
+        if self.vector is not None:
+            from pipeline.exporters.polygons import vector_driver
+
+            vector_driver(self.vector)
+        if self.vector_small not in ("merge", "drop"):
+            raise InputError(f"--vector-small must be merge or drop, got {self.vector_small!r}")
+        for name in ("vector_min_area", "vector_fill_holes", "vector_simplify"):
+            if not getattr(self, name) >= 0:
+                raise InputError(f"--{name.replace('_', '-')} must be ≥ 0, got {getattr(self, name)}")
 
     def validate_paths(self) -> None:
         """Check that the input exists and the outputs can be written without losing anything."""
         check_readable(self.input)
-        outputs = [self.output] + ([self.probabilities] if self.probabilities else [])
+        outputs = [self.output] + [o for o in (self.probabilities, self.vector) if o is not None]
         for out in outputs:
             check_output_name(out)
             if isinstance(out, Path) and not out.parent.is_dir():
@@ -171,6 +197,12 @@ class SegmentConfig:
             check_work_folder(work)
         if self.probabilities is not None and self.probabilities.resolve() == self.output.resolve():
             raise InputError(f"{self.probabilities}: same path as the labels output")
+        if self.vector is not None and self.vector.resolve() == self.output.resolve():
+            raise InputError(f"{self.vector}: same path as the labels output")
+        if self.vector is not None and self.vector.suffix.lower() != ".gpkg":
+            vector, output = self.vector.resolve(), self.output.resolve()
+            if (str(vector.parent), Path(vector.name).stem) == (str(output.parent), Path(output.name).stem):
+                raise InputError(f"{self.vector}: its QGIS style would replace the labels' (name it apart)")
 
     def block_and_chunk(self, spatial_dims: int) -> tuple[int, int]:
         """Output block and store chunk sides: ``block``/``chunk`` for rasters, ``volume_*`` for volumes."""

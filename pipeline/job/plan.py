@@ -171,6 +171,7 @@ def _job_fingerprint(
         "uncertainty": config.uncertainty,
         **({"slice_axis": slice_axis} if slice_axis is not None else {}),
         **({"tta": True} if config.tta else {}),
+        **({"polygons": True} if config.vector is not None else {}),
     }
     return fingerprint(settings)
 

@@ -12,12 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pystac
 
 from pipeline.execution.in_process import run_blocks_in_process
 from pipeline.execution.process_memory import release_freed_memory
 from pipeline.execution.progress import Progress
 from pipeline.exporters.cog import Georeference, export_labels_cog, export_probabilities_cog
 from pipeline.exporters.formats import ExportedOutputs, companions, export_volume_outputs, output_format
+from pipeline.exporters.stac import OutputFile, Product, item_json, item_name, relative_href, stac_item
 from pipeline.inputs.formats import ingest_input
 from pipeline.inputs.volume_geometry import is_volume
 from pipeline.job.checks import CheckedInput, check_inputs
@@ -86,10 +88,22 @@ def output_set(config: SegmentConfig) -> OutputSet:
     ``owned``: every name an earlier run on the same output may have left (sidecars,
     region tables); publishing removes the ones this run does not write again.
     """
-    owned: list[Where] = [config.output, *companions(config.output)]
+    owned: list[Where] = [config.output, *companions(config.output), stac_item_location(config.output)]
+    owned.append(style_location(config.output))
     if config.probabilities is not None:
         owned += [config.probabilities, *companions(config.probabilities)[:1]]
+        owned.append(style_location(config.probabilities))
     return OutputSet(owned)
+
+
+def style_location(output: Where) -> Where:
+    """The QGIS style QGIS loads with ``output``: ``STEM.qml`` beside it."""
+    return output.with_name(Path(output.name).with_suffix(".qml").name)
+
+
+def stac_item_location(output: Where) -> Where:
+    """Where the STAC item of a raster run's outputs goes: beside the labels."""
+    return output.with_name(item_name(output.name))
 
 
 def export(job: Job, outputs: OutputSet | None = None) -> ExportedOutputs:
@@ -115,7 +129,11 @@ def export(job: Job, outputs: OutputSet | None = None) -> ExportedOutputs:
     config = job.config
     labels = outputs.staged(config.output)
     probabilities = None if config.probabilities is None else outputs.staged(config.probabilities)
-    if is_volume(attrs) or output_format(config.output, len(job.scene.spatial_shape)) != "cog":
+    vector = None if config.vector is None else outputs.staged(config.vector)
+    raster = not is_volume(attrs) and output_format(config.output, len(job.scene.spatial_shape)) == "cog"
+    if raster:
+        _export_cogs(job, labels, probabilities)
+    else:
         export_volume_outputs(
             job.store.path,
             job.scene,
@@ -124,8 +142,11 @@ def export(job: Job, outputs: OutputSet | None = None) -> ExportedOutputs:
             job.card.class_names,
             job.card.class_colors,
         )
-    else:
-        _export_cogs(job, labels, probabilities)
+    if vector is not None:
+        _export_polygons(job, vector)
+    if raster:
+        item = stac_item_for(job, labels, probabilities, vector)
+        outputs.staged(stac_item_location(config.output)).write_text(item_json(item))
     job.timings["export"] = time.perf_counter() - t0
     return ExportedOutputs(config.output, config.probabilities)
 
@@ -144,7 +165,64 @@ def _export_cogs(job: Job, labels: Path, probabilities: Path | None) -> None:
     tags = {"GIGASEG_MODEL": job.config.model, "GIGASEG_ARCH": job.card.arch}
     export_labels_cog(job.store.path, labels, geo, job.card.class_names, job.card.class_colors, tags)
     if probabilities is not None:
-        export_probabilities_cog(job.store.path, probabilities, geo, job.card.class_names)
+        export_probabilities_cog(
+            job.store.path, probabilities, geo, job.card.class_names, job.card.class_colors
+        )
+
+
+def stac_item_for(job: Job, labels: Path, probabilities: Path | None, vector: Path | None) -> pystac.Item:
+    """The run's STAC item over the staged outputs (checksums of the files as they will be published)."""
+    config, attrs = job.config, job.scene.attrs
+    folder = config.output.parent
+    outputs = [OutputFile("labels", labels, relative_href(config.output, folder))]
+    staged = {"probabilities": (probabilities, config.probabilities), "polygons": (vector, config.vector)}
+    for key, (local, where) in staged.items():
+        if local is not None and where is not None:
+            outputs.append(OutputFile(key, local, relative_href(where, folder)))
+    vector_style = vector if vector is not None and vector.suffix.lower() != ".gpkg" else None
+    for key, local in (("labels_style", labels), ("polygons_style", vector_style)):
+        style = local.with_suffix(".qml") if local is not None else None
+        if style is not None and style.exists():
+            where = (config.output if key == "labels_style" else config.vector).with_name(style.name)
+            outputs.append(OutputFile(key, style, relative_href(where, folder), ("style",)))
+    product = Product(
+        item_id=Path(config.output.name).stem,
+        source=str(config.input),
+        model=config.model,
+        crs_wkt=attrs.get("crs"),
+        transform=attrs["transform"],
+        shape=tuple(job.scene.spatial_shape),
+        class_names=job.card.class_names,
+        colors=job.card.class_colors,
+        nodata=job.store.nodata,
+        label_dtype=str(job.store.labels.dtype),
+        properties={"gigaseg:arch": job.card.arch},
+    )
+    return stac_item(product, outputs)
+
+
+def _export_polygons(job: Job, vector: Path) -> None:
+    """The blocks' polygon pieces merged across block edges, cleaned and written by format."""
+    from pipeline.exporters.polygons import (
+        PolygonOptions,
+        VectorTarget,
+        clean,
+        merge_pieces,
+        read_pieces,
+        write_regions,
+    )
+
+    t0 = time.perf_counter()
+    config, attrs = job.config, job.scene.attrs
+    regions = merge_pieces(read_pieces(job.store.polygon_pieces(job.plan)))
+    a, b, _, d, e, _ = attrs["transform"][:6]
+    options = PolygonOptions(
+        config.vector_min_area, config.vector_small, config.vector_fill_holes, config.vector_simplify
+    )
+    regions = clean(regions, options, pixel_area=abs(a * e - b * d), pixel_size=abs(a * e - b * d) ** 0.5)
+    target = VectorTarget(vector, attrs.get("crs"), job.card.class_names, job.card.class_colors)
+    write_regions(regions, attrs["transform"], target)
+    job.timings["polygons"] = time.perf_counter() - t0
 
 
 def segment(

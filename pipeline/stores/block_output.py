@@ -21,3 +21,5 @@ class BlockOutput:
     entropy: np.ndarray | None = None
     label_stats: np.ndarray | None = None
     """``(classes, 2)`` float64: voxels per label and the sum of their winning probability."""
+    polygons: bytes | None = None
+    """The block's polygon piece (:mod:`pipeline.exporters.polygon_pieces`), when polygons are wanted."""

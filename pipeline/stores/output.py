@@ -10,6 +10,7 @@ Layout::
       done           (*block counts)      uint8, one chunk per block
       label_stats    (*block counts, classes, 2)  float64: voxels per label and the sum of
                                           their winning probability, one chunk per block
+      polygons/I_J.npz                    the block's polygon piece (optional, 2D)
 
 Each block owns whole chunks of every array, including its own cell of
 ``done``, so workers never share a chunk. A block is marked done only after its
@@ -23,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -126,7 +127,16 @@ class OutputStore:
             self.group["label_stats"][regions.unit(block.index)] = output.label_stats[
                 (None,) * len(block.index)
             ]
+        if output.polygons is not None:
+            pieces = self.path / "polygons"
+            pieces.mkdir(parents=True, exist_ok=True)
+            (pieces / _piece_name(block.index)).write_bytes(output.polygons)
         self.done[regions.unit(block.index)] = 1
+
+    def polygon_pieces(self, plan: BlockPlan) -> Iterator[tuple[tuple[int, ...], bytes]]:
+        """Each block's polygon piece, by block index (what a run with polygons wrote)."""
+        for block in plan:
+            yield tuple(block.index), (self.path / "polygons" / _piece_name(block.index)).read_bytes()
 
     def label_stats(self) -> np.ndarray:
         """``(classes, 2)``: voxels per label and the sum of their winning probability, over all blocks."""
@@ -136,6 +146,10 @@ class OutputStore:
     def is_complete(self) -> bool:
         """Whether every block is done."""
         return bool(self.done_mask().all())
+
+
+def _piece_name(index: Sequence[int]) -> str:
+    return "_".join(str(int(i)) for i in index) + ".npz"
 
 
 def _create_arrays(

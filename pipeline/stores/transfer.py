@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import glob
 import os
 import shutil
 import tempfile
@@ -50,9 +49,10 @@ def local_staging(*targets: Where | None) -> Iterator[list[Path | None]]:
 
     A local target is its own name (its writer renames into place). An object-storage
     target gets a name in a private temporary folder; on success each one is
-    uploaded whole, together with the sidecars its writer put beside it (``NAME.*``,
-    uploaded first), so the main object appears last and only when complete. On
-    failure nothing is uploaded and the folder goes.
+    uploaded whole, together with the sidecars its writer put beside it (every other
+    file of its private folder: ``NAME.aux.xml``, ``STEM.qml``…, uploaded first), so the
+    main object appears last and only when complete. On failure nothing is uploaded
+    and the folder goes.
     """
     remote = [t for t in targets if isinstance(t, ObjectLocation)]
     if not remote:
@@ -69,7 +69,7 @@ def local_staging(*targets: Where | None) -> Iterator[list[Path | None]]:
         yield names
         for staged, target in zip(names, targets):
             if isinstance(target, ObjectLocation) and staged is not None:
-                for sidecar in sorted(staged.parent.glob(f"{glob.escape(staged.name)}.*")):
+                for sidecar in sorted(p for p in staged.parent.iterdir() if p != staged):
                     publish(sidecar, target.with_name(sidecar.name))
                 publish(staged, target)
     finally:
@@ -84,11 +84,11 @@ class OutputSet:
     rename is atomic and on the same file system; a private local folder for an
     object-storage target, uploaded whole). Only :meth:`publish`, called once the whole
     run has succeeded, touches the final names: it moves every staged file into place
-    (sidecars first, the main file last) and removes what an earlier run left under
-    the ``owned`` names that this run did not make (a region table of a tracked run
-    beside an untracked rerun's output). :meth:`discard` (a failed run) removes the
-    staging and touches nothing else, so an earlier output survives a failed
-    ``--overwrite`` byte for byte.
+    (what was written beside it first: ``.aux.xml``, ``.qml``; the main file last) and
+    removes what an earlier run left under the ``owned`` names that this run did not
+    make (a region table of a tracked run beside an untracked rerun's output).
+    :meth:`discard` (a failed run) removes the staging and touches nothing else, so
+    an earlier output survives a failed ``--overwrite`` byte for byte.
 
     A plain object, not a dataclass: Prefect walks into dataclass task parameters.
     """
@@ -117,7 +117,7 @@ class OutputSet:
             for target, staged in self._staged.items():
                 if not staged.exists():
                     continue  # asked for a name but wrote nothing there
-                for sidecar in sorted(staged.parent.glob(f"{glob.escape(staged.name)}.*")):
+                for sidecar in sorted(p for p in staged.parent.iterdir() if p != staged):
                     final = target.with_name(sidecar.name)
                     _move(sidecar, final)
                     published.add(final)
@@ -146,6 +146,17 @@ def _move(local: Path, target: Where) -> None:
         shutil.rmtree(aside, ignore_errors=True)
         return
     publish(local, target)
+
+
+def write_text_atomically(path: Path, text: str) -> Path:
+    """Write ``text`` to a hidden temporary name beside ``path`` and rename it into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 _copies: list[Path] = []

@@ -117,7 +117,7 @@ def check_training_data(
     names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
     if len(names) != num_classes:
         raise InputError(f"{len(names)} class names given for {num_classes} classes")
-    colors = [tuple(c) for c in class_colors] if class_colors else default_colors(num_classes)
+    colors = [tuple(c) for c in class_colors] if class_colors else default_colors(num_classes, names)
     bands = {s.image.num_bands for s in scenes}
     if len(bands) != 1:
         raise InputError(f"training images have different band counts {sorted(bands)}")

@@ -72,7 +72,15 @@ def test_scene_on_a_bucket_segments_to_the_same_bytes_as_on_local_disk(
     with rasterio.open(tmp_path / "local_probs.tif") as src:  # the comparison sees varying pixels
         assert float(np.nanstd(src.read(1))) > 0
     # the work folder lived on the bucket and is gone; the label COG's sidecar went with it
-    assert keys(bucket) == ["in/scene.tif", "out/labels.tif", "out/labels.tif.aux.xml", "out/probs.tif"]
+    assert keys(bucket) == [
+        "in/scene.tif",
+        "out/labels.qml",
+        "out/labels.stac.json",
+        "out/labels.tif",
+        "out/labels.tif.aux.xml",
+        "out/probs.qml",
+        "out/probs.tif",
+    ]
 
 
 def test_killed_run_resumes_from_the_bucket_with_the_same_result(

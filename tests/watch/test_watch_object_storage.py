@@ -56,7 +56,8 @@ def test_watch_a_bucket_into_a_bucket_once_each_with_a_corrupt_scene_isolated(
     assert entries == {"a.tif": "done", "b.tif": "done", "corrupt.tif": "failed"}
     assert all(k.startswith(("results/", "inbox/")) for k in keys(bucket))
     stems = tuple(k.removesuffix(".tif") for k in outputs)  # the labels and their sidecars (regions, aux)
-    assert not [k for k in keys(out) if not k.startswith(stems) and f"/{OBJECT_LEDGER_NAME}/" not in k]
+    unexpected = [k for k in keys(out) if not k.startswith(stems) and f"/{OBJECT_LEDGER_NAME}/" not in k]
+    assert unexpected == ["results/catalog.json"]  # the STAC catalog of the processed scenes
     assert not [k for k in keys(out) if "gigaseg-work" in k or "probe" in k or "downloads" in k]
     assert _scratch() == scratch_before, "local scratch left behind"
     assert not (Path.cwd() / "results").exists()

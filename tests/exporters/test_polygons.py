@@ -1,0 +1,113 @@
+"""Polygons: merged across blocks exactly, areas that add up, holes, minimum area, nodata."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import shapely
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.exporters.polygon_pieces import BlockPolygons
+from pipeline.exporters.polygons import PolygonOptions, Regions, clean, merge_pieces
+
+NODATA = 255
+
+
+def _regions(labels: np.ndarray, top: np.ndarray | None, block: int) -> Regions:
+    """Polygonise ``labels`` block by block (``block`` pixels a side) and merge, as an export does."""
+    pieces = {}
+    for i, r in enumerate(range(0, labels.shape[0], block)):
+        for j, c in enumerate(range(0, labels.shape[1], block)):
+            part = None if top is None else top[r : r + block, c : c + block]
+            pieces[(i, j)] = BlockPolygons.from_labels(
+                labels[r : r + block, c : c + block], part, (r, c), NODATA
+            )
+    return merge_pieces(pieces)
+
+
+def _as_set(regions: Regions) -> list[tuple]:
+    """Each region as (class, pixels, probability sum, normalised geometry without collinear points)."""
+    geoms = shapely.normalize(shapely.simplify(regions.geometries, 0))
+    return sorted(
+        (int(c), int(p), round(float(s), 6), shapely.to_wkt(g))
+        for c, p, s, g in zip(regions.classes, regions.pixels, regions.probability_sums, geoms)
+    )
+
+
+@st.composite
+def _label_maps(draw):
+    rows, cols = draw(st.integers(1, 24)), draw(st.integers(1, 24))
+    classes = draw(st.integers(1, 4))
+    cells = draw(st.lists(st.integers(0, classes), min_size=rows * cols, max_size=rows * cols))
+    labels = np.array(cells, dtype=np.uint8).reshape(rows, cols)
+    labels[labels == classes] = NODATA  # the last value stands for nodata
+    return labels, draw(st.integers(1, 25))
+
+
+@settings(max_examples=150, deadline=None)
+@given(_label_maps())
+def test_polygons_from_blocks_equal_those_of_one_block(case):
+    labels, block = case
+    top = np.random.default_rng(int(labels.sum())).random(labels.shape).astype(np.float32)
+    whole = _regions(labels, top, max(labels.shape))
+    blockwise = _regions(labels, top, block)
+    assert _as_set(blockwise) == _as_set(whole)
+    assert all(g.geom_type == "Polygon" and g.is_valid for g in blockwise.geometries)
+
+
+def test_areas_add_up_to_the_class_areas_and_nodata_is_no_polygon():
+    rng = np.random.default_rng(1)
+    labels = np.kron(rng.integers(0, 4, (12, 12)), np.ones((5, 5), dtype=np.int64)).astype(np.uint8)
+    labels[rng.random(labels.shape) < 0.05] = 2
+    labels[20:30, 10:40] = NODATA
+    regions = _regions(labels, None, 16)
+    areas = shapely.area(regions.geometries)
+    for c in range(4):
+        assert areas[regions.classes == c].sum() == (labels == c).sum()
+        assert regions.pixels[regions.classes == c].sum() == (labels == c).sum()
+    assert NODATA not in regions.classes
+    nodata_box = shapely.box(10, 20, 40, 30)
+    assert shapely.area(shapely.intersection(regions.geometries, nodata_box)).sum() == 0
+
+
+def _ring_with_island(hole_value: int) -> np.ndarray:
+    labels = np.zeros((12, 12), dtype=np.uint8)
+    labels[4:7, 4:7] = hole_value  # a 3×3 island inside class 0
+    labels[0, 11] = 1  # a one-pixel region at the corner
+    return labels
+
+
+def test_small_regions_merge_into_their_neighbour_or_are_dropped():
+    labels = _ring_with_island(2)
+    regions = _regions(labels, None, 5)
+    merged = clean(regions, PolygonOptions(min_area=4), pixel_area=1.0, pixel_size=1.0)
+    assert merged.classes.tolist() == [0, 2]  # the 1-pixel region of class 1 joined class 0
+    zero = merged.geometries[merged.classes == 0][0]
+    assert zero.area == 144 - 9 and zero.contains(shapely.box(11, 0, 12, 1))
+    dropped = clean(regions, PolygonOptions(min_area=4, small="drop"), pixel_area=1.0, pixel_size=1.0)
+    assert shapely.area(dropped.geometries).sum() == 143
+
+
+def test_holes_under_the_area_are_filled_but_never_with_nodata():
+    filled = clean(_regions(_ring_with_island(2), None, 5), PolygonOptions(fill_holes=10), 1.0, 1.0)
+    assert filled.classes.tolist() == [0, 1]  # the island is gone into its surrounding
+    assert shapely.get_num_interior_rings(filled.geometries).tolist() == [0, 0]
+    kept = clean(_regions(_ring_with_island(NODATA), None, 5), PolygonOptions(fill_holes=10), 1.0, 1.0)
+    assert shapely.get_num_interior_rings(kept.geometries[kept.classes == 0]).tolist() == [1]
+    small = clean(_regions(_ring_with_island(2), None, 5), PolygonOptions(fill_holes=9), 1.0, 1.0)
+    assert 2 in small.classes.tolist(), "a hole of 9 px is not under 9 px"
+
+
+def test_simplification_keeps_shared_edges():
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 3, (30, 30)).astype(np.uint8)
+    labels = np.kron(labels, np.ones((3, 3), dtype=np.uint8))
+    regions = clean(_regions(labels, None, 32), PolygonOptions(simplify=2.0), 1.0, 1.0)
+    total = shapely.area(regions.geometries).sum()
+    assert total == pytest.approx(shapely.union_all(regions.geometries).area)  # no overlaps
+    assert total == pytest.approx(90 * 90)  # no gaps
+    assert (
+        shapely.get_num_coordinates(regions.geometries).sum()
+        < shapely.get_num_coordinates(_regions(labels, None, 32).geometries).sum()
+    )
