@@ -164,17 +164,19 @@ def save_checkpoint(path: str | os.PathLike[str], model: SegmentationModel, card
     return path
 
 
-PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")
-"""How ``torch.save`` files start: a zip archive (PyTorch ≥ 1.6) or a bare pickle."""
+PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+"""How ``torch.save`` files start: a zip archive (PyTorch ≥ 1.6) or a bare pickle (protocol 2–5)."""
 
 
 def _refuse_pickle(path: Path) -> None:
     """Say what a PyTorch pickle is, and what to do, instead of a safetensors header error."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(4)
+            head = fh.read(9)
     except OSError:
         return  # said by the safetensors reader below
+    if head[8:9] == b"{":
+        return  # a safetensors header (8-byte length, then JSON), whatever its length's bytes are
     if head.startswith(PICKLE_MAGIC):
         raise CheckpointError(
             f"{path}: a PyTorch pickle (torch.save), which gigaseg never loads (unpickling can run code); "

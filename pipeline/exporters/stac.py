@@ -13,11 +13,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pystac
 from pystac.extensions.classification import Classification, ClassificationExtension
 from pystac.extensions.file import FileExtension
@@ -78,21 +80,47 @@ class Product:
 
 
 def _footprint(product: Product) -> tuple[dict | None, list[float] | None]:
-    """The footprint in WGS84 (GeoJSON polygon and bbox), or none without a CRS."""
+    """The footprint in WGS84 (GeoJSON polygon and bbox), or none without a CRS.
+
+    The scene's edge is reprojected; where part of it has no place on the globe (a
+    geostationary disk's corners), the points of a grid over the scene that do make
+    the bbox, and the footprint is that box.
+    """
     if not product.crs_wkt:
         return None, None
     from affine import Affine
     from rasterio.crs import CRS
-    from rasterio.warp import transform_geom
+    from rasterio.warp import transform, transform_geom
 
     t = Affine(*product.transform[:6])
     rows, cols = product.shape
+    crs = CRS.from_wkt(product.crs_wkt)
     corners = [t @ (0, 0), t @ (cols, 0), t @ (cols, rows), t @ (0, rows), t @ (0, 0)]
     native = {"type": "Polygon", "coordinates": [[list(c) for c in corners]]}
-    geometry = transform_geom(CRS.from_wkt(product.crs_wkt), "EPSG:4326", native)
-    xs = [p[0] for p in geometry["coordinates"][0]]
-    ys = [p[1] for p in geometry["coordinates"][0]]
-    return dict(geometry), [min(xs), min(ys), max(xs), max(ys)]
+    try:
+        geometry = dict(transform_geom(crs, "EPSG:4326", native))
+    except Exception:  # GDAL: a corner outside the projection's domain
+        geometry = None
+    if geometry is not None:
+        xs = [p[0] for p in geometry["coordinates"][0]]
+        ys = [p[1] for p in geometry["coordinates"][0]]
+        return geometry, [min(xs), min(ys), max(xs), max(ys)]
+    lons, lats = [], []
+    for r in np.linspace(0, rows, 33):
+        for c in np.linspace(0, cols, 33):
+            x, y = t @ (c, r)
+            try:
+                (lon,), (lat,) = transform(crs, "EPSG:4326", [x], [y])
+            except Exception:
+                continue
+            if math.isfinite(lon) and math.isfinite(lat):
+                lons.append(lon)
+                lats.append(lat)
+    if not lons:
+        return None, None
+    box = [min(lons), min(lats), max(lons), max(lats)]
+    ring = [[box[0], box[1]], [box[2], box[1]], [box[2], box[3]], [box[0], box[3]], [box[0], box[1]]]
+    return {"type": "Polygon", "coordinates": [ring]}, box
 
 
 def _classes(product: Product) -> list[Classification]:

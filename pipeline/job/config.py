@@ -182,7 +182,8 @@ class SegmentConfig:
         check_readable(self.input)
         outputs = [self.output] + [o for o in (self.probabilities, self.vector) if o is not None]
         for out in outputs:
-            check_output_name(out)
+            if out is not self.vector:  # polygon formats: validate_vector_options
+                check_output_name(out)
             if isinstance(out, Path) and not out.parent.is_dir():
                 raise InputError(f"{out}: folder {out.parent} does not exist")
             if out.resolve() == self.input.resolve():

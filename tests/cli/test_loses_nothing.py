@@ -89,7 +89,7 @@ def test_an_overwriting_run_removes_the_earlier_runs_region_table_and_leaves_no_
     _earlier_run(tmp_path)
     segment(_config(scene, model, tmp_path / "o.tif", overwrite=True))
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["o.tif", "o.tif.aux.xml", "scene.tif"]
+    assert names == ["o.qml", "o.stac.json", "o.tif", "o.tif.aux.xml", "scene.tif"]
     with rasterio.open(tmp_path / "o.tif") as src:
         assert src.shape == (96, 128)
 

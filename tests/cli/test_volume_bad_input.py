@@ -20,7 +20,7 @@ def model3d(tmp_path_factory) -> str:
 
 
 def _refused(capsys, *args: str, needles: tuple[str, ...]) -> None:
-    code = main(["segment", *args, "--quiet", "--tile", "16"])
+    code = main(["segment", *args, "--quiet", "--tile", "32"])
     err = capsys.readouterr().err.strip()
     assert code == 2, err
     assert len(err.splitlines()) == 1 and err.startswith("gigaseg: ") and "Traceback" not in err, err
@@ -82,7 +82,7 @@ def test_4d_nifti_channels_feed_a_multi_channel_model(tmp_path, capsys):
         tmp_path / "multi.nii.gz", np.random.default_rng(0).random((12, 10, 9, 2)).astype(np.float32)
     )
     assert (
-        main(["segment", str(src), "-m", model, "-o", str(tmp_path / "o.nii.gz"), "--quiet", "--tile", "16"])
+        main(["segment", str(src), "-m", model, "-o", str(tmp_path / "o.nii.gz"), "--quiet", "--tile", "32"])
         == 0
     )
 

@@ -31,3 +31,22 @@ def test_checkpoint_round_trip_gives_identical_outputs(name, tmp_path):
     assert loaded.config.keys() == model.config.keys()
     with torch.no_grad():
         assert torch.equal(loaded(x), expected)
+
+
+@pytest.mark.parametrize("header_length", [0x80, 0x0280, 0x0380, 0x0580])
+def test_a_safetensors_header_length_that_starts_like_a_pickle_is_not_refused(tmp_path, header_length):
+    from models.checkpoint import _refuse_pickle
+
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(header_length.to_bytes(8, "little") + b"{" + b" " * (header_length - 1))
+    _refuse_pickle(path)  # no CheckpointError: the reader says what is wrong, if anything
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_a_bare_pickle_is_named_as_one(tmp_path, protocol):
+    from models.checkpoint import CheckpointError, _refuse_pickle
+
+    path = tmp_path / "m.pt"
+    torch.save({"w": torch.zeros(2)}, path, _use_new_zipfile_serialization=False, pickle_protocol=protocol)
+    with pytest.raises(CheckpointError, match="PyTorch pickle"):
+        _refuse_pickle(path)
