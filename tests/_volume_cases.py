@@ -13,7 +13,6 @@ import torch
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from models import build
 from models.checkpoint import ModelCard, save_checkpoint
 
 
@@ -96,14 +95,37 @@ def write_dicom_series(
     return folder
 
 
+def structured_volume(shape: Sequence[int] = (29, 23, 19), seed: int = 0) -> np.ndarray:
+    """Noise around 100 with a bright box (+80) over a third of the slices and half the columns."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(100, 30, size=tuple(shape))
+    base[shape[0] // 3 :, :, : shape[2] // 2] += 80
+    return base.astype(np.int16)
+
+
 def unet3d_checkpoint(path: Path, in_channels: int = 1, num_classes: int = 3, **card) -> Path:
-    """A seeded, untrained tiny 3D U-Net (width 2, depth 2, zero-padded) checkpoint."""
-    torch.manual_seed(0)
-    model = build(
-        "unet3d", in_channels=in_channels, num_classes=num_classes, width=2, depth=2, padding="same"
-    )
+    """A tiny 3D U-Net (width 2, depth 2, zero-padded) whose labels follow the volume.
+
+    Hand-set weights (``tests/_varying_models.py``): brightness (scale 1/100, channels
+    weighted 2:1:… so their order matters) cut between 0.9 and 1.5, i.e. the noise
+    of :func:`structured_volume` splits into the lower classes and its bright box is
+    the top one. Asserted here to give every class on at least 10% of that volume.
+    """
+    from tests._varying_models import image_following_unet, label_spread
+
+    thresholds = np.linspace(1.0, 1.4, num_classes - 1).tolist() if num_classes > 2 else [1.2]
+    weights = [float(in_channels - c) for c in range(in_channels)]
+    weights = [w / sum(weights) for w in weights]
+    model = image_following_unet(
+        "unet3d", in_channels, thresholds, band_weights=weights, sharpness=10.0, width=2, depth=2,
+        padding="same",
+    )  # fmt: skip
     fields = {"normalization": {"kind": "scale", "scale": 1 / 100.0, "offset": 0.0}, "tile_size": 24}
     fields.update(card)
+    sample = torch.from_numpy(structured_volume().astype(np.float32) / 100.0)
+    with torch.no_grad():
+        labels = model(sample.expand(1, in_channels, *sample.shape)).argmax(1).numpy()
+    label_spread(labels, nodata=None).check(min_classes=num_classes, min_share=0.10)
     names = [f"label_{i}" for i in range(num_classes)]
     return save_checkpoint(
         path, model, ModelCard(arch="unet3d", config=model.config, class_names=names, **fields)

@@ -12,16 +12,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import torch
 from rasterio.errors import NotGeoreferencedWarning
 from rio_cogeo.cogeo import cog_validate
 
 from flows.cli import main
+from models import build
+from tests._varying_models import label_spread
 
 ARGS = ["--tile", "64", "--block", "256", "--chunk", "128", "--quiet"]
 
 
 def _segment(scene: Path, model: str, out: Path, *extra: str) -> int:
     return main(["segment", str(scene), "-m", model, "-o", str(out), *ARGS, *extra])
+
+
+def _read(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read()
 
 
 def test_output_cog_matches_input_grid_and_keeps_nodata(small_scene, tiny_checkpoint, tmp_path):
@@ -51,6 +59,8 @@ def test_output_cog_matches_input_grid_and_keeps_nodata(small_scene, tiny_checkp
         stack = p.read()
         np.testing.assert_allclose(stack[:, valid].sum(0), 1.0, atol=1e-5)
         assert np.isnan(stack[:, ~valid]).all()
+    label_spread(labels).check(min_classes=4, min_share=0.15)
+    np.testing.assert_array_equal(labels[valid], stack[:, valid].argmax(0))
     assert cog_validate(str(probs), strict=True)[0]
     assert not list(tmp_path.glob(".*")), "temporary files left behind"
     umask = os.umask(0)
@@ -95,11 +105,21 @@ def test_overviews_take_the_mode_never_an_average(tmp_path):
     assert cog_validate(str(out), strict=True)[0]
 
 
-def test_untrained_architecture_runs_with_given_classes(small_scene, tmp_path):
+def test_untrained_architecture_runs_with_given_classes_and_seed(small_scene, tmp_path):
+    """``arch:conv1x1 --num-classes 3 --seed 7`` is that seeded 1×1 convolution applied to the raw
+    pixels (seed 7 is one whose three classes all show up on this scene)."""
     out = tmp_path / "c.tif"
-    assert _segment(small_scene, "arch:conv1x1", out, "--num-classes", "3", "--seed", "4") == 0
-    with rasterio.open(out) as dst:
-        assert dst.read(1)[100:, 100:].max() < 3
+    assert _segment(small_scene, "arch:conv1x1", out, "--num-classes", "3", "--seed", "7") == 0
+    torch.manual_seed(7)
+    model = build("conv1x1", in_channels=3, num_classes=3).eval()
+    image = _read(small_scene)
+    valid = (image != 0).all(0)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(image.astype(np.float32))[None]).argmax(1)[0].numpy()
+    labels = _read(out)[0]
+    label_spread(labels).check(min_classes=3, min_share=0.1)
+    np.testing.assert_array_equal(labels[valid], expected[valid])
+    assert (labels[~valid] == 255).all()
 
 
 def test_rerun_gives_identical_bytes(small_scene, tiny_checkpoint, tmp_path):
@@ -107,6 +127,7 @@ def test_rerun_gives_identical_bytes(small_scene, tiny_checkpoint, tmp_path):
     assert _segment(small_scene, str(tiny_checkpoint), a) == 0
     assert _segment(small_scene, str(tiny_checkpoint), b) == 0
     assert a.read_bytes() == b.read_bytes()
+    label_spread(_read(a)).check(min_classes=4, min_share=0.15)  # the bytes hold a varying map
 
 
 def test_summary_line_reports_pixels_classes_seconds_and_throughput(

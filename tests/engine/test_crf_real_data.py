@@ -15,6 +15,7 @@ from scipy import ndimage
 from pipeline.engine.crf import CRFParams, band_stats, refine
 from pipeline.evaluation.boundary_metrics import boundary_counts
 from pipeline.evaluation.metrics import confusion, iou_per_class, nanmean
+from tests.conftest import import_or_skip_unless_ci
 
 
 def noisy_probabilities(truth: np.ndarray, classes: int, seed: int = 0) -> np.ndarray:
@@ -43,11 +44,11 @@ def nrcan_crop(shared_data: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("mode", ["local", "dense"])
-def test_default_crf_does_not_lower_miou_of_a_noisy_prediction_on_real_imagery(
+def test_default_crf_improves_miou_and_boundaries_of_a_noisy_prediction_on_real_imagery(
     nrcan_crop: tuple[np.ndarray, np.ndarray], mode: str
 ) -> None:
     if mode == "dense":
-        pytest.importorskip("pydensecrf.densecrf", reason="DenseCRF needs the pydensecrf2 extra")
+        import_or_skip_unless_ci("pydensecrf.densecrf", "DenseCRF needs the pydensecrf2 extra")
     image, truth = nrcan_crop
     assert 0.05 < truth.mean() < 0.95, "the crop should hold both buildings and background"
     probs = noisy_probabilities(truth, 2)
@@ -55,5 +56,8 @@ def test_default_crf_does_not_lower_miou_of_a_noisy_prediction_on_real_imagery(
     params = CRFParams(mode=mode, bands=(0, 1, 2), band_low=low, band_high=high)
     refined = np.asarray(refine(torch.from_numpy(probs), torch.from_numpy(image), None, params))
     before, after = probs.argmax(0), refined.argmax(0)
-    assert miou(after, truth, 2) >= miou(before, truth, 2)
-    assert boundary_counts(after, truth).f1 >= boundary_counts(before, truth).f1
+    # A CRF that did nothing would tie: it must change labels, and for the better.
+    # (local, measured: 8.7% of pixels change, mIoU 0.68 → 0.88, boundary F1 0.23 → 0.70)
+    assert (after != before).mean() > 0.01
+    assert miou(after, truth, 2) >= miou(before, truth, 2) + 0.02
+    assert boundary_counts(after, truth).f1 >= boundary_counts(before, truth).f1 + 0.02

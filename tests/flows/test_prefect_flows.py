@@ -19,6 +19,7 @@ from flows.watch_imagery import process_new_imagery
 from pipeline.job.config import SegmentConfig
 from pipeline.job.steps import segment
 from pipeline.watch.ledger import LEDGER_NAME, SceneLedger
+from tests._varying_models import label_spread
 from tests.conftest import write_raster
 
 ENGINE = {"tile": 64, "block": 256, "chunk": 128, "quiet": True}
@@ -34,12 +35,28 @@ def _scene(path: Path, seed: int, size: tuple[int, int] = (200, 300)) -> Path:
     return write_raster(path, (rng.random((3, *size)) * 3000 + 100).astype(np.uint16), nodata=0)
 
 
+def _probabilities(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read()
+
+
 def test_flow_result_equals_library_call(small_scene: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
-    via_flow = segment_scene_flow(
-        SegmentConfig(input=small_scene, model=str(tiny_checkpoint), output=tmp_path / "flow.tif", **ENGINE)
-    )
-    direct = segment(
-        SegmentConfig(input=small_scene, model=str(tiny_checkpoint), output=tmp_path / "lib.tif", **ENGINE)
+    """Same options, same pixels: every engine option below differs from its default, so a flow
+    that dropped or altered one would change the probabilities (the model's labels vary)."""
+    options = {**ENGINE, "overlap": 0.5, "blend": "constant"}
+
+    def config(name: str) -> SegmentConfig:
+        out = tmp_path / f"{name}.tif"
+        probs = tmp_path / f"{name}.probs.tif"
+        return SegmentConfig(
+            input=small_scene, model=str(tiny_checkpoint), output=out, probabilities=probs, **options
+        )
+
+    via_flow = segment_scene_flow(config("flow"))
+    direct = segment(config("lib"))
+    label_spread(_labels(direct.output)).check(min_classes=4, min_share=0.15)
+    np.testing.assert_array_equal(
+        _probabilities(tmp_path / "flow.probs.tif"), _probabilities(tmp_path / "lib.probs.tif")
     )
     np.testing.assert_array_equal(_labels(via_flow.output), _labels(direct.output))
     assert via_flow.class_fractions == direct.class_fractions

@@ -10,14 +10,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+import rasterio
 
-from tests.conftest import write_raster
+from tests._varying_models import label_spread
+from tests.conftest import noise_scene_array, write_raster
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _command(scene: Path, model: Path, out: Path, work: Path) -> list[str]:
+    """``gigaseg segment`` with labels and probabilities, 64 blocks of 128², blocks in this process."""
     return [
         sys.executable,
         "-m",
@@ -36,6 +38,8 @@ def _command(scene: Path, model: Path, out: Path, work: Path) -> list[str]:
         "128",
         "--work-dir",
         str(work),
+        "--probabilities",
+        str(out.with_suffix(".probs.tif")),
         "--threads",
         "1",
     ]
@@ -50,8 +54,7 @@ def _done_chunks(work: Path) -> int:
 
 
 def test_killed_run_resumes_and_matches_undisturbed_run(tmp_path, tiny_checkpoint):
-    rng = np.random.default_rng(7)
-    scene = write_raster(tmp_path / "scene.tif", (rng.random((3, 1024, 1024)) * 3000).astype(np.uint16))
+    scene = write_raster(tmp_path / "scene.tif", noise_scene_array((1024, 1024), seed=7))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
     reference = tmp_path / "reference.tif"
@@ -71,9 +74,12 @@ def test_killed_run_resumes_and_matches_undisturbed_run(tmp_path, tiny_checkpoin
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    # Wait for a state, not a time: three blocks done. Then freeze the run at once (SIGSTOP),
+    # so however fast the machine, it is killed with blocks still to do.
     deadline = time.monotonic() + 300
     while _done_chunks(work) < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
+    proc.send_signal(signal.SIGSTOP)
     assert proc.poll() is None, "run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -88,3 +94,6 @@ def test_killed_run_resumes_and_matches_undisturbed_run(tmp_path, tiny_checkpoin
     resumed = int(result.stderr.split("block(s) resumed")[0].rsplit(", ", 1)[1])
     assert resumed >= killed_at
     assert out.read_bytes() == reference.read_bytes()
+    assert out.with_suffix(".probs.tif").read_bytes() == reference.with_suffix(".probs.tif").read_bytes()
+    with rasterio.open(reference) as src:  # the bytes compared are a map that varies, not one class
+        label_spread(src.read(1)).check(min_classes=4, min_share=0.15)

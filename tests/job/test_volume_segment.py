@@ -8,11 +8,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import tifffile
-import torch
 import zarr
 
 from flows.cli import main
-from models import build
 from models.checkpoint import ModelCard, save_checkpoint
 from pipeline.engine.in_memory import predict_in_memory
 from pipeline.execution.in_process import predictor_for, run_blocks_in_process
@@ -20,16 +18,19 @@ from pipeline.inputs.ome_zarr import open_ome_zarr
 from pipeline.job.config import SegmentConfig
 from pipeline.job.steps import export, prepare
 from pipeline.job.summary import label_metrics
-from tests._volume_cases import oblique_affine, unet3d_checkpoint, write_nifti
+from tests._varying_models import image_following_unet, label_spread
+from tests._volume_cases import oblique_affine, structured_volume, unet3d_checkpoint, write_nifti
 
 SMALL = ["--quiet", "--volume-block", "64", "--volume-chunk", "16", "--tile", "24"]
 
 
 def _volume(shape=(29, 23, 19), seed=0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    base = rng.normal(100, 30, size=shape)
-    base[shape[0] // 3 :, :, : shape[2] // 2] += 80  # some structure for the network to respond to
-    return base.astype(np.int16)
+    """Noise with a bright box the fixture model labels as its top class (see ``structured_volume``)."""
+    return structured_volume(shape, seed)
+
+
+def _bright_box(shape) -> tuple[slice, ...]:
+    return (slice(shape[0] // 3, None), slice(None), slice(None, shape[2] // 2))
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,11 @@ def test_nifti_labels_keep_the_input_affine_and_shape(tmp_path, model3d, suffix)
     np.testing.assert_array_equal(b.header.get_zooms(), a.header.get_zooms())
     labels = np.asarray(b.dataobj)
     assert labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1, 2}
+    label_spread(labels).check(min_classes=3, min_share=0.1)
+    # voxel for voxel: the bright box is the top class, the rest mostly not (no flip, no shift)
+    box = np.zeros(labels.shape, bool)
+    box[_bright_box(labels.shape)] = True
+    assert (labels[box] == 2).mean() > 0.9 and (labels[~box] == 2).mean() < 0.1
     assert not (tmp_path / f"labels{suffix}.gigaseg-work").exists()
 
 
@@ -62,8 +68,7 @@ def test_blockwise_volume_equals_one_in_memory_pass(tmp_path, model3d, mode):
     model = str(model3d)
     extra: dict = {}
     if mode == "2d-slices":
-        torch.manual_seed(0)
-        net = build("unet", in_channels=1, num_classes=3, width=4, depth=2)
+        net = image_following_unet("unet", 1, [-0.3, 0.6], sharpness=8.0, width=4, depth=2)
         card = ModelCard("unet", net.config, ["a", "b", "c"], normalization={"kind": "zscore"}, tile_size=16)
         model = str(save_checkpoint(tmp_path / "unet2d.safetensors", net, card))
         extra = {"slice_axis": 1}
@@ -89,6 +94,7 @@ def test_blockwise_volume_equals_one_in_memory_pass(tmp_path, model3d, mode):
     ref = predict_in_memory(raw, valid, job.grid, job.window, predictor_for(job), job.normalizer(), 3)
     labels = np.asarray(nib.load(labels_path).dataobj).transpose(2, 1, 0)
     probs = np.asarray(nib.load(probs_path).dataobj).transpose(3, 2, 1, 0)
+    label_spread(ref.labels).check(min_classes=3, min_share=0.1)
     np.testing.assert_allclose(probs, ref.probabilities, atol=1e-5)
     np.testing.assert_array_equal(labels, ref.labels)
     assert probs.shape[1:] == job.scene.spatial_shape
@@ -134,8 +140,11 @@ def test_ome_zarr_output_is_a_multiscale_image_with_labels(tmp_path, model3d):
         ms["datasets"][0]["coordinateTransformations"][1]["translation"], [30, 20, -10]
     )
     level0 = seg["0"][...]
+    label_spread(level0).check(min_classes=3, min_share=0.1)
     np.testing.assert_array_equal(level0, np.asarray(nib.load(probs).dataobj).argmax(-1).transpose(2, 1, 0))
-    np.testing.assert_array_equal(seg["1"][...], level0[::2, ::2, ::2])
+    for level in levels[1:]:  # each level the previous one's even voxels (nearest, never an average)
+        expected = level0[(slice(None, None, 2 ** int(level)),) * 3]
+        np.testing.assert_array_equal(seg[level][...], expected)
     label_meta = seg.attrs["ome"]["image-label"]
     assert [c["label-value"] for c in label_meta["colors"]][:3] == [0, 1, 2]
     assert [p["class"] for p in label_meta["properties"]] == ["label_0", "label_1", "label_2"]
