@@ -45,7 +45,7 @@ def _label_maps(draw):
     return labels, draw(st.integers(1, 25))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(_label_maps())
 def test_polygons_from_blocks_equal_those_of_one_block(case):
     labels, block = case
