@@ -6,7 +6,8 @@ the ``train-model`` flow and register it in MLflow; promote that version to
 ``@champion`` through the ``promote-model`` flow (evaluated on the unseen scene);
 segment the unseen scene with ``models:/NAME@champion`` on Ray actors (COG with
 its QGIS style, probabilities, polygons, a STAC item, per-region metrics in
-MLflow); score it against its labels and write a preview. The accuracy printed is on a scene the model never saw.
+MLflow); score it against its labels and write a preview. The accuracy printed
+is on a scene the model never saw.
 
 The quick preset is sized to show every stage in a few minutes on a laptop CPU;
 ``--full`` trains today's larger network for six epochs on a 3072² scene.
