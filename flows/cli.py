@@ -11,9 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from flows import commands
 from flows.arguments import (
@@ -25,9 +24,6 @@ from flows.arguments import (
 from flows.prefect_server import use_prefect_api
 from flows.script import prepare_process, run_command, say
 from pipeline.errors import InputError
-
-if TYPE_CHECKING:
-    from pipeline.demos.sample_scene import SampleScene
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -67,81 +63,35 @@ def cmd_sample_scene(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo_model(args: argparse.Namespace, scene: SampleScene, log: Callable[[str], None]) -> str:
-    """Train and register the demo's small U-Net on the scene (right 20% of columns held out)."""
-    from flows.train_model import train_model
-    from pipeline.demos.sample_scene import CLASS_COLORS, CLASS_NAMES
-    from pipeline.training.settings import TrainSettings
-
-    work: Path = args.workdir
-    settings = TrainSettings(
-        arch="unet",
-        arch_config={"width": 16, "depth": 3, "batch_norm": True},
-        tile=128,
-        batch_size=8,
-        epochs=args.epochs,
-        steps_per_epoch=50,
-        seed=args.seed,
-    )
-    report = train_model(
-        [str(scene.image)],
-        [str(scene.labels)],
-        "gigaseg-demo-landcover",
-        settings,
-        val_fraction=0.2,
-        class_names=CLASS_NAMES,
-        class_colors=CLASS_COLORS,
-        work_dir=work / "train",
-        output=work / "unet_sample.safetensors",
-        log=None if args.quiet else (lambda m: log(f"  train: {m}")),
-    )
-    best = report.outcome.best
-    model = report.version.uri if report.version else str(work / "unet_sample.safetensors")
-    log(f"  held-out accuracy {best.accuracy:.3f}, mIoU {best.miou:.3f}; registered {model}")
-    return model
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Generate a scene, train and register a small U-Net on part of it, segment it all, score it."""
-    from flows.segment_scene import segment_scene
-    from pipeline.demos.sample_scene import CLASS_COLORS, CLASS_NAMES, write_sample_scene
-    from pipeline.evaluation.metrics import evaluate_labels
-    from pipeline.evaluation.preview import write_preview
-    from pipeline.job.config import SegmentConfig
+    """The main job end to end on generated scenes (:mod:`flows.demo`), each stage timed."""
+    from flows.demo import FULL, QUICK, run_demo, with_overrides
+    from pipeline.tracking.runs import tracking_uri
 
     use_prefect_api()
-    work: Path = args.workdir
-    work.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    log = (lambda m: None) if args.quiet else (lambda m: say(False, m))
-    log(f"demo 1/4: sample scene {args.size}×{args.size} px → {work}")
-    scene = write_sample_scene(work, args.size, args.seed)
-    log(f"demo 2/4: training a small U-Net, {args.epochs} epochs (right 20% of columns held out)")
-    model = _demo_model(args, scene, log)
-    output = work / "sample_classes.tif"
-    log(f"demo 3/4: segmenting the whole scene → {output}")
-    summary = segment_scene(
-        SegmentConfig(
-            input=scene.image,
-            model=model,
-            output=output,
-            block=1024,
-            probabilities=work / "sample_probabilities.tif",
-            overwrite=True,
-            quiet=args.quiet,
-        ),
-        labels=scene.labels,
+    settings = with_overrides(
+        FULL if args.full else QUICK,
+        workdir=args.workdir,
+        size=args.size,
+        epochs=args.epochs,
+        seed=args.seed,
     )
-    log(f"  {summary.line()}; per-region metrics in MLflow and beside the output")
-    log("demo 4/4: accuracy against the generated labels")
-    scores = evaluate_labels(output, scene.labels, len(CLASS_NAMES))
-    preview = write_preview(scene.image, output, work / "preview.png", CLASS_NAMES, CLASS_COLORS)
-    per_class = ", ".join(f"{n} {v:.2f}" for n, v in zip(CLASS_NAMES, scores["iou"]))
+    if settings.size < 256:
+        raise InputError(f"--size must be at least 256 pixels, got {settings.size}")
+    if settings.epochs < 1:
+        raise InputError(f"--epochs must be positive, got {settings.epochs}")
+    t0 = time.perf_counter()
+    result = run_demo(settings, args.quiet, lambda m: say(False, m))
+    per_class = ", ".join(f"{n} {v:.2f}" for n, v in result.iou.items())
     print(
-        f"gigaseg demo: accuracy {scores['accuracy']:.3f}, mIoU {scores['miou']:.3f} "
-        f"(IoU {per_class}) over {scores['pixels'] / 1e6:.1f} Mpx; "
-        f"preview {preview}; total {time.perf_counter() - t0:.0f} s",
+        f"gigaseg demo: accuracy {result.accuracy:.3f}, mIoU {result.miou:.3f} (IoU {per_class}) "
+        f"on an unseen {result.pixels / 1e6:.1f} Mpx scene; total {time.perf_counter() - t0:.0f} s",
         flush=True,
+    )
+    say(
+        args.quiet,
+        f"gigaseg demo: outputs in {settings.workdir}/ — open {result.output} in QGIS, look at "
+        f"{result.preview}; runs and models: mlflow ui --backend-store-uri {tracking_uri()}",
     )
     return 0
 
@@ -237,11 +187,20 @@ def _add_promote_command(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_demo_command(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the main job end to end on a generated scene")
-    p.add_argument("--workdir", type=Path, default=Path("demo"))
-    p.add_argument("--size", type=int, default=3072)
-    p.add_argument("--epochs", type=int, default=6, help="training epochs of 50 steps")
-    p.add_argument("--seed", type=int, default=0)
+    from flows.demo import FULL, QUICK
+
+    p = sub.add_parser("demo", help="the main job end to end on generated scenes, each stage timed")
+    p.add_argument("--workdir", type=Path, default=QUICK.workdir)
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help=f"the longer run: a {FULL.size}² scene, U-Net width {FULL.width} depth {FULL.depth}, "
+        f"{FULL.epochs} epochs of {FULL.steps_per_epoch} steps (default: {QUICK.size}², width "
+        f"{QUICK.width} depth {QUICK.depth}, {QUICK.epochs} epochs of {QUICK.steps_per_epoch})",
+    )
+    p.add_argument("--size", type=int, help="training scene side in pixels (default: the preset's)")
+    p.add_argument("--epochs", type=int, help="training epochs (default: the preset's)")
+    p.add_argument("--seed", type=int, default=QUICK.seed)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 

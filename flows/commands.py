@@ -44,9 +44,20 @@ def segment(args: argparse.Namespace, segment_flow: ModuleType) -> int:
     return 0
 
 
+def output_folder(url: str) -> None:
+    """``--output-dir``: made (with its parents) when it is a local folder that is not there yet."""
+    where = location(url)
+    if isinstance(where, Path) and not where.is_dir():
+        try:
+            where.mkdir(parents=True)
+        except OSError as exc:
+            raise InputError(f"{url}: cannot make the output folder ({exc.strerror or exc})") from None
+    check_writable_folder(where)
+
+
 def _segment_batch(args: argparse.Namespace, segment_flow: ModuleType) -> int:
     """Every input of a batch into ``--output-dir`` through one pool; failures named, one line each."""
-    check_writable_folder(location(args.output_dir))
+    output_folder(args.output_dir)
     report = segment_flow.segment_scenes(segment_configs_from_args(args), track=not args.no_track)
     for summary in report.done:
         say(args.quiet, f"gigaseg: {summary.line()}")
@@ -77,6 +88,7 @@ def watch(args: argparse.Namespace, watch_flow: ModuleType) -> int:
     ``watch_flow``: the module of the watch flow (``flows.watch_imagery``, or the script itself).
     """
     options = engine_options_given(args)
+    output_folder(args.output_dir)
     check_watch_arguments(args.input, args.output_dir, args.model, segment_options(options))
     parameters = _watch_parameters(args, options)
     process_new_imagery = watch_flow.process_new_imagery

@@ -246,6 +246,7 @@ def segment_scenes(configs: Sequence[SegmentConfig], track: bool = True) -> Batc
         raise InputError("no inputs to segment")
     for config in configs:
         config.validate_options()
+    use_prefect_api()
     return segment_scenes_flow(list(configs), track=track)
 
 

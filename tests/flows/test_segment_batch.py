@@ -113,7 +113,7 @@ def test_in_process_batch_loads_the_model_once(inputs, tiny_checkpoint: Path, tm
         (["a.tif", "-o", "x.tif", "--output-dir", "."], "not both"),
         (["a.tif", "--output-dir", ".", "--labels", "l.tif"], "--labels and --regions belong to one scene"),
         (["a/x.tif", "b/x.tif", "--output-dir", "."], "would both be written to ./x.tif"),
-        (["a.tif", "--output-dir", "no/such/dir"], "no/such/dir: folder does not exist"),
+        (["a.tif", "--output-dir", "/proc/no/such/dir"], "/proc/no/such/dir: cannot make the output folder"),
     ],
 )
 def test_batch_arguments_that_cannot_work_fail_before_any_work(
