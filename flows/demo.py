@@ -102,12 +102,9 @@ def run_demo(
     """Every stage of the main job on generated scenes; returns the held-out scores and stage times."""
     from flows.promote_model import promote_model
     from flows.segment_scene import segment_scene
-    from flows.train_model import train_model
     from pipeline.demos.sample_scene import CLASS_COLORS, CLASS_NAMES, write_sample_scene
     from pipeline.evaluation.metrics import evaluate_labels
     from pipeline.evaluation.preview import write_preview
-    from pipeline.job.config import SegmentConfig
-    from pipeline.training.settings import TrainSettings
 
     work = settings.workdir
     work.mkdir(parents=True, exist_ok=True)
@@ -124,36 +121,10 @@ def run_demo(
         scenes,
         lambda s: f"{s[0].image.parent}, {s[1].image.parent}",
     )
-    train_settings = TrainSettings(
-        arch="unet",
-        arch_config={"width": settings.width, "depth": settings.depth, "batch_norm": settings.batch_norm},
-        tile=settings.tile,
-        batch_size=settings.batch_size,
-        epochs=settings.epochs,
-        steps_per_epoch=settings.steps_per_epoch,
-        lr=settings.lr,
-        patience=settings.epochs,
-        seed=settings.seed,
-    )
-
-    def train() -> Any:
-        return train_model(
-            [str(train_scene.image)],
-            [str(train_scene.labels)],
-            settings.model_name,
-            train_settings,
-            val_fraction=0.2,
-            class_names=CLASS_NAMES,
-            class_colors=CLASS_COLORS,
-            work_dir=work / "train" / "work",
-            output=work / "unet_sample.safetensors",
-            log=None if quiet else (lambda m: log(f"  train: {m}")),
-        )
-
     report = stages.run(
         "train",
         f"U-Net width {settings.width} depth {settings.depth}, {settings.steps} steps (train-model flow)",
-        train,
+        lambda: _train(settings, train_scene, quiet, log),
         lambda r: (
             f"held-out accuracy {r.outcome.best.accuracy:.3f}; registered "
             + (r.version.uri if r.version else "nothing")
@@ -173,17 +144,8 @@ def run_demo(
         lambda d: d.line(),
     )
     champion = f"models:/{settings.model_name}@champion"
-    output = work / "unseen_classes.tif"
-    config = SegmentConfig(
-        input=unseen.image,
-        model=champion,
-        output=output,
-        probabilities=work / "unseen_probabilities.tif",
-        vector=work / "unseen_regions.gpkg",
-        workers=settings.workers,
-        overwrite=True,
-        quiet=quiet,
-    )
+    config = _segment_config(settings, unseen.image, champion, quiet)
+    output = config.output
     stages.run(
         "segment",
         f"the unseen scene with {champion} on {settings.workers} Ray actors",
@@ -212,6 +174,55 @@ def run_demo(
         vector=config.vector,
         preview=preview,
         stage_seconds=stages.seconds,
+    )
+
+
+def _segment_config(settings: DemoSettings, image: Path, model: str, quiet: bool) -> Any:
+    """The segment stage's job: COG, probabilities and polygons of the unseen scene, on Ray actors."""
+    from pipeline.job.config import SegmentConfig
+
+    work = settings.workdir
+    return SegmentConfig(
+        input=image,
+        model=model,
+        output=work / "unseen_classes.tif",
+        probabilities=work / "unseen_probabilities.tif",
+        vector=work / "unseen_regions.gpkg",
+        workers=settings.workers,
+        overwrite=True,
+        quiet=quiet,
+    )
+
+
+def _train(settings: DemoSettings, scene: Any, quiet: bool, log: Callable[[str], None]) -> Any:
+    """The demo's U-Net trained on ``scene`` through the ``train-model`` flow and registered."""
+    from flows.train_model import train_model
+    from pipeline.demos.sample_scene import CLASS_COLORS, CLASS_NAMES
+    from pipeline.training.settings import TrainSettings
+
+    train_settings = TrainSettings(
+        arch="unet",
+        arch_config={"width": settings.width, "depth": settings.depth, "batch_norm": settings.batch_norm},
+        tile=settings.tile,
+        batch_size=settings.batch_size,
+        epochs=settings.epochs,
+        steps_per_epoch=settings.steps_per_epoch,
+        lr=settings.lr,
+        patience=settings.epochs,
+        seed=settings.seed,
+    )
+    work = settings.workdir
+    return train_model(
+        [str(scene.image)],
+        [str(scene.labels)],
+        settings.model_name,
+        train_settings,
+        val_fraction=0.2,
+        class_names=CLASS_NAMES,
+        class_colors=CLASS_COLORS,
+        work_dir=work / "train" / "work",
+        output=work / "unet_sample.safetensors",
+        log=None if quiet else (lambda m: log(f"  train: {m}")),
     )
 
 

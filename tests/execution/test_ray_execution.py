@@ -56,6 +56,8 @@ def cluster():
     )
     nodes = [c.add_node(num_cpus=2, num_gpus=2), c.add_node(num_cpus=1, num_gpus=1)]
     c.wait_for_nodes()
+    if ray.is_initialized():  # a private Ray an earlier in-process command left connected
+        ray.shutdown()
     ray.init(address=c.address, log_to_driver=False, logging_level="ERROR")
     yield c, nodes
     ray.shutdown()

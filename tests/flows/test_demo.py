@@ -8,6 +8,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import rasterio
+import ray
 
 from flows.demo import FULL, QUICK, DemoSettings, run_demo
 from pipeline.demos.sample_scene import LABEL_NODATA
@@ -23,7 +24,10 @@ def test_demo_trains_promotes_segments_on_ray_and_scores_the_unseen_scene(tmp_pa
         workers=2, model_name="demo-under-test", workdir=tmp_path / "demo",
     )  # fmt: skip
     lines: list[str] = []
-    result = run_demo(settings, log=lines.append)
+    try:
+        result = run_demo(settings, log=lines.append)
+    finally:
+        ray.shutdown()  # the segment stage's private Ray lives as long as its process: not past this test
 
     stage_lines = [line for line in lines if line.startswith("demo ")]
     names = [re.match(r"demo (\d)/5 (\w+):", line).group(2) for line in stage_lines]

@@ -40,7 +40,7 @@ def test_overlap_is_at_least_the_requested_one(shape, tile, overlap):
 
 
 @given(shape=shapes, tile=st.integers(4, 64), overlap=st.floats(0, 0.8), data=st.data())
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=40, deadline=None)
 def test_tiles_meeting_a_region_are_exactly_the_overlapping_ones(shape, tile, overlap, data):
     grid = TileGrid.create(shape, tile, overlap, align=2)
     region = []
