@@ -108,6 +108,8 @@ _ITERATIONS = " / ".join(f"{n} {mode}" for mode, n in DEFAULT_ITERATIONS.items()
 _SIGMA_FEAT = "σβ, appearance colour width, on bands scaled 0–255 by scene-wide 2nd/98th percentiles"
 _TILE_MEANING = "tile size in pixels; rounded up to the model's downsampling factor"
 _BLEND_MEANING = (
+    "`auto` (`crop` for a model whose registry entry declares it fully convolutional, `gaussian` for "
+    "one with global pooling or attention; the mode used is in the run summary and the MLflow run), "
     "`gaussian` (weighted mean, smooth across tile edges), `crop` (each pixel from the one tile whose "
     "centre holds it: half the overlap dropped per side; closest to an untiled pass for fully "
     "convolutional models, 2–42× closer than `gaussian` on the demo's U-Net, see bench/RESULTS.md "
@@ -135,7 +137,7 @@ ENGINE_HELP: dict[str, Option] = {
         float,
         meaning="fraction of the tile shared with the neighbour, in [0, 1)",
     ),
-    "blend": Option("constant, gaussian or crop", meaning=_BLEND_MEANING),
+    "blend": Option("auto, crop, gaussian or constant", meaning=_BLEND_MEANING),
     "sigma": Option(
         "gaussian sigma, fraction of the tile", float, meaning="Gaussian σ as a fraction of the tile"
     ),

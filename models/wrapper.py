@@ -72,6 +72,11 @@ class SegmentationModel(nn.Module):
         self.num_classes = int(config["num_classes"])
 
     @property
+    def fully_convolutional(self) -> bool:
+        """Whether the registry declares the network free of global context (``--blend auto``)."""
+        return self.spec.fully_convolutional
+
+    @property
     def arch(self) -> str:
         """Registry name of the architecture."""
         return self.spec.name

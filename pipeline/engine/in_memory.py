@@ -28,7 +28,7 @@ from pipeline.inputs.normalization import normalizer_for
 from pipeline.stores.block_output import BlockOutput
 from pipeline.stores.labels import label_dtype
 from pipeline.tiling import regions
-from pipeline.tiling.blending import BlendWindow
+from pipeline.tiling.blending import AUTO, BlendWindow, resolve_blend
 from pipeline.tiling.blocks import BlockPlan
 from pipeline.tiling.grid import TileGrid
 from pipeline.tiling.regions import Region
@@ -48,7 +48,7 @@ def segment_array(
     model: SegmentationModel,
     tile: int,
     overlap: float = 0.25,
-    blend: str = "gaussian",
+    blend: str = AUTO,
     valid: np.ndarray | None = None,
     normalizer: Callable[[np.ndarray], np.ndarray] | None = None,
     block: int = 4096,
@@ -72,7 +72,7 @@ def segment_array(
     if valid is not None and valid.shape != spatial:
         raise ValueError(f"valid mask shape {valid.shape} differs from the image's {spatial}")
     grid = TileGrid.create(spatial, tile, overlap, align=model.downsampling)
-    window = BlendWindow(grid, blend)
+    window = BlendWindow(grid, resolve_blend(blend, getattr(model, "fully_convolutional", False)))
     plan = BlockPlan.create(grid, block, block)
     predictor = TilePredictor(model, torch.device(device), batch_size, amp, channels_last=channels_last)
     predictor.fit_to_memory((image.shape[0], *grid.tile))

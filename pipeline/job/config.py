@@ -22,7 +22,7 @@ from pipeline.stores.location import (
     check_writable_folder,
     location,
 )
-from pipeline.tiling.blending import BLEND_MODES
+from pipeline.tiling.blending import AUTO, BLEND_CHOICES
 
 
 @dataclass
@@ -41,7 +41,8 @@ class SegmentConfig:
     tile: int | None = None
     """Tile size in pixels; None: the model card's, else the architecture's default."""
     overlap: float = 0.25
-    blend: str = "gaussian"
+    blend: str = AUTO
+    """Blending mode; ``auto``: ``crop`` for fully convolutional models, else ``gaussian``."""
     sigma: float = 0.125
     block: int = 4096
     chunk: int = 512
@@ -128,8 +129,8 @@ class SegmentConfig:
             raise InputError(f"--tile must be a positive number of pixels, got {self.tile}")
         if not 0.0 <= self.overlap < 1.0:
             raise InputError(f"--overlap must be in [0, 1), got {self.overlap}")
-        if self.blend not in BLEND_MODES:
-            raise InputError(f"--blend must be one of {', '.join(BLEND_MODES)}, got {self.blend!r}")
+        if self.blend not in BLEND_CHOICES:
+            raise InputError(f"--blend must be one of {', '.join(BLEND_CHOICES)}, got {self.blend!r}")
         if not self.sigma > 0:
             raise InputError(f"--sigma must be > 0, got {self.sigma}")
         for name in ("block", "chunk", "batch_size"):

@@ -27,7 +27,7 @@ from pipeline.job.config import SegmentConfig
 from pipeline.job.model_source import load_model, model_identity
 from pipeline.stores.output import OutputStore, fingerprint
 from pipeline.stores.scene import SceneStore
-from pipeline.tiling.blending import BlendWindow
+from pipeline.tiling.blending import BlendWindow, resolve_blend
 from pipeline.tiling.blocks import BlockPlan
 from pipeline.tiling.grid import Region, TileGrid
 
@@ -153,6 +153,7 @@ def _job_fingerprint(
     checked: CheckedInput,
     scene: SceneStore,
     grid: TileGrid,
+    window: BlendWindow,
     plan: BlockPlan,
     crf: CRFParams | None,
 ) -> str:
@@ -163,7 +164,7 @@ def _job_fingerprint(
         "model": model_identity(config.model, config.seed, checked.model),
         "bands": checked.bands,
         "grid": [grid.tile, grid.stride],
-        "blend": [config.blend, config.sigma],
+        "blend": [window.mode, config.sigma],
         "block": plan.block_shape,
         "chunk": plan.chunk_shape,
         "probabilities": config.probabilities is not None,
@@ -185,7 +186,8 @@ def plan_job(config: SegmentConfig, checked: CheckedInput, scene: SceneStore, cr
     card, bands = checked.card, checked.bands
     block_size, chunk = config.block_and_chunk(len(scene.spatial_shape))
     grid = _tile_grid(config, checked, scene)
-    window = BlendWindow(grid, config.blend, config.sigma)
+    blend = resolve_blend(config.blend, getattr(checked.model, "fully_convolutional", False))
+    window = BlendWindow(grid, blend, config.sigma)
     crf = crf_params_for(config, scene, bands)
     reach = crf.reach(len(scene.spatial_shape), crf_spacing(scene)) if crf is not None else 0
     plan = BlockPlan.create(grid, block_size, chunk, reach=reach)
@@ -195,7 +197,7 @@ def plan_job(config: SegmentConfig, checked: CheckedInput, scene: SceneStore, cr
         scene.spatial_shape,
         scene.chunk_shape[0],
     )
-    fp = _job_fingerprint(config, checked, scene, grid, plan, crf)
+    fp = _job_fingerprint(config, checked, scene, grid, window, plan, crf)
     path = config.resolved_work_dir / "output.zarr"
     if not create:
         store = OutputStore.open_existing(path, fp)

@@ -52,6 +52,8 @@ class SegmentSummary:
     """Per label: voxels × voxel volume, in millilitres (volumes only)."""
     label_mean_probability: dict[str, float] = field(default_factory=dict)
     """Per label: mean winning probability over the voxels given that label."""
+    blend: str = ""
+    """The blending mode the job ran (``--blend auto`` resolved for the model)."""
 
     @property
     def mpx_per_s(self) -> float:
@@ -135,4 +137,5 @@ def summarize(
         retries=counts.retried,
         label_volumes_ml=labels.volumes_ml,
         label_mean_probability=labels.mean_probability,
+        blend=job.window.mode,
     )

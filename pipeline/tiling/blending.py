@@ -10,6 +10,11 @@ product of one 1-D profile per axis, so 2D and 3D share the code.
 - ``crop``: each tile keeps only its central ``stride`` pixels (half the overlap
   discarded on each side), except at the scene's edges, where the outer border is
   kept; the kept regions of neighbouring tiles tile the scene exactly.
+- ``auto`` (the default of a job, resolved once per model by :func:`resolve_blend`):
+  ``crop`` for a model declared fully convolutional, whose prediction at a pixel
+  depends only on a bounded neighbourhood (the tile centre then sees everything the
+  untiled pass sees), ``gaussian`` for one with global context, where ``crop``
+  would show each tile's different pooled context as hard steps.
 
 Nodata pixels get zero weight: because the valid mask is per pixel, not per tile,
 ``sum(w * v * p) / sum(w * v)`` equals ``sum(w * p) / sum(w)`` wherever ``v`` is 1,
@@ -32,6 +37,9 @@ from pipeline.tiling.grid import TileGrid
 from pipeline.tiling.regions import Region
 
 BLEND_MODES = ("constant", "gaussian", "crop")
+AUTO = "auto"
+BLEND_CHOICES = (AUTO, *BLEND_MODES)
+"""What a job may ask for: a mode, or ``auto`` (resolved per model)."""
 GAUSSIAN_FLOOR = 1e-3
 
 
@@ -54,6 +62,19 @@ def _profile(mode: str, tile: int, stride: int, first: bool, last: bool, sigma: 
             w[tile - right :] = 0.0
         return w
     raise ValueError(f"unknown blend mode {mode!r}; choose from {', '.join(BLEND_MODES)}")
+
+
+def resolve_blend(mode: str, fully_convolutional: bool) -> str:
+    """The blending mode a job runs: ``mode`` itself, or for ``auto`` the model's.
+
+    >>> resolve_blend("auto", True), resolve_blend("auto", False), resolve_blend("constant", True)
+    ('crop', 'gaussian', 'constant')
+    """
+    if mode == AUTO:
+        return "crop" if fully_convolutional else "gaussian"
+    if mode not in BLEND_MODES:
+        raise ValueError(f"unknown blend mode {mode!r}; choose from {', '.join(BLEND_CHOICES)}")
+    return mode
 
 
 @dataclass(frozen=True)

@@ -254,6 +254,7 @@ def track_segment_run(
             _log_params(config, labels, regions)
             summary = run(config, on_finished=hook, outputs=outputs)
             metrics = _summary_metrics(summary)
+            mlflow.log_param("blend_resolved", summary.blend)
             if hook.table is None:
                 mlflow.log_metrics(metrics)
             else:

@@ -120,6 +120,7 @@ def test_block_regions_match_whole_array_computation(scene, tiny_checkpoint):
     assert run.data.metrics["scene_accuracy"] == pytest.approx(whole["accuracy"])
     assert run.data.metrics["mpx_per_s"] > 0
     assert run.data.params["block"] == str(BLOCK)
+    assert run.data.params["blend"] == "auto" and run.data.params["blend_resolved"] == "crop"
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id)}
     assert {"preview.png", "regions"} <= arts
     inner = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id, "regions")}

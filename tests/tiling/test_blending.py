@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.tiling.blending import GAUSSIAN_FLOOR, BlendWindow
+from pipeline.tiling.blending import BLEND_MODES, GAUSSIAN_FLOOR, BlendWindow, resolve_blend
 from pipeline.tiling.grid import TileGrid
 
 
@@ -41,6 +41,15 @@ def test_gaussian_window_is_nd_peaked_and_never_zero(ndim):
 def test_constant_window_is_flat():
     grid = TileGrid.create((64, 64), 16, 0.25)
     assert np.all(BlendWindow(grid, "constant").weights((0, 0)) == 1)
+
+
+@pytest.mark.parametrize("fully_convolutional", [True, False])
+def test_auto_blend_is_crop_only_for_fully_convolutional_models(fully_convolutional):
+    assert resolve_blend("auto", fully_convolutional) == ("crop" if fully_convolutional else "gaussian")
+    for mode in BLEND_MODES:
+        assert resolve_blend(mode, fully_convolutional) == mode
+    with pytest.raises(ValueError, match="auto, constant, gaussian, crop"):
+        resolve_blend("median", fully_convolutional)
 
 
 def test_unknown_blend_mode_is_refused():
