@@ -442,7 +442,7 @@ def add_promote_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``gigaseg promote`` (and of ``python flows/promote_model.py``)."""
     p.add_argument("name", help="registered model name")
     p.add_argument("--version", type=int, help="candidate version")
-    p.add_argument("--eval-image", type=Path, help="evaluation scene")
+    p.add_argument("--eval-image", help="evaluation scene: a file, a band stack a.tif,b.tif,… or a STAC item")
     p.add_argument("--eval-labels", type=Path, help="its reference labels")
     p.add_argument("--metric", default=EvaluationScene.metric, help="miou, mdice or accuracy")
     p.add_argument("--margin", type=float, default=0.0, help="candidate must beat the champion by this")
