@@ -108,9 +108,21 @@ def stac_scene(
             f"{list(band_names)} (its assets: {available})"
         )
     chosen = [index[name.lower()] for name in band_names]
-    members = tuple(location(item.assets[key].get_absolute_href()) for key, _ in chosen)
+    members = tuple(_asset_location(where, key, item.assets[key]) for key, _ in chosen)
     stack = BandStack(members, tuple(band for _, band in chosen), tuple(band_names))
     return StacScene(item.id, item.extra_fields["gigaseg:href"], stack)
+
+
+def _asset_location(item_where: Where, key: str, asset: Any) -> Where:
+    """Where an asset is (relative hrefs from the item's location); one that cannot be read is
+    said naming the item, the asset and its href as written."""
+    where = location(asset.get_absolute_href())
+    try:
+        check_readable(where)
+    except InputError as exc:
+        reason = str(exc).removeprefix(f"{where}: ")
+        raise InputError(f"{item_where}: asset {key} ({asset.href}): {reason}") from None
+    return where
 
 
 def scene_for_model(scene: Scene, band_names: Sequence[str] | None, model: str) -> Scene:
