@@ -386,6 +386,15 @@ TRAIN_OPTIONS: dict[str, Option] = {
         meaning="`dataset`: mean/std of the training pixels, fixed in the card; `zscore` / `percentile`: per "
         "scene, at training and at inference (MR, EM); `window:LOW,HIGH`: fixed (CT in HU)",
     ),
+    "band_names": Option(
+        "the images' bands by name, in order, e.g. blue,green,red,nir (default: their band descriptions)",
+        lambda text: [n.strip() for n in text.split(",")],
+        metavar="NAME,…",
+        unset="the images' band descriptions",
+        meaning="the images' bands by name, in order, for the model card: a STAC item's assets are picked "
+        "by them (`eo:bands` names or common names such as `red`, `nir`) and rasters whose band "
+        "descriptions name them are matched by name in any order",
+    ),
     "device": Option(meaning="`auto` (CUDA if present), `cpu`, `cuda`, `cuda:N`"),
     "amp": Option(meaning="mixed precision on GPU"),
     "seed": Option(type=int, meaning="seed of the initial weights and of each epoch's sampling"),
@@ -414,6 +423,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth", type=int, help="shortcut for the depth option")
     _add_train_settings(p, "epochs", "steps_per_epoch", "tile", "batch_size", "lr", "backbone_weights")
     _add_train_settings(p, "loss", "aux_weight", "balanced", "jitter", "patience", "normalization")
+    _add_train_settings(p, "band_names")
     p.add_argument(
         "--val-fraction",
         type=float,
