@@ -248,7 +248,9 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "input",
         nargs="+",
-        help="raster (GeoTIFF or anything GDAL reads) or volume (.nii/.nii.gz, DICOM folder, "
+        help="raster (GeoTIFF or anything GDAL reads), band stack (a.tif,b.tif,…: one band a file, "
+        "coarser bands resampled to the finest), STAC item (.json, assets picked by the model's band "
+        "names) or volume (.nii/.nii.gz, DICOM folder, "
         "OME-Zarr, TIFF stack with --spacing), a path or a URL (s3://…, https://…); several "
         f"(paths, URLs, quoted globs such as 'tiles/*.tif', or {LIST_PREFIX}FILE listing one a line) "
         "with --output-dir",
