@@ -158,3 +158,23 @@ def test_stac_item_without_the_cards_bands_is_one_line(tmp_path, named_checkpoin
         _labels(item, named_checkpoint, tmp_path / "x.tif")
     with pytest.raises(InputError, match=r"tiny_unet\.safetensors names none"):
         _labels(item, tiny_checkpoint, tmp_path / "x.tif")
+
+
+def test_training_reads_a_stac_item_by_band_names(tmp_path):
+    from pipeline.training.request import TrainRequest
+    from pipeline.training.scenes import open_training_scenes
+    from pipeline.training.settings import TrainSettings
+    from pipeline.training.trainer import training_band_names
+
+    files, whole = _bands(tmp_path)
+    item = _item(tmp_path, files)
+    labels = write_raster(tmp_path / "labels.tif", np.ones((1, 96, 128), np.uint8), transform=FINE)
+    settings = TrainSettings(band_names=["red", "nir"])
+    request = TrainRequest([str(item)], [str(labels)], "m", settings, work_dir=tmp_path / "train")
+    (scene,) = open_training_scenes(request).scenes
+    with rasterio.open(whole) as src:
+        np.testing.assert_array_equal(scene.image.read(((0, 96), (0, 128)))[0], src.read([2, 3]))
+    assert training_band_names([scene], None) == ["red", "nir"]
+    unnamed = TrainRequest([str(item)], [str(labels)], "m", TrainSettings(), work_dir=tmp_path)
+    with pytest.raises(InputError, match=r"item\.json: a STAC item as a training image needs --band-names"):
+        open_training_scenes(unnamed)
