@@ -138,12 +138,10 @@ def _check_same_crs(reference: RasterInfo, other: RasterInfo, tolerance_px: floa
     """Raise unless ``other``'s CRS puts its pixels where ``reference``'s does (codes may differ).
 
     The corners and centre of ``other``, taken from its CRS to ``reference``'s, must
-    land within ``tolerance_px`` of ``reference``'s pixels of where they are.
+    land within ``tolerance_px`` of ``reference``'s pixels of where they are. A file
+    without a CRS (a bare mask) is taken to share the other's.
     """
-    if (reference.crs_wkt is None) != (other.crs_wkt is None):
-        has, lacks = (reference, other) if other.crs_wkt is None else (other, reference)
-        raise InputError(f"{lacks.path}: has no CRS, but {has.path} has {_crs_name(has.crs_wkt)}")
-    if reference.crs_wkt is None or reference.crs_wkt == other.crs_wkt:
+    if reference.crs_wkt is None or other.crs_wkt is None or reference.crs_wkt == other.crs_wkt:
         return
     a, b, c, d, e, f = other.transform
     cols = np.array([0, other.width, 0, other.width, other.width / 2])
