@@ -250,7 +250,9 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "input",
         nargs="+",
-        help="raster (GeoTIFF or anything GDAL reads) or volume (.nii/.nii.gz, DICOM folder, "
+        help="raster (GeoTIFF or anything GDAL reads), band stack (a.tif,b.tif,…: one band a file, "
+        "coarser bands resampled to the finest), STAC item (.json, assets picked by the model's band "
+        "names) or volume (.nii/.nii.gz, DICOM folder, "
         "OME-Zarr, TIFF stack with --spacing), a path or a URL (s3://…, https://…); several "
         f"(paths, URLs, quoted globs such as 'tiles/*.tif', or {LIST_PREFIX}FILE listing one a line) "
         "with --output-dir",
@@ -388,6 +390,15 @@ TRAIN_OPTIONS: dict[str, Option] = {
         meaning="`dataset`: mean/std of the training pixels, fixed in the card; `zscore` / `percentile`: per "
         "scene, at training and at inference (MR, EM); `window:LOW,HIGH`: fixed (CT in HU)",
     ),
+    "band_names": Option(
+        "the images' bands by name, in order, e.g. blue,green,red,nir (default: their band descriptions)",
+        lambda text: [n.strip() for n in text.split(",")],
+        metavar="NAME,…",
+        unset="the images' band descriptions",
+        meaning="the images' bands by name, in order, for the model card: a STAC item's assets are picked "
+        "by them (`eo:bands` names or common names such as `red`, `nir`) and rasters whose band "
+        "descriptions name them are matched by name in any order",
+    ),
     "device": Option(meaning="`auto` (CUDA if present), `cpu`, `cuda`, `cuda:N`"),
     "amp": Option(meaning="mixed precision on GPU"),
     "seed": Option(type=int, meaning="seed of the initial weights and of each epoch's sampling"),
@@ -416,6 +427,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth", type=int, help="shortcut for the depth option")
     _add_train_settings(p, "epochs", "steps_per_epoch", "tile", "batch_size", "lr", "backbone_weights")
     _add_train_settings(p, "loss", "aux_weight", "balanced", "jitter", "patience", "normalization")
+    _add_train_settings(p, "band_names")
     p.add_argument(
         "--val-fraction",
         type=float,
@@ -444,7 +456,7 @@ def add_promote_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``gigaseg promote`` (and of ``python flows/promote_model.py``)."""
     p.add_argument("name", help="registered model name")
     p.add_argument("--version", type=int, help="candidate version")
-    p.add_argument("--eval-image", type=Path, help="evaluation scene")
+    p.add_argument("--eval-image", help="evaluation scene: a file, a band stack a.tif,b.tif,… or a STAC item")
     p.add_argument("--eval-labels", type=Path, help="its reference labels")
     p.add_argument("--metric", default=EvaluationScene.metric, help="miou, mdice or accuracy")
     p.add_argument("--margin", type=float, default=0.0, help="candidate must beat the champion by this")

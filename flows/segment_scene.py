@@ -213,7 +213,7 @@ def segment_scene(
 @task(name="segment-batch-scene", **STAGE)
 def batch_scene_stage(config: SegmentConfig, track: bool) -> SegmentSummary:
     """One scene of a batch, as its own flow run (and MLflow run)."""
-    name = os.path.basename(str(config.input).rstrip("/"))
+    name = config.input.name
     return segment_scene_flow.with_options(flow_run_name=f"segment {name}")(config, track=track)
 
 

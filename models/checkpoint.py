@@ -80,6 +80,10 @@ class ModelCard:
     """What a model needs at inference, beside its weights.
 
     ``bands`` are 1-based input band indices (``None``: all bands, in order).
+    ``band_names`` name the bands the network reads, in its order (``None``: unnamed):
+    a raster whose band descriptions name them is matched by name in any order, and a
+    STAC item's assets are picked by them (``eo:bands`` names or common names such as
+    ``red``, ``nir``).
     ``normalization`` is one of ``{"kind": "none"}``, ``{"kind": "scale",
     "scale": s, "offset": o}`` (x * s + o), ``{"kind": "meanstd", "mean": [...],
     "std": [...]}`` (per selected band), ``{"kind": "minmax", "min": [...],
@@ -97,8 +101,16 @@ class ModelCard:
     normalization: dict[str, Any] = field(default_factory=lambda: {"kind": "none"})
     tile_size: int | None = None
     training: dict[str, Any] = field(default_factory=dict)
+    band_names: list[str] | None = None
 
     def __post_init__(self) -> None:
+        if self.band_names is not None:
+            self.band_names = [str(n) for n in self.band_names]
+            channels = self.config.get("in_channels")
+            if channels is not None and len(self.band_names) != int(channels):
+                raise CheckpointError(
+                    f"{len(self.band_names)} band names {self.band_names} for {channels} input channels"
+                )
         if not self.class_colors:
             self.class_colors = default_colors(len(self.class_names), self.class_names)
         self.class_colors = [tuple(int(c) for c in rgb) for rgb in self.class_colors]

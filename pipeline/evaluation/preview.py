@@ -18,7 +18,8 @@ from pipeline.stores.object_storage_settings import open_raster
 def _stretch(band: np.ndarray, valid: np.ndarray) -> np.ndarray:
     vals = band[valid]
     lo, hi = np.percentile(vals, (2, 98)) if vals.size else (0.0, 1.0)
-    return np.clip((band - lo) / max(hi - lo, 1e-9) * 255, 0, 255).astype(np.uint8)
+    scaled = np.nan_to_num((band - lo) / max(hi - lo, 1e-9) * 255)  # NaN: nodata of a float stack
+    return np.clip(scaled, 0, 255).astype(np.uint8)
 
 
 def _false_colour(bands: int) -> tuple[int, int, int]:

@@ -4,7 +4,8 @@ The item (``STEM.stac.json`` beside the labels) lists the outputs as assets with
 the ``file`` extension (size and a SHA2-256 multihash checksum), the labels'
 ``raster`` band and ``classification`` classes (name and colour per class id,
 nodata marked), the grid in the ``proj`` extension, and links to the source
-scene (``derived_from``) and the model (``via``, e.g. ``models:/NAME/VERSION``).
+scene (``derived_from``: the file, each file of a band stack, or the STAC item
+read) and the model (``via``, e.g. ``models:/NAME/VERSION``).
 Asset hrefs beside the item are relative, so the folder can move.
 """
 
@@ -67,7 +68,8 @@ class Product:
     """What the item describes: the run's source, model, grid and classes."""
 
     item_id: str
-    source: str
+    source: str | Sequence[str]
+    """The source scene's location, or its files (a band stack), or its STAC item's."""
     model: str
     crs_wkt: str | None
     transform: Sequence[float]
@@ -77,6 +79,8 @@ class Product:
     nodata: int
     label_dtype: str = "uint8"
     properties: dict = field(default_factory=dict)
+    source_item: str | None = None
+    """The id of the STAC item the source was read from (``source`` is then its location)."""
 
 
 def _footprint(product: Product) -> tuple[dict | None, list[float] | None]:
@@ -180,7 +184,14 @@ def stac_item(product: Product, outputs: Sequence[OutputFile]) -> pystac.Item:
             )
             RasterExtension.ext(asset, add_if_missing=True).apply([band])
             ClassificationExtension.ext(asset, add_if_missing=True).apply(classes=_classes(product))
-    item.add_link(pystac.Link("derived_from", product.source, title="source scene"))
+    sources = [product.source] if isinstance(product.source, str) else list(product.source)
+    for source in sources:
+        if product.source_item is not None:
+            title = f"source STAC item {product.source_item}"
+            link = pystac.Link("derived_from", source, pystac.MediaType.GEOJSON, title)
+        else:
+            link = pystac.Link("derived_from", source, title="source scene")
+        item.add_link(link)
     item.add_link(pystac.Link("via", product.model, title="model"))
     return item
 

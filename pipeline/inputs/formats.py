@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import InputError
+from pipeline.inputs.band_stack import BandStack, Scene, check_scene_readable, scene_location, stack_vrt
 from pipeline.inputs.dicom import is_dicom_folder, open_dicom_series
 from pipeline.inputs.ingest import ingest_raster
 from pipeline.inputs.nifti import is_nifti, open_nifti
@@ -21,7 +22,7 @@ from pipeline.inputs.ome_zarr import is_ome_zarr, open_ome_zarr
 from pipeline.inputs.raster import RasterInfo, inspect_raster
 from pipeline.inputs.tiff_stack import is_tiff, open_tiff_stack, stack_depth
 from pipeline.inputs.volume import VolumeSource, ingest_volume
-from pipeline.stores.location import ObjectLocation, check_readable, location
+from pipeline.stores.location import ObjectLocation
 from pipeline.stores.scene import SceneStore
 from pipeline.stores.transfer import local_copy
 
@@ -40,16 +41,22 @@ class InputDescription:
 
 
 def describe_input(
-    path: str | os.PathLike[str] | ObjectLocation, spacing: Sequence[float] | None = None
+    path: str | os.PathLike[str] | Scene, spacing: Sequence[float] | None = None
 ) -> InputDescription:
     """Pick the reader for ``path`` and read its header; bad input raises :class:`InputError`.
 
     A raster at a URL is read in place by GDAL; a volume at a URL (NIfTI, DICOM
     folder, TIFF stack, OME-Zarr) is first copied to a private local folder, since
-    its readers need files.
+    its readers need files. A band stack (``a.tif,b.tif,…``) is read as one raster
+    through its VRT (:mod:`pipeline.inputs.band_stack`).
     """
-    where = location(path)
-    check_readable(where)
+    where = scene_location(path)
+    check_scene_readable(where)
+    if isinstance(where, BandStack):
+        if spacing is not None:
+            raise InputError(f"--spacing applies to TIFF stacks only; {where} is a band stack")
+        info = inspect_raster(stack_vrt(where))
+        return InputDescription(info.path, "raster", len(info.bands), 2, raster=info)
     if isinstance(where, ObjectLocation):
         if not _is_volume_name(where, spacing) and not where.is_dir():
             info = inspect_raster(where)

@@ -16,10 +16,12 @@ import itertools
 import os
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import dask
 from rasterio.errors import NotGeoreferencedWarning
 
+from pipeline.inputs.band_stack import vrt_sources
 from pipeline.inputs.raster import RasterInfo, inspect_raster, read_window
 from pipeline.stores.location import ObjectLocation, Where, location
 from pipeline.stores.object_storage_settings import open_raster
@@ -33,10 +35,17 @@ def content_id(path: str | os.PathLike[str] | ObjectLocation, chunk_bytes: int =
     """BLAKE2b of the file's bytes: the identity ingest reuse is keyed on.
 
     An object whose store reports an entity tag is identified by it and its size
-    (the tag changes with the bytes), without downloading it.
+    (the tag changes with the bytes), without downloading it. A local VRT (a band
+    stack's, or the user's own) is identified by its text and the identities of the
+    files it reads, so changing any one of them makes a new scene.
     """
     where = location(path)
     digest = hashlib.blake2b(digest_size=16)
+    if isinstance(where, Path) and where.suffix.lower() == ".vrt":
+        digest.update(where.read_bytes())
+        for source in vrt_sources(where):
+            digest.update(f"\0{content_id(source, chunk_bytes)}".encode())
+        return digest.hexdigest()
     if isinstance(where, ObjectLocation):
         info = where.fs.info(where.url)
         tag = info.get("ETag") or info.get("etag")

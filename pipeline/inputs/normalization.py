@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.errors import InputError
 from pipeline.inputs.scene_statistics import Reader, scene_statistics
+
+if TYPE_CHECKING:
+    from models.checkpoint import ModelCard
 
 NORMALIZATION_KINDS = ("none", "scale", "meanstd", "minmax", "window", "zscore", "percentile")
 PER_SCENE_KINDS = ("zscore", "percentile")
@@ -84,6 +87,48 @@ def select_bands(bands: Sequence[int] | None, num_bands: int, in_channels: int, 
             f"{source}: the model card selects {len(chosen)} band(s) for {in_channels} input channels"
         )
     return [b - 1 for b in chosen]
+
+
+def bands_by_name(wanted: Sequence[str], names: Sequence[str], source: str) -> list[int] | None:
+    """0-based indices of the raster's bands named ``wanted`` (case aside), in ``wanted``'s order.
+
+    None when the raster names none of them (its bands are then taken by position);
+    naming some but not all is a mismatch, said in one line with both lists.
+
+    >>> bands_by_name(["red", "nir"], ["blue", "nir", "red"], "s.tif")
+    [2, 1]
+    >>> bands_by_name(["red", "nir"], ["band_1", "band_2"], "s.tif") is None
+    True
+    """
+    lookup: dict[str, int] = {}
+    for i, name in enumerate(names):
+        lookup.setdefault(str(name).strip().lower(), i)
+    found = [lookup.get(str(w).strip().lower()) for w in wanted]
+    if all(f is None for f in found):
+        return None
+    missing = [w for w, f in zip(wanted, found) if f is None]
+    if missing:
+        raise InputError(
+            f"{source}: has bands {list(names)} but the model reads {list(wanted)} (missing {missing})"
+        )
+    return [int(f) for f in found if f is not None]
+
+
+def model_bands(card: ModelCard, names: Sequence[str] | None, num_bands: int, source: str) -> list[int]:
+    """0-based band indices to feed the model: by the card's band names where the raster names its
+    bands, else by the card's indices (:func:`select_bands`)."""
+    names = list(names or [])
+    if card.band_names:
+        by_name = bands_by_name(card.band_names, names, source)
+        if by_name is not None:
+            return by_name
+        if card.bands is None and num_bands != card.in_channels:
+            listed = f" {names}" if names else ""
+            raise InputError(
+                f"{source}: has {num_bands} band(s){listed} but the model reads {card.in_channels} "
+                f"{list(card.band_names)}"
+            )
+    return select_bands(card.bands, num_bands, card.in_channels, source)
 
 
 def normalize(image: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:

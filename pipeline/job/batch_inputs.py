@@ -70,7 +70,14 @@ def output_name(source: str) -> str:
     ('scene_07.tif', 'brain.nii.gz')
     >>> output_name("dicom/series_3/")
     'series_3.tif'
+    >>> output_name("nc/lsat7_2000_10.tif,nc/lsat7_2000_20.tif")
+    'lsat7_2000.tif'
     """
+    from pipeline.inputs.band_stack import BandStack, scene_location
+
+    scene = scene_location(source)
+    if isinstance(scene, BandStack):
+        return f"{scene.name}.tif"
     name = posixpath.basename(source.replace(os.sep, "/").rstrip("/"))
     lower = name.lower()
     suffix = next((s for s in _DOUBLE_SUFFIXES if lower.endswith(s)), os.path.splitext(name)[1])

@@ -11,7 +11,8 @@ from models.checkpoint import ModelCard
 from pipeline.errors import InputError
 from pipeline.exporters.formats import output_format
 from pipeline.inputs.formats import InputDescription, describe_input
-from pipeline.inputs.normalization import select_bands
+from pipeline.inputs.normalization import model_bands
+from pipeline.inputs.stac_item import is_stac_item, stac_scene
 from pipeline.job.config import SegmentConfig
 from pipeline.job.model_source import load_model
 
@@ -39,28 +40,42 @@ def check_inputs(config: SegmentConfig, load: Callable[..., tuple] = load_model)
     ``load``: how the model is loaded (a batch passes its :class:`~pipeline.job.model_source.ModelCache`'s).
     """
     config.validate()
-    info = describe_input(config.input, config.spacing)
+    info, model, card = _describe_and_load(config, load)
     for out in (config.output, config.probabilities):
         if out is not None:
             output_format(out, info.spatial_dims)
     if config.vector is not None and info.spatial_dims != 2:
         raise InputError(f"{config.vector}: polygons are for 2D rasters; {config.input} is a volume")
+    if info.kind == "nifti" and card.bands is None and info.num_bands != card.in_channels:
+        raise InputError(  # the channel rule, said out loud: a 4D NIfTI's 4th axis holds channels
+            f"{config.input}: has {info.num_bands} channel(s) (a NIfTI's 4th axis is read as channels) "
+            f"but the model expects {card.in_channels}"
+        )
+    names = info.raster.band_names if info.raster is not None else None
+    bands = model_bands(card, names, info.num_bands, str(config.input))
+    default_axis = info.volume.geometry.slice_axis if info.volume is not None else 0
+    slice_axis = slice_axis_for(config, info.spatial_dims, model, default_axis)
+    _warn_about(config, info, model)
+    return CheckedInput(model=model, card=card, bands=bands, info=info, slice_axis=slice_axis)
+
+
+def _describe_and_load(
+    config: SegmentConfig, load: Callable[..., tuple]
+) -> tuple[InputDescription, SegmentationModel, ModelCard]:
+    """The input's header and the model; a STAC item is read as the stack of the card's bands."""
+    if is_stac_item(config.input):
+        model, card = load(
+            config.model, in_channels=config.in_channels, num_classes=config.num_classes, seed=config.seed
+        )
+        return describe_input(stac_scene(config.input, card.band_names, config.model).stack), model, card
+    info = describe_input(config.input, config.spacing)
     model, card = load(
         config.model,
         in_channels=config.in_channels or info.num_bands,
         num_classes=config.num_classes,
         seed=config.seed,
     )
-    if info.kind == "nifti" and card.bands is None and info.num_bands != card.in_channels:
-        raise InputError(  # the channel rule, said out loud: a 4D NIfTI's 4th axis holds channels
-            f"{config.input}: has {info.num_bands} channel(s) (a NIfTI's 4th axis is read as channels) "
-            f"but the model expects {card.in_channels}"
-        )
-    bands = select_bands(card.bands, info.num_bands, card.in_channels, str(config.input))
-    default_axis = info.volume.geometry.slice_axis if info.volume is not None else 0
-    slice_axis = slice_axis_for(config, info.spatial_dims, model, default_axis)
-    _warn_about(config, info, model)
-    return CheckedInput(model=model, card=card, bands=bands, info=info, slice_axis=slice_axis)
+    return info, model, card
 
 
 def _warn_about(config: SegmentConfig, info: InputDescription, model: SegmentationModel) -> None:

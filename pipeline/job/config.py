@@ -6,18 +6,18 @@ name the user typed.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.engine.crf import CRFParams
 from pipeline.errors import InputError
 from pipeline.exporters.formats import check_output_name
+from pipeline.inputs.band_stack import BandStack, Scene, check_scene_readable, scene_files, scene_location
 from pipeline.job.model_source import check_model_source
 from pipeline.stores.location import (
     ObjectLocation,
     Where,
-    check_readable,
     check_work_folder,
     check_writable_folder,
     location,
@@ -33,8 +33,8 @@ class SegmentConfig:
     read them from here (the ``crf_*`` ones from :class:`CRFParams`).
     """
 
-    input: Where
-    """The scene: a local path or a URL (``s3://…``, ``https://…``)."""
+    input: Scene
+    """The scene: a local path or a URL (``s3://…``, ``https://…``), or a band stack ``a.tif,b.tif,…``."""
     model: str
     output: Where
     """Where the labels go: a local path or an object-store URL (uploaded whole when finished)."""
@@ -107,7 +107,7 @@ class SegmentConfig:
     """Coverage simplification tolerance (CRS units; neighbours keep shared edges); 0: none."""
 
     def __post_init__(self) -> None:
-        self.input = location(self.input)
+        self.input = scene_location(self.input)
         self.output = location(self.output)
         if self.probabilities is not None:
             self.probabilities = location(self.probabilities)
@@ -180,14 +180,14 @@ class SegmentConfig:
 
     def validate_paths(self) -> None:
         """Check that the input exists and the outputs can be written without losing anything."""
-        check_readable(self.input)
+        check_scene_readable(self.input)
         outputs = [self.output] + [o for o in (self.probabilities, self.vector) if o is not None]
         for out in outputs:
             if out is not self.vector:  # polygon formats: validate_vector_options
                 check_output_name(out)
             if isinstance(out, Path) and not out.parent.is_dir():
                 raise InputError(f"{out}: folder {out.parent} does not exist")
-            if out.resolve() == self.input.resolve():
+            if any(out.resolve() == f.resolve() for f in scene_files(self.input)):
                 raise InputError(f"{out}: output would overwrite the input")
             if _exists(out) and not self.overwrite:
                 raise InputError(f"{out}: already exists (use --overwrite to replace it)")
@@ -219,7 +219,9 @@ class SegmentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able settings (for logs and tracking)."""
-        return {k: (str(v) if isinstance(v, Path | ObjectLocation) else v) for k, v in asdict(self).items()}
+        values = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        paths = Path | ObjectLocation | BandStack
+        return {k: (str(v) if isinstance(v, paths) else v) for k, v in values.items()}
 
 
 def _exists(where: Where) -> bool:

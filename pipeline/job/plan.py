@@ -20,7 +20,7 @@ from models.checkpoint import ModelCard
 from pipeline.engine.crf import CRFParams, band_stats, refine
 from pipeline.engine.slicewise import slice_align, slice_tile
 from pipeline.errors import InputError
-from pipeline.inputs.normalization import normalizer_for, resolve_normalization, select_bands
+from pipeline.inputs.normalization import model_bands, normalizer_for, resolve_normalization
 from pipeline.inputs.volume_geometry import VolumeGeometry, is_volume
 from pipeline.job.checks import CheckedInput, slice_axis_for
 from pipeline.job.config import SegmentConfig
@@ -247,7 +247,7 @@ def attach(config: SegmentConfig, load: Callable[..., tuple] = load_model) -> Jo
         num_classes=config.num_classes,
         seed=config.seed,
     )
-    bands = select_bands(card.bands, scene.num_bands, card.in_channels, str(config.input))
+    bands = model_bands(card, scene.attrs.get("band_names"), scene.num_bands, str(config.input))
     dims = len(scene.spatial_shape)
     default_axis = VolumeGeometry.from_attrs(scene.attrs).slice_axis if is_volume(scene.attrs) else 0
     slice_axis = slice_axis_for(config, dims, model, default_axis)

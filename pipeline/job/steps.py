@@ -20,7 +20,9 @@ from pipeline.execution.progress import Progress
 from pipeline.exporters.cog import Georeference, export_labels_cog, export_probabilities_cog
 from pipeline.exporters.formats import ExportedOutputs, companions, export_volume_outputs, output_format
 from pipeline.exporters.stac import OutputFile, Product, item_json, item_name, relative_href, stac_item
+from pipeline.inputs.band_stack import Scene, scene_files
 from pipeline.inputs.formats import ingest_input
+from pipeline.inputs.stac_item import stac_source
 from pipeline.inputs.volume_geometry import is_volume
 from pipeline.job.checks import CheckedInput, check_inputs
 from pipeline.job.config import SegmentConfig
@@ -185,9 +187,10 @@ def stac_item_for(job: Job, labels: Path, probabilities: Path | None, vector: Pa
         if style is not None and style.exists():
             where = (config.output if key == "labels_style" else config.vector).with_name(style.name)
             outputs.append(OutputFile(key, style, relative_href(where, folder), ("style",)))
+    source, source_item = _source_links(config.input)
     product = Product(
         item_id=Path(config.output.name).stem,
-        source=str(config.input),
+        source=source,
         model=config.model,
         crs_wkt=attrs.get("crs"),
         transform=attrs["transform"],
@@ -197,8 +200,17 @@ def stac_item_for(job: Job, labels: Path, probabilities: Path | None, vector: Pa
         nodata=job.store.nodata,
         label_dtype=str(job.store.labels.dtype),
         properties={"gigaseg:arch": job.card.arch},
+        source_item=source_item,
     )
     return stac_item(product, outputs)
+
+
+def _source_links(scene: Scene) -> tuple[list[str], str | None]:
+    """What the output's item is derived from: the scene's files, or its STAC item (and the item's id)."""
+    found = stac_source(scene)
+    if found is not None:
+        return [found[1]], found[0]
+    return [str(f) for f in scene_files(scene)], None
 
 
 def _export_polygons(job: Job, vector: Path) -> None:

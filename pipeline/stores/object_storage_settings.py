@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import rasterio
 
-from pipeline.stores.location import ObjectLocation, Where
+from pipeline.stores.location import ObjectLocation, Where, location
 
 _configured: dict[str, str] = {}
 """The GDAL settings this process put in its environment (a later endpoint may replace them)."""
@@ -102,6 +102,20 @@ def gdal_path(where: Where) -> str:
     if where.protocol in ("http", "https"):
         return f"/vsicurl/{where.url}"
     return where.url
+
+
+def from_gdal_path(name: str) -> Where:
+    """The location a GDAL path names: the inverse of :func:`gdal_path` (``/vsis3/b/k`` → ``s3://b/k``).
+
+    >>> from_gdal_path("/vsis3/bucket/a.tif"), from_gdal_path("/vsicurl/https://host/a.tif")
+    (ObjectLocation('s3://bucket/a.tif'), ObjectLocation('https://host/a.tif'))
+    """
+    if name.startswith("/vsicurl/"):
+        return location(name[len("/vsicurl/") :])
+    for protocol, prefix in _GDAL_PREFIXES.items():
+        if name.startswith(prefix):
+            return ObjectLocation(f"{protocol}://{name[len(prefix) :]}")  # gs before gcs, az before abfs
+    return location(name)
 
 
 def open_raster(where: Where, mode: str = "r", **kwargs: Any) -> rasterio.DatasetReader:

@@ -110,7 +110,7 @@ class EvaluationScene:
         from pipeline.tracking.segment_run import track_segment_run
 
         config = SegmentConfig(
-            input=Path(self.image),
+            input=self.image,
             model=f"{PREFIX}{name}/{version}",
             output=work / f"{name}-v{version}.tif",
             block=self.block,

@@ -52,6 +52,14 @@ def region_paths(output: Where) -> tuple[Where, Where]:
     return region_table_paths(output)
 
 
+def _source_tags(config: SegmentConfig) -> dict[str, str]:
+    """The input's STAC item (id and location), when the scene is one."""
+    from pipeline.inputs.stac_item import stac_source
+
+    found = stac_source(config.input)
+    return {} if found is None else {"gigaseg.stac_item_id": found[0], "gigaseg.stac_item": found[1]}
+
+
 def _model_tags(model: str) -> dict[str, str]:
     if not model.startswith("models:/"):
         return {"gigaseg.model": model}
@@ -100,7 +108,10 @@ def check_reference_grid(
     from pipeline.inputs.band_stack import check_same_grid
     from pipeline.inputs.formats import describe_input
     from pipeline.inputs.raster import inspect_raster
+    from pipeline.inputs.stac_item import is_stac_item
 
+    if is_stac_item(config.input):
+        return  # its bands are known once the model's card is: checked with the region table
     raster = describe_input(config.input, config.spacing).raster
     if raster is None:
         return
@@ -218,11 +229,12 @@ def _log_preview(config: SegmentConfig, labels: Path, card: ModelCard) -> None:
     import mlflow
 
     from pipeline.evaluation.preview import write_preview
+    from pipeline.inputs.band_stack import resolve_image
+    from pipeline.inputs.stac_item import scene_for_model
 
+    image = resolve_image(scene_for_model(config.input, card.band_names, config.model))
     with tempfile.TemporaryDirectory() as tmp:
-        png = write_preview(
-            config.input, labels, Path(tmp) / "preview.png", card.class_names, card.class_colors
-        )
+        png = write_preview(image, labels, Path(tmp) / "preview.png", card.class_names, card.class_colors)
         mlflow.log_artifact(str(png))
 
 
@@ -244,7 +256,8 @@ def track_segment_run(
     """
     config = _tracked_config(config, labels, regions)
     csv_path, geojson_path = region_paths(config.output)
-    run_tags = {"gigaseg.kind": "segment", **_model_tags(config.model), **(tags or {})}
+    run_tags = {"gigaseg.kind": "segment", **_model_tags(config.model), **_source_tags(config)}
+    run_tags.update(tags or {})
     outputs = output_set(config)
     hook = _RegionTableHook(labels, regions, outputs)
     try:

@@ -23,7 +23,7 @@ import numpy as np
 import rasterio
 
 from pipeline.errors import InputError
-from pipeline.inputs.band_stack import check_same_grid, resolve_image
+from pipeline.inputs.band_stack import Scene, check_same_grid, resolve_image
 from pipeline.inputs.formats import InputDescription, describe_input, ingest_input
 from pipeline.stores.scene import SceneStore
 from pipeline.tiling.grid import Region
@@ -77,7 +77,7 @@ def _check_same_voxel_grid(image: InputDescription, labels: InputDescription) ->
 
 
 def open_pair(
-    image_spec: str | os.PathLike[str],
+    image_spec: str | os.PathLike[str] | Scene,
     label_path: str | os.PathLike[str],
     work: str | os.PathLike[str],
     val_fraction: float,

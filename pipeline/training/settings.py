@@ -40,6 +40,9 @@ class TrainSettings:
     """Input intensities: ``dataset`` (mean/std of the training data, fixed in the card), ``zscore``
     or ``percentile`` (per scene, resolved on each scene at training and at inference: MR, EM),
     or ``window:LOW,HIGH`` (a fixed window such as a CT window in HU)."""
+    band_names: list[str] | None = None
+    """Names of the image's bands, in order, for the card (``red``, ``nir``, …: what picks a STAC
+    item's assets and matches named raster bands); None: the images' own band descriptions."""
 
     def validate(self) -> None:
         """Raise :class:`InputError` naming the first bad option."""

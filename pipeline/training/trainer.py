@@ -19,6 +19,7 @@ after the last finished epoch; numbers are drawn from generators seeded by
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -131,7 +132,25 @@ def check_training_data(
             f"--arch {settings.arch} is a {spec.spatial_dims}D network but the training images are "
             f"{spatial_dims}D (gigaseg models lists each architecture's dimensions)"
         )
+    training_band_names(scenes, settings.band_names)  # --band-names fits the images, said before training
     return TrainingData(scenes, num_classes, names, colors, bands.pop(), spatial_dims)
+
+
+def training_band_names(scenes: Sequence[LabelledScene], given: Sequence[str] | None) -> list[str] | None:
+    """The card's band names: ``given`` (``--band-names``), else the images' own band descriptions
+    when every image has the same real ones (not GDAL's unnamed ``band_N``), else None."""
+    bands = scenes[0].image.num_bands
+    if given:
+        if len(given) != bands:
+            raise InputError(
+                f"--band-names gives {len(given)} name(s) {list(given)}; the images have {bands} bands"
+            )
+        return list(given)
+    found = {tuple(s.image.attrs.get("band_names") or ()) for s in scenes}
+    names = found.pop() if len(found) == 1 else ()
+    if len(names) != bands or all(re.fullmatch(r"band_\d+", n) for n in names):
+        return None
+    return list(names)
 
 
 def normalize_training_data(data: TrainingData, option: str) -> None:
@@ -244,6 +263,7 @@ class EpochLoop:
             bands=None,
             normalization=data.normalization,
             tile_size=max(256 if data.spatial_dims == 2 else 64, self.settings.tile),
+            band_names=training_band_names(data.scenes, self.settings.band_names),
             training={
                 "settings": asdict(self.settings),
                 "images": [s.name for s in data.scenes],

@@ -22,7 +22,7 @@ END = "<!-- end of bad-input table -->"
 EXIT_USER_ERROR = 2
 
 
-def _write(path: Path, data: np.ndarray, nodata: float | None = None) -> None:
+def _write(path: Path, data: np.ndarray, nodata: float | None = None, crs: str = "EPSG:32633") -> None:
     import rasterio
     from affine import Affine
 
@@ -35,7 +35,7 @@ def _write(path: Path, data: np.ndarray, nodata: float | None = None) -> None:
         height=height,
         count=count,
         dtype=data.dtype.name,
-        crs="EPSG:32633",
+        crs=crs,
         transform=Affine(10, 0, 500000, 0, -10, 5000000),
         nodata=nodata,
     ) as dst:
@@ -62,6 +62,36 @@ def _pickle(folder: Path) -> None:
     import torch
 
     torch.save({"weight": torch.zeros(2)}, folder / "model.pt")
+
+
+def _bands_on_two_crss(folder: Path) -> None:
+    _write(folder / "red.tif", np.ones((1, 96, 128), np.uint16))
+    _write(folder / "nir.tif", np.ones((1, 96, 128), np.uint16), crs="EPSG:32634")
+
+
+def _stac_item(folder: Path, assets: dict[str, str]) -> None:
+    """``item.json``: a STAC item whose assets (key: common name) point at ``red.tif`` etc."""
+    import datetime as dt
+    import json
+
+    import pystac
+
+    item = pystac.Item("scene", None, None, dt.datetime(2024, 6, 1, tzinfo=dt.UTC), {})
+    for key, name in assets.items():
+        bands = [{"name": key, "common_name": name}]
+        item.add_asset(key, pystac.Asset(f"./{name}.tif", roles=["data"], extra_fields={"eo:bands": bands}))
+        if name != "blue":
+            _write(folder / f"{name}.tif", np.ones((1, 96, 128), np.uint16))
+    text = json.dumps(item.to_dict(include_self_link=False, transform_hrefs=False))
+    (folder / "item.json").write_text(text)
+
+
+def _stac_item_without_blue(folder: Path) -> None:
+    _stac_item(folder, {"B04": "red", "B08": "nir"})
+
+
+def _stac_item_missing_blue_file(folder: Path) -> None:
+    _stac_item(folder, {"B04": "red", "B03": "green", "B02": "blue"})
 
 
 def _folder_output(folder: Path) -> None:
@@ -162,6 +192,26 @@ CASES: list[Case] = [
         "code); if you trust it, load it yourself and save it with models.checkpoint.save_checkpoint "
         "(safetensors + model card), or train one with gigaseg train -o NAME.safetensors",
         setup=_pickle,
+    ),
+    Case(
+        "a band stack whose files are on different CRSs",
+        ("segment", "red.tif,nir.tif", "-m", "MODEL", "-o", "new.tif"),
+        "gigaseg: nir.tif: CRS EPSG:32634 differs from red.tif's EPSG:32633 (the grids are 47202.40 pixels "
+        "apart; at most 0.5 accepted)",
+        setup=_bands_on_two_crss,
+    ),
+    Case(
+        "a STAC item without the bands the model card names (red, green, blue)",
+        ("segment", "item.json", "-m", "MODEL", "-o", "new.tif"),
+        "gigaseg: item.json: STAC item scene has no asset for band(s) ['green', 'blue'] of the model's "
+        "['red', 'green', 'blue'] (its assets: ['B04', 'B08'])",
+        setup=_stac_item_without_blue,
+    ),
+    Case(
+        "a STAC item whose band asset is missing",
+        ("segment", "item.json", "-m", "MODEL", "-o", "new.tif"),
+        "gigaseg: item.json: asset B02 (./blue.tif): no such file",
+        setup=_stac_item_missing_blue_file,
     ),
     Case(
         "`--tile 0`",

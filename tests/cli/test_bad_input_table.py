@@ -25,10 +25,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A seeded, untrained 3-band, 2-class U-Net checkpoint."""
+    """A seeded, untrained 3-band, 2-class U-Net checkpoint whose bands are named red, green, blue."""
     torch.manual_seed(0)
     net = build("unet", in_channels=3, num_classes=2, width=4, depth=2)
-    card = ModelCard(arch="unet", config=net.config, class_names=["a", "b"], tile_size=64)
+    names = ["red", "green", "blue"]
+    card = ModelCard(arch="unet", config=net.config, class_names=["a", "b"], tile_size=64, band_names=names)
     return save_checkpoint(tmp_path_factory.mktemp("model") / "m.safetensors", net, card)
 
 

@@ -233,3 +233,31 @@ def test_volume_on_a_bucket_gives_the_same_nifti_and_ome_zarr_as_on_disk(bucket,
     np.testing.assert_array_equal(local[level][...], remote[level][...])
     assert float(np.nanstd(local[level][...])) > 0  # the comparison sees varying probabilities
     assert not any(k.endswith(".gigaseg-work") for k in bucket.fs.ls(str(bucket / "out"), detail=False))
+
+
+def test_stac_item_on_a_bucket_reads_its_band_assets_in_place(tiny_checkpoint, bucket, tmp_path):
+    """An item and its band COGs (one at 20 m) on a bucket, hrefs relative to the item: the same
+    labels as the one multi-band file on disk, and a changed band object is a new scene."""
+    from models.checkpoint import load_checkpoint, save_checkpoint
+    from pipeline.inputs.band_stack import stack_vrt
+    from pipeline.inputs.ingest import content_id
+    from pipeline.inputs.stac_item import stac_scene
+    from tests.inputs.test_band_stack import NAMES, _bands, _item
+
+    model, card = load_checkpoint(tiny_checkpoint)
+    card.band_names = list(NAMES)
+    named = str(save_checkpoint(tmp_path / "named.safetensors", model, card))
+    files, whole = _bands(tmp_path)
+    for f in [*files, _item(tmp_path, files)]:
+        upload(f, bucket / "items" / f.name)
+    item = bucket / "items" / "item.json"
+    options = {"model": named, "tile": 64, "block": 128, "chunk": 64, "quiet": True}
+    segment(SegmentConfig(input=str(item), output=tmp_path / "from_bucket.tif", **options))
+    segment(SegmentConfig(input=whole, output=tmp_path / "local.tif", **options))
+    with rasterio.open(tmp_path / "from_bucket.tif") as a, rasterio.open(tmp_path / "local.tif") as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+    stack = stac_scene(item, NAMES, named).stack
+    assert all(isinstance(m, ObjectLocation) for m in stack.members)
+    before = content_id(stack_vrt(stack, tmp_path / "vrt"))
+    upload(files[0], bucket / "items" / files[2].name)  # the nir object's bytes change
+    assert content_id(stack_vrt(stack, tmp_path / "vrt")) != before

@@ -50,3 +50,18 @@ def test_a_bare_pickle_is_named_as_one(tmp_path, protocol):
     torch.save({"w": torch.zeros(2)}, path, _use_new_zipfile_serialization=False, pickle_protocol=protocol)
     with pytest.raises(CheckpointError, match="PyTorch pickle"):
         _refuse_pickle(path)
+
+
+def test_band_names_are_kept_and_a_card_saved_without_them_still_reads():
+    import json
+
+    from models.checkpoint import CheckpointError, ModelCard
+
+    config = {"in_channels": 2, "num_classes": 2}
+    card = ModelCard("unet", config, ["a", "b"], band_names=["red", "nir"])
+    assert ModelCard.from_json(card.to_json()).band_names == ["red", "nir"]
+    older = json.loads(card.to_json())
+    del older["band_names"]  # a card saved before cards named their bands
+    assert ModelCard.from_json(json.dumps(older)).band_names is None
+    with pytest.raises(CheckpointError, match=r"3 band names \['r', 'g', 'b'\] for 2 input channels"):
+        ModelCard("unet", config, ["a", "b"], band_names=["r", "g", "b"])

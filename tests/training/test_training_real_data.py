@@ -73,3 +73,38 @@ def test_training_on_landsat_stack_learns(shared_data, tmp_path):
     assert out.best.miou > MIOU_FLOOR
     assert out.best.miou > out.history[0].miou
     assert out.card.normalization["kind"] == "meanstd" and len(out.card.normalization["mean"]) == 6
+
+
+def test_landsat_stack_train_promote_segment_from_the_registry(shared_data, tmp_path):
+    """The stack a user trains on is the stack they promote with and segment: train → register →
+    promote with the stack as evaluation image → segment it from ``models:/NAME@champion`` with
+    per-region metrics against the land cover (tiny training: the chain, not the skill, is tested)."""
+    import json
+
+    from flows.cli import main
+    from flows.promote_model import promote_model
+    from flows.train_model import train_model
+
+    bands, labels = _stack(shared_data)
+    settings = TrainSettings(
+        arch="unet", arch_config={"width": 4, "depth": 2}, tile=64, batch_size=2, epochs=1,
+        steps_per_epoch=2, device="cpu",
+    )  # fmt: skip
+    report = train_model([bands], [str(labels)], "landsat-stack", settings, work_dir=tmp_path / "train")
+    card = report.outcome.card
+    assert card.band_names == [f"lsat7_2000_{b}" for b in (10, 20, 30, 40, 50, 70)]
+    decision = promote_model("landsat-stack", report.version.version, bands, str(labels))
+    assert decision.action == "first" and decision.candidate_score is not None
+    first = inspect_raster(bands.split(",")[0])
+    x0, y1 = first.transform[2], first.transform[5]
+    west = [[x0, y1], [x0 + 6000, y1], [x0 + 6000, y1 - 6000], [x0, y1 - 6000], [x0, y1]]
+    feature = {"type": "Feature", "properties": {"name": "north-west"}}
+    feature["geometry"] = {"type": "Polygon", "coordinates": [west]}
+    crs = {"properties": {"name": "EPSG:32119"}}
+    regions = tmp_path / "regions.geojson"
+    regions.write_text(json.dumps({"type": "FeatureCollection", "crs": crs, "features": [feature]}))
+    out = tmp_path / "classes.tif"
+    argv = ["segment", bands, "-m", "models:/landsat-stack@champion", "-o", str(out), "--quiet"]
+    assert main([*argv, "--labels", str(labels), "--regions", str(regions)]) == 0
+    table = (tmp_path / "classes.regions.csv").read_text().splitlines()
+    assert len(table) == 2 and table[1].startswith("north-west,") and "miou" in table[0]
