@@ -87,6 +87,13 @@ class ModelCard:
     map to [0, 1]), or the per-volume ``{"kind": "zscore"}`` / ``{"kind":
     "percentile", "lower": …, "upper": …}``, resolved once per scene into fixed
     values; the engine applies it per block, identically everywhere.
+
+    ``gsd`` is the ground sample distance (m/px) a raster model was trained at,
+    ``spacing`` the voxel spacing (mm, per axis) of a volume model. A model in an
+    external format (ONNX, TorchScript, ``torch.export``; :mod:`models.formats`)
+    also carries the geometry the engine needs in ``spatial_dims``, ``downsampling``
+    and ``reach`` (``None``: measured by probing the model when it is loaded); a
+    native checkpoint's geometry comes from its registered architecture.
     """
 
     arch: str
@@ -97,6 +104,11 @@ class ModelCard:
     normalization: dict[str, Any] = field(default_factory=lambda: {"kind": "none"})
     tile_size: int | None = None
     training: dict[str, Any] = field(default_factory=dict)
+    gsd: float | None = None
+    spacing: list[float] | None = None
+    spatial_dims: int | None = None
+    downsampling: int | None = None
+    reach: int | None = None
 
     def __post_init__(self) -> None:
         if not self.class_colors:
