@@ -180,6 +180,15 @@ PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05
 """How ``torch.save`` files start: a zip archive (PyTorch ≥ 1.6) or a bare pickle (protocol 2–5)."""
 
 
+def pickle_refusal(path: Path) -> CheckpointError:
+    """The one line refusing a ``torch.save`` pickle, and what to do instead."""
+    return CheckpointError(
+        f"{path}: a PyTorch pickle (torch.save), which gigaseg never loads (unpickling can run code); "
+        "if you trust it, load it yourself and save it with models.checkpoint.save_checkpoint "
+        "(safetensors + model card) or export it (TorchScript, torch.export .pt2, ONNX)"
+    )
+
+
 def _refuse_pickle(path: Path) -> None:
     """Say what a PyTorch pickle is, and what to do, instead of a safetensors header error."""
     try:
@@ -190,11 +199,7 @@ def _refuse_pickle(path: Path) -> None:
     if head[8:9] == b"{":
         return  # a safetensors header (8-byte length, then JSON), whatever its length's bytes are
     if head.startswith(PICKLE_MAGIC):
-        raise CheckpointError(
-            f"{path}: a PyTorch pickle (torch.save), which gigaseg never loads (unpickling can run code); "
-            "if you trust it, load it yourself and save it with models.checkpoint.save_checkpoint "
-            "(safetensors + model card), or train one with gigaseg train -o NAME.safetensors"
-        )
+        raise pickle_refusal(path)
 
 
 def read_card(path: str | os.PathLike[str]) -> ModelCard:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from models.checkpoint import PICKLE_MAGIC, CheckpointError
+from models.checkpoint import PICKLE_MAGIC, CheckpointError, pickle_refusal
 
 SAFETENSORS = "safetensors"
 ONNX = "onnx"
@@ -22,15 +22,6 @@ TORCHSCRIPT = "torchscript"
 EXPORTED_PROGRAM = "torch.export"
 FORMATS = (SAFETENSORS, ONNX, TORCHSCRIPT, EXPORTED_PROGRAM)
 """The model file formats gigaseg runs."""
-
-
-def pickle_refusal(path: Path) -> CheckpointError:
-    """The one-line refusal of a ``torch.save`` pickle."""
-    return CheckpointError(
-        f"{path}: a PyTorch pickle (torch.save), which gigaseg never loads (unpickling can run code); "
-        "export it as TorchScript (torch.jit.script/trace + torch.jit.save), torch.export (.pt2) or ONNX, "
-        "or save it with models.checkpoint.save_checkpoint (safetensors + model card)"
-    )
 
 
 def _zip_format(path: Path) -> str:

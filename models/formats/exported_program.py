@@ -51,7 +51,9 @@ def open_exported_program(path: Path) -> OpenedNetwork:
         rank = meta.dim() if isinstance(meta, torch.Tensor) else None
     text = extra[CARD_KEY]
     text = text.decode() if isinstance(text, bytes) else text
-    return OpenedNetwork(ExportedNetwork(program.module()), EXPORTED_PROGRAM, card_text=text or None, input_rank=rank)
+    return OpenedNetwork(
+        ExportedNetwork(program.module()), EXPORTED_PROGRAM, card_text=text or None, input_rank=rank
+    )
 
 
 def save_exported_program(program: torch.export.ExportedProgram, path: Path, card_json: str) -> Path:
