@@ -8,6 +8,7 @@ never unpickled. The card is the archive's extra file ``gigaseg.card``
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -21,7 +22,9 @@ def open_torchscript(path: Path) -> OpenedNetwork:
     """Open ``path`` as a TorchScript archive: its module (on the CPU, eval mode) and card."""
     extra = {CARD_KEY: ""}
     try:
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        with warnings.catch_warnings():  # TorchScript's deprecation notice: the format is still what many ship
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except (RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a loadable TorchScript archive ({first})") from None
@@ -32,5 +35,7 @@ def open_torchscript(path: Path) -> OpenedNetwork:
 
 def save_torchscript(module: torch.nn.Module, path: Path, card_json: str) -> Path:
     """Save a scripted or traced ``module`` with ``card_json`` as its card."""
-    torch.jit.save(module, str(path), _extra_files={CARD_KEY: card_json})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(module, str(path), _extra_files={CARD_KEY: card_json})
     return path
