@@ -22,7 +22,7 @@ def open_torchscript(path: Path) -> OpenedNetwork:
     """Open ``path`` as a TorchScript archive: its module (on the CPU, eval mode) and card."""
     extra = {CARD_KEY: ""}
     try:
-        with warnings.catch_warnings():  # TorchScript's deprecation notice: the format is still what many ship
+        with warnings.catch_warnings():  # TorchScript is deprecated, yet still what many ship
             warnings.simplefilter("ignore", DeprecationWarning)
             module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except (RuntimeError, ValueError) as exc:
