@@ -70,6 +70,8 @@ class OnnxNetwork(nn.Module):
                 )
             except Exception as exc:  # onnxruntime raises its own, unexported exception types
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                if "protobuf" in first.lower():  # onnxruntime's wording changes between releases
+                    first = "not an ONNX protobuf"
                 raise CheckpointError(f"{self.path}: not a readable ONNX model ({first})") from None
         return self._sessions[device.type]
 
