@@ -65,7 +65,7 @@ def _check_sizes_stay_free(exported: Path, path: Path, model: SegmentationModel)
     x = example_input(model, batch=1)
     x = torch.zeros(*x.shape[:-1], x.shape[-1] + model.downsampling)
     try:
-        y = OnnxNetwork(exported, exported.read_bytes())(x)
+        y = OnnxNetwork(exported)(x)
     except Exception:  # onnxruntime's own shape refusal
         y = None
     if y is None or tuple(y.shape[2:]) != tuple(x.shape[2:]):
@@ -91,7 +91,7 @@ def export_onnx(model: SegmentationModel, card: ModelCard, path: str | os.PathLi
                 dynamo=True,
                 verbose=False,
             )
-            program.save(str(tmp))
+            program.save(str(tmp), external_data=False)  # one file: the card travels with the weights
         embed_card(tmp, with_geometry(card, model).to_json())
         _check_sizes_stay_free(tmp, path, model)
         os.replace(tmp, path)

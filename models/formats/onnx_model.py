@@ -45,13 +45,13 @@ class OnnxNetwork(nn.Module):
     """An ONNX model as a torch module: ``forward`` runs one onnxruntime session call.
 
     It has no parameters; the session for a device type is made at the first batch
-    on it, with as many threads as torch is allowed (an actor's share of the machine).
+    on it, from the file (so weights kept as external data beside it load too), with
+    as many threads as torch is allowed (an actor's share of the machine).
     """
 
-    def __init__(self, path: Path, model_bytes: bytes):
+    def __init__(self, path: Path):
         super().__init__()
         self.path = path
-        self._bytes = model_bytes
         self._sessions: dict[str, object] = {}
         first = self.session(torch.device("cpu"))
         self.input_name = first.get_inputs()[0].name
@@ -66,7 +66,7 @@ class OnnxNetwork(nn.Module):
             options.log_severity_level = 4  # refusals are raised, not printed
             try:
                 self._sessions[device.type] = ort.InferenceSession(
-                    self._bytes, sess_options=options, providers=providers_for(device)
+                    str(self.path), sess_options=options, providers=providers_for(device)
                 )
             except Exception as exc:  # onnxruntime raises its own, unexported exception types
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -83,8 +83,7 @@ class OnnxNetwork(nn.Module):
 
 def open_onnx(path: Path) -> OpenedNetwork:
     """Open ``path`` as an ONNX model: its network, card and declared input/output shapes."""
-    model_bytes = path.read_bytes()
-    net = OnnxNetwork(path, model_bytes)
+    net = OnnxNetwork(path)
     session = net.session(torch.device("cpu"))
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1:
