@@ -12,6 +12,7 @@ from pipeline.errors import InputError
 from pipeline.exporters.formats import output_format
 from pipeline.inputs.formats import InputDescription, describe_input
 from pipeline.inputs.normalization import select_bands
+from pipeline.inputs.resolution import check_resolution
 from pipeline.job.config import SegmentConfig
 from pipeline.job.model_source import load_model
 
@@ -57,6 +58,9 @@ def check_inputs(config: SegmentConfig, load: Callable[..., tuple] = load_model)
             f"but the model expects {card.in_channels}"
         )
     bands = select_bands(card.bands, info.num_bands, card.in_channels, str(config.input))
+    source = info.raster if info.raster is not None else info.volume
+    if source is not None:
+        check_resolution(card, source.attrs(), str(config.input), config.native_resolution)
     default_axis = info.volume.geometry.slice_axis if info.volume is not None else 0
     slice_axis = slice_axis_for(config, info.spatial_dims, model, default_axis)
     _warn_about(config, info, model)

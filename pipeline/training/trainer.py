@@ -34,6 +34,7 @@ from models.checkpoint import ModelCard, default_colors, save_checkpoint
 from pipeline.engine.device import autocast_dtype, select_device
 from pipeline.errors import InputError
 from pipeline.inputs.normalization import normalization_spec, normalize, resolve_normalization
+from pipeline.inputs.resolution import training_resolution
 from pipeline.training.data import IGNORE, LabelledScene, TileSampler, augment, band_statistics
 from pipeline.training.losses import segmentation_loss
 from pipeline.training.progress import StateFiles, TrainProgress, state_key
@@ -244,6 +245,7 @@ class EpochLoop:
             bands=None,
             normalization=data.normalization,
             tile_size=max(256 if data.spatial_dims == 2 else 64, self.settings.tile),
+            **training_resolution([s.image.attrs for s in data.scenes]),
             training={
                 "settings": asdict(self.settings),
                 "images": [s.name for s in data.scenes],
