@@ -58,9 +58,10 @@ def check_inputs(config: SegmentConfig, load: Callable[..., tuple] = load_model)
             f"but the model expects {card.in_channels}"
         )
     bands = select_bands(card.bands, info.num_bands, card.in_channels, str(config.input))
-    source = info.raster if info.raster is not None else info.volume
-    if source is not None:
-        check_resolution(card, source.attrs(), str(config.input), config.native_resolution)
+    attrs = info.raster.attrs() if info.raster is not None else None
+    attrs = info.volume.geometry.attrs() if info.volume is not None else attrs
+    if attrs is not None:
+        check_resolution(card, attrs, str(config.input), config.native_resolution)
     default_axis = info.volume.geometry.slice_axis if info.volume is not None else 0
     slice_axis = slice_axis_for(config, info.spatial_dims, model, default_axis)
     _warn_about(config, info, model)
