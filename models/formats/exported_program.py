@@ -4,10 +4,19 @@
 archive's extra file ``gigaseg.card`` (``torch.export.save(ep, f, extra_files=…)``).
 The program must have been exported with dynamic batch and spatial sizes
 (``Dim.AUTO``), or it runs only at the sizes it was exported at.
+
+``torch.export.load`` unpickles (``weights_only=False``) what an archive marks as
+pickled: tensor subclasses, the legacy weights layout, sample inputs the restricted
+unpickler refuses. :func:`check_no_pickles` reads the archive's JSON configs first and
+refuses any such part (the sample inputs must load with ``weights_only=True``), so only
+plain tensor bytes, the JSON graph and restricted unpickling are ever used.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import zipfile
 from pathlib import Path
 
 import torch
@@ -16,6 +25,44 @@ from torch import nn
 from models.checkpoint import CheckpointError
 from models.formats.detect import EXPORTED_PROGRAM
 from models.formats.opened import CARD_KEY, OpenedNetwork
+
+
+def _safe_tensors(data: bytes) -> bool:
+    """Whether a pickled member (the sample inputs) loads with ``weights_only=True`` (tensors and
+    containers only), so that ``torch.export.load`` never falls back to a full unpickling."""
+    try:
+        torch.load(io.BytesIO(data), weights_only=True)
+    except Exception:  # any refusal of the restricted unpickler
+        return False
+    return True
+
+
+def _pickled_parts(archive: zipfile.ZipFile) -> list[str]:
+    """Members ``torch.export.load`` would unpickle, or a note that the weights layout is the legacy one."""
+    names = archive.namelist()
+    configs = [n for n in names if n.endswith(("_weights_config.json", "_constants_config.json"))]
+    if not any(n.endswith("_weights_config.json") for n in configs):
+        return ["weights in the legacy pickled layout"]
+    parts = [n for n in names if n.endswith((".pt", ".pkl")) and not _safe_tensors(archive.read(n))]
+    for name in configs:
+        entries = json.loads(archive.read(name)).get("config", {})
+        parts += [f"{fqn} in {name}" for fqn, meta in entries.items() if meta.get("use_pickle")]
+    return parts
+
+
+def check_no_pickles(path: Path) -> None:
+    """Refuse a ``.pt2`` archive that has a part ``torch.export.load`` would unpickle."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            parts = _pickled_parts(archive)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable torch.export archive ({exc})") from None
+    if parts:
+        shown = ", ".join(parts[:3]) + (f" and {len(parts) - 3} more" if len(parts) > 3 else "")
+        raise CheckpointError(
+            f"{path}: a torch.export archive with pickled parts ({shown}), which gigaseg never loads "
+            "(unpickling can run code)"
+        )
 
 
 class ExportedNetwork(nn.Module):
@@ -36,6 +83,7 @@ class ExportedNetwork(nn.Module):
 
 def open_exported_program(path: Path) -> OpenedNetwork:
     """Open ``path`` as a ``torch.export`` program: its module (CPU) and card."""
+    check_no_pickles(path)
     extra = {CARD_KEY: ""}
     try:
         program = torch.export.load(str(path), extra_files=extra)

@@ -120,6 +120,19 @@ def test_a_torch_save_pickle_passed_as_torchscript_is_refused_unread(tmp_path):
     _one_line(tmp_path / "m.ts", "a PyTorch pickle")
 
 
+def test_a_pt2_archive_with_pickled_weights_is_refused_unread(files, tmp_path):
+    import zipfile
+
+    path = tmp_path / "pickled.pt2"
+    with zipfile.ZipFile(files["torch.export"]) as src, zipfile.ZipFile(path, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename.endswith("_weights_config.json"):
+                data = data.replace(b'"use_pickle": false', b'"use_pickle": true', 1)
+            dst.writestr(item, data)
+    _one_line(path, "a torch.export archive with pickled parts .*never loads")
+
+
 def test_an_onnx_model_without_a_card_asks_for_one(tmp_path):
     path = conv1x1_onnx(tmp_path / "m.onnx")
     _one_line(path, "no model card .* gigaseg model-card")
