@@ -90,15 +90,13 @@ def _formats_section() -> list[str]:
         "`-m` takes, besides a gigaseg checkpoint (`.safetensors`, the card in its header),",
         "a model exported by any other tool; the format is told from the file's bytes:",
         "",
-        "| format | how it runs | where its card lives |",
-        "|---|---|---|",
-        "| ONNX (`.onnx`) | onnxruntime: `CUDAExecutionProvider` first when the tiles are on a"
-        " GPU and the provider is installed (`onnxruntime-gpu`), else `CPUExecutionProvider` |"
-        " `metadata_props` key `gigaseg.card`, or the sidecar |",
-        "| TorchScript (`torch.jit.save`) | `torch.jit.load` (the archive must hold TorchScript"
-        " `code/`) | extra file `gigaseg.card`, or the sidecar |",
-        "| `torch.export` program (`.pt2`) | `torch.export.load` (exported with dynamic batch"
-        " and spatial sizes) | extra file `gigaseg.card`, or the sidecar |",
+        "- ONNX (`.onnx`): run by onnxruntime, `CUDAExecutionProvider` first when the tiles are",
+        "  on a GPU and the provider is installed (`onnxruntime-gpu`), else `CPUExecutionProvider`;",
+        "  the card in `metadata_props` under `gigaseg.card`, or the sidecar.",
+        "- TorchScript (`torch.jit.save`): `torch.jit.load` (the archive must hold TorchScript",
+        "  `code/`); the card as the extra file `gigaseg.card`, or the sidecar.",
+        "- `torch.export` program (`.pt2`): `torch.export.load` (exported with dynamic batch and",
+        "  spatial sizes); the card as the extra file `gigaseg.card`, or the sidecar.",
         "",
         "The sidecar is `NAME.card.json` beside `NAME.onnx` (or `.ts`, `.pt2`) and wins over",
         "an embedded card; `gigaseg model-card MODEL --classes a,b,c [--bands 3,2,1] [--gsd 0.5]",
@@ -133,6 +131,13 @@ def _formats_section() -> list[str]:
         "`gigaseg register FILE --model-name NAME` registers any of these files as an MLflow",
         "version (ONNX also as MLflow's `onnx` flavour); `gigaseg promote` and",
         "`-m models:/NAME@champion` then treat it like a trained model.",
+        "",
+        "Resolution: a card records the ground sample distance a raster model was trained at",
+        "(`gsd`, m/px; `gigaseg train` fills it from a projected training raster, `gigaseg",
+        "model-card --gsd` for others) or a volume model's voxel spacing (`spacing`, mm). A",
+        "scene more than 4× finer or coarser is refused with one line (`--native-resolution`",
+        "runs it anyway); a smaller mismatch is logged. The scene is not resampled to the",
+        "model's resolution (yet): labels are computed at the scene's own.",
     ]
 
 
