@@ -12,6 +12,6 @@ model card the file carries, if any: :mod:`~models.formats.onnx_model`,
 engine, the Ray actors and the block arithmetic see no difference.
 """
 
-from models.formats.loading import load_model_file, read_model_card
+from models.formats.loading import load_model_file
 
-__all__ = ["load_model_file", "read_model_card"]
+__all__ = ["load_model_file"]

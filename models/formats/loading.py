@@ -152,8 +152,3 @@ def load_model_file(
             "write one with gigaseg model-card"
         )
     return assemble(path, opened, card)
-
-
-def read_model_card(path: str | os.PathLike[str]) -> ModelCard:
-    """The card of any model file gigaseg runs, completed by loading the model."""
-    return load_model_file(path)[1]

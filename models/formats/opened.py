@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-CARD_KEY = "gigaseg.card"
-"""Where a file keeps its model card: ONNX ``metadata_props`` key, TorchScript / ``.pt2`` extra file."""
+from models.checkpoint import CARD_KEY  # also an external file's: ONNX metadata key, archive extra file
+
+__all__ = ["CARD_KEY", "OpenedNetwork"]
 
 
 @dataclass
