@@ -221,6 +221,11 @@ ENGINE_HELP: dict[str, Option] = {
         unset="the input's slice axis",
         meaning="run a 2D model slice by slice over a volume along store axis 0 (z), 1 (y) or 2 (x)",
     ),
+    "native_resolution": Option(
+        "run a scene whose resolution is far from the model's (card gsd/spacing) as it is",
+        meaning="run a scene more than 4× finer or coarser than the resolution in the model's card "
+        "(`gsd` m/px, `spacing` mm) as it is, instead of refusing it (`pipeline/inputs/resolution.py`)",
+    ),
     "tta": Option(
         "flip test-time augmentation (2^D passes per tile)",
         meaning="flip test-time augmentation: mean softmax over all 2^D mirrors of each tile (8 "
@@ -261,7 +266,8 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
         "-m",
         "--model",
         required=True,
-        help="checkpoint file, models:/NAME@ALIAS or models:/NAME/VERSION (registry), or arch:NAME",
+        help="checkpoint file (.safetensors, ONNX, TorchScript, torch.export .pt2), models:/NAME@ALIAS "
+        "or models:/NAME/VERSION (registry), or arch:NAME",
     )
     p.add_argument(
         "-o",

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from flows import commands
+from flows import commands, model_commands
 from flows.arguments import (
     add_promote_arguments,
     add_segment_arguments,
@@ -242,6 +242,7 @@ SUBCOMMANDS = (
     _add_demo_command,
     _add_demo_volume_command,
     _add_models_command,
+    *model_commands.SUBCOMMANDS,
     _add_server_command,
 )
 

@@ -91,6 +91,13 @@ class ModelCard:
     map to [0, 1]), or the per-volume ``{"kind": "zscore"}`` / ``{"kind":
     "percentile", "lower": …, "upper": …}``, resolved once per scene into fixed
     values; the engine applies it per block, identically everywhere.
+
+    ``gsd`` is the ground sample distance (m/px) a raster model was trained at,
+    ``spacing`` the voxel spacing (mm, per axis) of a volume model. A model in an
+    external format (ONNX, TorchScript, ``torch.export``; :mod:`models.formats`)
+    also carries the geometry the engine needs in ``spatial_dims``, ``downsampling``
+    and ``reach`` (``None``: measured by probing the model when it is loaded); a
+    native checkpoint's geometry comes from its registered architecture.
     """
 
     arch: str
@@ -102,6 +109,11 @@ class ModelCard:
     tile_size: int | None = None
     training: dict[str, Any] = field(default_factory=dict)
     band_names: list[str] | None = None
+    gsd: float | None = None
+    spacing: list[float] | None = None
+    spatial_dims: int | None = None
+    downsampling: int | None = None
+    reach: int | None = None
 
     def __post_init__(self) -> None:
         if self.band_names is not None:
@@ -180,6 +192,15 @@ PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05
 """How ``torch.save`` files start: a zip archive (PyTorch ≥ 1.6) or a bare pickle (protocol 2–5)."""
 
 
+def pickle_refusal(path: Path) -> CheckpointError:
+    """The one line refusing a ``torch.save`` pickle, and what to do instead."""
+    return CheckpointError(
+        f"{path}: a PyTorch pickle (torch.save), which gigaseg never loads (unpickling can run code); "
+        "if you trust it, load it yourself and save it with models.checkpoint.save_checkpoint "
+        "(safetensors + model card) or export it (TorchScript, torch.export .pt2, ONNX)"
+    )
+
+
 def _refuse_pickle(path: Path) -> None:
     """Say what a PyTorch pickle is, and what to do, instead of a safetensors header error."""
     try:
@@ -190,11 +211,7 @@ def _refuse_pickle(path: Path) -> None:
     if head[8:9] == b"{":
         return  # a safetensors header (8-byte length, then JSON), whatever its length's bytes are
     if head.startswith(PICKLE_MAGIC):
-        raise CheckpointError(
-            f"{path}: a PyTorch pickle (torch.save), which gigaseg never loads (unpickling can run code); "
-            "if you trust it, load it yourself and save it with models.checkpoint.save_checkpoint "
-            "(safetensors + model card), or train one with gigaseg train -o NAME.safetensors"
-        )
+        raise pickle_refusal(path)
 
 
 def read_card(path: str | os.PathLike[str]) -> ModelCard:

@@ -81,6 +81,66 @@ def _display_order(spec: ArchSpec) -> tuple[Any, ...]:
     return (spec.family == "reference", spec.family, *(int(p) if p.isdigit() else p for p in parts))
 
 
+def _formats_section() -> list[str]:
+    """How models made elsewhere run (``models/formats/``)."""
+    return [
+        "",
+        "## Models made elsewhere: ONNX, TorchScript, torch.export",
+        "",
+        "`-m` takes, besides a gigaseg checkpoint (`.safetensors`, the card in its header),",
+        "a model exported by any other tool; the format is told from the file's bytes:",
+        "",
+        "- ONNX (`.onnx`): run by onnxruntime, `CUDAExecutionProvider` first when the tiles are",
+        "  on a GPU and the provider is installed (`onnxruntime-gpu`), else `CPUExecutionProvider`;",
+        "  the card in `metadata_props` under `gigaseg.card`, or the sidecar.",
+        "- TorchScript (`torch.jit.save`): `torch.jit.load` (the archive must hold TorchScript",
+        "  `code/`); the card as the extra file `gigaseg.card`, or the sidecar.",
+        "- `torch.export` program (`.pt2`): `torch.export.load` (exported with dynamic batch and",
+        "  spatial sizes); the card as the extra file `gigaseg.card`, or the sidecar.",
+        "",
+        "The sidecar is `NAME.card.json` beside `NAME.onnx` (or `.ts`, `.pt2`) and wins over",
+        "an embedded card; `gigaseg model-card MODEL --classes a,b,c [--bands 3,2,1] [--gsd 0.5]",
+        "[--colors 'R,G,B;…'] [--normalization JSON] [--tile N] [--embed]` writes it (`--embed`:",
+        "into the ONNX file), after checking it against the network. The card holds what a",
+        "native card holds plus the geometry the engine needs (`spatial_dims`, `downsampling`,",
+        "`reach`). Geometry a card leaves out is measured when the model loads, and one log",
+        "line says so: the input channels (the first count the network takes), the",
+        "downsampling (the smallest power of two whose multiples the network takes and by",
+        "which a shifted input shifts the logits) and the reach (how far a bumped input column",
+        "shows in the logits, for every phase, rounded up to a multiple of the downsampling).",
+        "A measured reach is a lower bound (a ReLU that stays off hides a path): declare it",
+        "(`--reach`) when it is known. At load, one small forward pass checks the card against",
+        "the network: a card naming more or fewer classes than the model's output channels, a",
+        "band list of another length, an ONNX input that is not `(N, C, Y, X)` /",
+        "`(N, C, Z, Y, X)` float32, or logits at another size are each refused with one line.",
+        "",
+        "Nothing executes a pickle: a `torch.save` file (a zip with `data.pkl` and no",
+        "TorchScript code, or a bare pickle) is refused whatever its name; a TorchScript",
+        "archive is read by TorchScript's own loader, which builds only TorchScript types; a",
+        "`.pt2` whose configs mark weights or constants as pickled (tensor subclasses, the",
+        "legacy layout), or whose sample inputs need more than `torch.load(weights_only=True)`,",
+        "is refused before `torch.export.load` sees it. The network goes",
+        "into the same `SegmentationModel` wrapper as a native one (padding to the",
+        "downsampling, cropping back), so tiles, halos, blockwise exactness, channels-last,",
+        "flip TTA and the Ray actors' model cache are the same for every format.",
+        "",
+        "`gigaseg export-onnx CHECKPOINT -o model.onnx` exports a native checkpoint (the dynamo",
+        "exporter, batch and spatial axes dynamic) with its card and geometry embedded. A",
+        "configuration that derives padding from the input size (the U-Net's",
+        '`padding="valid"`) exports with fixed sizes only and is refused.',
+        "`gigaseg register FILE --model-name NAME` registers any of these files as an MLflow",
+        "version (ONNX also as MLflow's `onnx` flavour); `gigaseg promote` and",
+        "`-m models:/NAME@champion` then treat it like a trained model.",
+        "",
+        "Resolution: a card records the ground sample distance a raster model was trained at",
+        "(`gsd`, m/px; `gigaseg train` fills it from a projected training raster, `gigaseg",
+        "model-card --gsd` for others) or a volume model's voxel spacing (`spacing`, mm). A",
+        "scene more than 4× finer or coarser is refused with one line (`--native-resolution`",
+        "runs it anyway); a smaller mismatch is logged. The scene is not resampled to the",
+        "model's resolution (yet): labels are computed at the scene's own.",
+    ]
+
+
 def render() -> str:
     """The whole ``docs/models.md`` page."""
     all_specs = sorted(specs(), key=_display_order)
@@ -137,6 +197,7 @@ def render() -> str:
         "Missing, unexpected or mis-shaped tensors raise `BackboneWeightsError` naming them",
         "(for example a checkpoint for 3 input bands into a 4-band model).",
     ]
+    lines += _formats_section()
     lines += ["", "## Canonical configurations", ""]
     lines += [
         "Keys accepted by `models.build(name, **config)`, with their canonical values;",

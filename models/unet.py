@@ -89,7 +89,7 @@ def center_crop(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """The centre of ``x``'s trailing axes, ``size`` large (differences must be even)."""
     index: list[slice] = []
     for extent, target in zip(x.shape[-len(size) :], size):
-        offset, odd = divmod(extent - target, 2)
+        offset, odd = (extent - target) // 2, (extent - target) % 2  # not divmod: traceable sizes
         if odd or offset < 0:
             raise ValueError(f"cannot centre-crop {extent} to {target}")
         index.append(slice(offset, offset + target))

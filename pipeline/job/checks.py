@@ -12,6 +12,7 @@ from pipeline.errors import InputError
 from pipeline.exporters.formats import output_format
 from pipeline.inputs.formats import InputDescription, describe_input
 from pipeline.inputs.normalization import model_bands
+from pipeline.inputs.resolution import check_resolution
 from pipeline.inputs.stac_item import is_stac_item, stac_scene
 from pipeline.job.config import SegmentConfig
 from pipeline.job.model_source import load_model
@@ -53,6 +54,10 @@ def check_inputs(config: SegmentConfig, load: Callable[..., tuple] = load_model)
         )
     names = info.raster.band_names if info.raster is not None else None
     bands = model_bands(card, names, info.num_bands, str(config.input))
+    attrs = info.raster.attrs() if info.raster is not None else None
+    attrs = info.volume.geometry.attrs() if info.volume is not None else attrs
+    if attrs is not None:
+        check_resolution(card, attrs, str(config.input), config.native_resolution)
     default_axis = info.volume.geometry.slice_axis if info.volume is not None else 0
     slice_axis = slice_axis_for(config, info.spatial_dims, model, default_axis)
     _warn_about(config, info, model)
@@ -89,7 +94,7 @@ def _warn_about(config: SegmentConfig, info: InputDescription, model: Segmentati
                 config.input,
             )
     _warn_about_tile(config, info, model)
-    if not model.spec.fully_convolutional:
+    if not model.spec.fully_convolutional and model.spec.family != "external":
         log.warning(
             "%s is not fully convolutional (global pooling): tiled output depends on the tile size",
             model.arch,

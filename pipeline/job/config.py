@@ -51,6 +51,8 @@ class SegmentConfig:
     amp: bool = False
     channels_last: bool = True
     """Run the model channels-last (NHWC/NDHWC): faster convolutions, same results up to rounding."""
+    native_resolution: bool = False
+    """Run a scene far finer or coarser than the model's card says it was trained at (else refused)."""
     probabilities: Where | None = None
     overwrite: bool = False
     quiet: bool = False

@@ -1,4 +1,5 @@
-"""Resolving ``-m MODEL``: a checkpoint file written by gigaseg, ``arch:NAME``, or a
+"""Resolving ``-m MODEL``: a checkpoint file written by gigaseg, a model made elsewhere
+(ONNX, TorchScript, ``torch.export`` ``.pt2``; :mod:`models.formats`), ``arch:NAME``, or a
 registered version ``models:/NAME/VERSION`` / ``models:/NAME@ALIAS`` (MLflow registry).
 
 ``arch:NAME`` builds an untrained registered architecture with seeded weights
@@ -14,7 +15,8 @@ from pathlib import Path
 import torch
 
 from models import SegmentationModel, build, get_spec
-from models.checkpoint import CheckpointError, ModelCard, card_for, load_checkpoint
+from models.checkpoint import CheckpointError, ModelCard, card_for
+from models.formats import load_model_file
 from models.registry import UnknownArchitectureError
 from pipeline.errors import InputError
 
@@ -68,7 +70,7 @@ def load_model(
     if path.stat().st_size == 0:
         raise InputError(f"{path}: model file is empty")
     try:
-        model, card = load_checkpoint(path)
+        model, card = load_model_file(path)
     except CheckpointError as exc:
         raise InputError(str(exc)) from None
     except UnknownArchitectureError as exc:
@@ -112,6 +114,7 @@ def model_identity(source: str, seed: int, model: SegmentationModel) -> str:
     """What identifies the weights, for output fingerprints."""
     if source.startswith(ARCH_PREFIX):
         return f"{source}|seed={seed}|{sorted(model.config.items())}"
+    from models.formats.sidecar import sidecar_path
     from pipeline.inputs.ingest import content_id
 
     if source.startswith("models:/"):
@@ -119,4 +122,5 @@ def model_identity(source: str, seed: int, model: SegmentationModel) -> str:
 
         found = resolve(source)
         return f"registry:{found.name}/{found.version}:{content_id(found.checkpoint)}"
-    return f"checkpoint:{content_id(source)}"
+    card = sidecar_path(source)
+    return f"checkpoint:{content_id(source)}" + (f"|card:{content_id(card)}" if card.is_file() else "")

@@ -2,16 +2,18 @@
 
 A version's artifacts are a plain folder, never a pickle::
 
-    MLmodel                  flavour "gigaseg" + tensor signature + input example
-    model.safetensors        weights; the header holds the model card
+    MLmodel                  flavour "gigaseg" (+ "onnx" for an ONNX model) + tensor signature + input example
+    model.safetensors        weights; the header holds the model card — or, for a model made
+                             elsewhere (``gigaseg register FILE``): model.onnx (card embedded),
+                             model.ts or model.pt2 with model.card.json beside it
     card.json                the same card, readable in the MLflow UI
     input_example.json       one small input tile (serving_input_example.json too)
 
 ``models:/NAME/VERSION`` and ``models:/NAME@ALIAS`` resolve to a version
 number first (so a run records exactly which version it used, even if the alias
 moves meanwhile), then the folder is downloaded and only ``model.safetensors``
-is read, by :func:`models.checkpoint.load_checkpoint` — no code from the
-registry runs.
+(or the model file) is read, by :func:`models.formats.load_model_file` — no
+code from the registry runs.
 """
 
 from __future__ import annotations
@@ -36,6 +38,13 @@ from pipeline.tracking import runs as tracking
 PREFIX = "models:/"
 FLAVOR = "gigaseg"
 WEIGHTS = "model.safetensors"
+MODEL_FILES = {
+    "safetensors": WEIGHTS,
+    "onnx": "model.onnx",
+    "torchscript": "model.ts",
+    "torch.export": "model.pt2",
+}
+"""The model file of a version, by format (:data:`models.formats.detect.FORMATS`)."""
 CARD = "card.json"
 CHAMPION = "champion"
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
@@ -84,16 +93,42 @@ def _signature(card: ModelCard, spatial_dims: int) -> Any:
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
+def _write_model_file(folder: Path, model: SegmentationModel, card: ModelCard, source: Path | None) -> str:
+    """The version's model file (and the card beside it where the format has no place for it)."""
+    from models.formats.detect import ONNX, model_format
+    from models.formats.onnx_model import embed_card
+    from models.formats.sidecar import write_sidecar
+
+    if source is None:
+        save_checkpoint(folder / WEIGHTS, model, card)
+        return WEIGHTS
+    fmt = model_format(source)
+    name = MODEL_FILES[fmt]
+    shutil.copyfile(source, folder / name)
+    if fmt == ONNX:
+        embed_card(folder / name, card.to_json())
+    else:
+        write_sidecar(folder / name, card)
+    return name
+
+
 def _write_model_folder(
-    folder: Path, model: SegmentationModel, card: ModelCard, run_id: str, model_id: str
+    folder: Path, model: SegmentationModel, card: ModelCard, ids: tuple[str, str], source: Path | None
 ) -> None:
     from mlflow.models import Model
     from mlflow.models.utils import _save_example
 
-    save_checkpoint(folder / WEIGHTS, model, card)
+    run_id, model_id = ids
+    weights = _write_model_file(folder, model, card, source)
     (folder / CARD).write_text(card.to_json())
     mlmodel = Model(signature=_signature(card, model.spatial_dims), run_id=run_id, model_id=model_id)
-    mlmodel.add_flavor(FLAVOR, weights=WEIGHTS, card=CARD, arch=card.arch, loader="models.checkpoint")
+    mlmodel.add_flavor(FLAVOR, weights=weights, card=CARD, arch=card.arch, loader="models.formats")
+    if weights == MODEL_FILES["onnx"]:
+        import onnx
+
+        mlmodel.add_flavor(
+            "onnx", onnx_version=onnx.__version__, data=weights, providers=["CPUExecutionProvider"]
+        )
     side = max(model.downsampling, 16)
     example = np.zeros((1, card.in_channels, *(side,) * model.spatial_dims), dtype=np.float32)
     _save_example(mlmodel, example, str(folder))
@@ -119,8 +154,12 @@ def register_version(
     name: str,
     run_id: str,
     tags: dict[str, str] | None = None,
+    source: Path | None = None,
 ) -> ModelVersion:
-    """Log ``model`` + ``card`` as a model of run ``run_id`` and register it as a new version of ``name``."""
+    """Log ``model`` + ``card`` as a model of run ``run_id`` and register it as a new version of ``name``.
+
+    ``source``: the file of a model made elsewhere (ONNX, TorchScript, .pt2), copied as it is.
+    """
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -132,7 +171,7 @@ def register_version(
     )
     staging = Path(tempfile.mkdtemp(prefix="gigaseg-model-"))
     try:
-        _write_model_folder(staging, model, card, run_id, logged.model_id)
+        _write_model_folder(staging, model, card, (run_id, logged.model_id), source)
         client.log_model_artifacts(logged.model_id, str(staging))
         mlflow.finalize_logged_model(logged.model_id, "READY")
         with _mlflow_event_lines_silenced():  # gigaseg says what it registered, once (or not: --quiet)
@@ -193,9 +232,37 @@ def resolve(uri: str) -> ModelVersion:
         local = Path(mlflow.artifacts.download_artifacts(f"{PREFIX}{ref.name}/{number}", dst_path=str(dest)))
     except (MlflowException, OSError) as exc:
         raise InputError(f"-m {uri}: cannot download version {number} ({exc})") from None
-    weights = local / WEIGHTS
-    if not weights.is_file():
-        raise InputError(f"-m {uri}: version {number} has no {WEIGHTS} (not a gigaseg model)")
+    weights = next((local / f for f in MODEL_FILES.values() if (local / f).is_file()), None)
+    if weights is None:
+        raise InputError(f"-m {uri}: version {number} has no model file (not a gigaseg model)")
     found = ModelVersion(ref.name, number, run_id, weights)
     _downloads[key] = found
     return found
+
+
+def register_file(path: str | Path, name: str) -> ModelVersion:
+    """Register the model file at ``path`` (any format gigaseg runs) as a new version of ``name``.
+
+    The model is loaded first (its card completed and checked against it), in a run of
+    the ``gigaseg-register`` experiment that records where it came from.
+    """
+    import mlflow
+
+    from models.checkpoint import CheckpointError
+    from models.formats import load_model_file
+    from models.formats.detect import SAFETENSORS, model_format
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such model file")
+    try:
+        fmt = model_format(path)
+        model, card = load_model_file(path)
+    except CheckpointError as exc:
+        raise InputError(str(exc)) from None
+    tags = {"gigaseg.kind": "register", "gigaseg.model_name": name, "gigaseg.format": fmt}
+    with tracking.run(tracking.REGISTER_EXPERIMENT, f"register {name}", tags) as run:
+        mlflow.log_params({"source": str(path), "format": fmt})
+        return register_version(
+            model, card, name, run.info.run_id, {"format": fmt}, source=None if fmt == SAFETENSORS else path
+        )

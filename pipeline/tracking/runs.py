@@ -36,6 +36,7 @@ ENV_ARTIFACTS = "GIGASEG_MLFLOW_ARTIFACTS"
 TRAIN_EXPERIMENT = "gigaseg-train"
 SEGMENT_EXPERIMENT = "gigaseg-segment"
 PROMOTION_EXPERIMENT = "gigaseg-promotion"
+REGISTER_EXPERIMENT = "gigaseg-register"
 
 
 def tracking_uri() -> str:

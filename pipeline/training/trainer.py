@@ -35,6 +35,7 @@ from models.checkpoint import ModelCard, default_colors, save_checkpoint
 from pipeline.engine.device import autocast_dtype, select_device
 from pipeline.errors import InputError
 from pipeline.inputs.normalization import normalization_spec, normalize, resolve_normalization
+from pipeline.inputs.resolution import training_resolution
 from pipeline.training.data import IGNORE, LabelledScene, TileSampler, augment, band_statistics
 from pipeline.training.losses import segmentation_loss
 from pipeline.training.progress import StateFiles, TrainProgress, state_key
@@ -264,6 +265,7 @@ class EpochLoop:
             normalization=data.normalization,
             tile_size=max(256 if data.spatial_dims == 2 else 64, self.settings.tile),
             band_names=training_band_names(data.scenes, self.settings.band_names),
+            **training_resolution([s.image.attrs for s in data.scenes]),
             training={
                 "settings": asdict(self.settings),
                 "images": [s.name for s in data.scenes],

@@ -92,6 +92,23 @@ def _stac_item_without_blue(folder: Path) -> None:
 
 def _stac_item_missing_blue_file(folder: Path) -> None:
     _stac_item(folder, {"B04": "red", "B03": "green", "B02": "blue"})
+def _corrupt_onnx(folder: Path) -> None:
+    (folder / "model.onnx").write_bytes(b"\x08\x07not a protobuf")
+
+
+def _rank3_onnx(folder: Path) -> None:
+    from tests.models._onnx_graphs import conv1x1_onnx
+
+    conv1x1_onnx(folder / "model.onnx", rank=3)
+
+
+def _onnx_card_of_other_classes(folder: Path) -> None:
+    from models.checkpoint import ModelCard
+    from models.formats.sidecar import write_sidecar
+    from tests.models._onnx_graphs import conv1x1_onnx
+
+    conv1x1_onnx(folder / "model.onnx", classes=2)
+    write_sidecar(folder / "model.onnx", ModelCard("onnx", {}, ["a", "b", "c"], downsampling=1, reach=0))
 
 
 def _folder_output(folder: Path) -> None:
@@ -190,7 +207,7 @@ CASES: list[Case] = [
         ("segment", "scene.tif", "-m", "model.pt", "-o", "new.tif"),
         "gigaseg: model.pt: a PyTorch pickle (torch.save), which gigaseg never loads (unpickling can run "
         "code); if you trust it, load it yourself and save it with models.checkpoint.save_checkpoint "
-        "(safetensors + model card), or train one with gigaseg train -o NAME.safetensors",
+        "(safetensors + model card) or export it (TorchScript, torch.export .pt2, ONNX)",
         setup=_pickle,
     ),
     Case(
@@ -212,6 +229,25 @@ CASES: list[Case] = [
         ("segment", "item.json", "-m", "MODEL", "-o", "new.tif"),
         "gigaseg: item.json: asset B02 (./blue.tif): no such file",
         setup=_stac_item_missing_blue_file,
+    ),
+    Case(
+        "a damaged ONNX file as the model",
+        ("segment", "scene.tif", "-m", "model.onnx", "-o", "new.tif"),
+        "gigaseg: model.onnx: not a readable ONNX model (not an ONNX protobuf)",
+        setup=_corrupt_onnx,
+    ),
+    Case(
+        "an ONNX model that takes no image tiles",
+        ("segment", "scene.tif", "-m", "model.onnx", "-o", "new.tif"),
+        "gigaseg: model.onnx: ONNX input 'image' has rank 3 (['n', 3, 'y']); gigaseg feeds (N, C, Y, X) "
+        "or (N, C, Z, Y, X) tiles",
+        setup=_rank3_onnx,
+    ),
+    Case(
+        "an ONNX model whose card names other classes",
+        ("segment", "scene.tif", "-m", "model.onnx", "-o", "new.tif"),
+        "gigaseg: model.onnx: the card names 3 classes (a, b, c) but the model outputs 2 channels",
+        setup=_onnx_card_of_other_classes,
     ),
     Case(
         "`--tile 0`",

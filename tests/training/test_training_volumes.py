@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from flows.cli import main
 from models.checkpoint import load_checkpoint
 from pipeline.errors import InputError
+from pipeline.inputs.formats import describe_input
 from pipeline.training.data import augment, open_pair, region_windows, scan_classes
 from pipeline.training.settings import TrainSettings
 from pipeline.training.trainer import fit
@@ -82,6 +83,8 @@ def test_unet3d_trained_on_a_nifti_segments_it(tmp_path):
     assert code == 0
     _, card = load_checkpoint(ckpt)
     assert card.normalization == {"kind": "zscore"}, "per-scene normalisation is resolved per scene"
+    spacing = describe_input(img).volume.geometry.spacing
+    assert card.gsd is None and np.allclose(card.spacing, spacing)  # training records the voxel spacing (mm)
     out = tmp_path / "spheres.labels.nii.gz"
     code = main(["segment", str(img), "-m", str(ckpt), "-o", str(out), "--workers", "0", "--quiet"])
     assert code == 0
