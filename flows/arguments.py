@@ -333,7 +333,11 @@ def engine_options_given(args: argparse.Namespace) -> dict[str, object]:
 
 def add_watch_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``gigaseg watch`` (and of ``python flows/watch_imagery.py``)."""
-    p.add_argument("input", help="folder (or fsspec URL such as s3://bucket/prefix) to scan")
+    p.add_argument(
+        "input",
+        help="folder (or fsspec URL such as s3://bucket/prefix) to scan, or a STAC catalog, collection or "
+        "saved search result (.json: each item is a scene; --pattern does not apply)",
+    )
     p.add_argument(
         "--output-dir",
         required=True,

@@ -108,15 +108,21 @@ def check_reference_grid(
     from pipeline.inputs.band_stack import check_same_grid
     from pipeline.inputs.formats import describe_input
     from pipeline.inputs.raster import inspect_raster
-    from pipeline.inputs.stac_item import is_stac_item
+    from pipeline.inputs.stac_item import is_stac_item, stac_scene
+    from pipeline.job.model_source import load_model
 
-    if is_stac_item(config.input):
-        return  # its bands are known once the model's card is: checked with the region table
-    raster = describe_input(config.input, config.spacing).raster
+    scene = config.input
+    if is_stac_item(scene):  # its grid is that of the assets holding the card's bands
+        _, card = load_model(config.model, in_channels=config.in_channels, num_classes=config.num_classes)
+        scene = stac_scene(scene, card.band_names, config.model).stack
+    raster = describe_input(scene, config.spacing).raster
     if raster is None:
         return
     if labels is not None:
-        check_same_grid(raster, inspect_raster(labels))
+        try:
+            check_same_grid(raster, inspect_raster(labels))
+        except InputError as exc:  # a STAC item's stack is read through a VRT: name the item
+            raise InputError(str(exc).replace(str(raster.path), str(config.input))) from None
     if regions is not None:
         polygon_regions(regions, raster.crs_wkt, raster.transform, (raster.height, raster.width))
 

@@ -1,7 +1,9 @@
 """Finding the scenes of a watched location, and which of them still need segmenting.
 
 A location is a folder or any fsspec URL (``s3://bucket/scenes`` when the matching
-filesystem package is installed). Each file found is identified by its content, so
+filesystem package is installed), or a STAC catalog, collection or saved search
+result (a ``.json`` file or URL: :mod:`pipeline.watch.stac_listing`) whose items are
+the scenes. Each file found is identified by its content, so
 renames are not reprocessed and edits are; the ledger spares rehashing a file whose
 size and change marker are as last seen. A remote raster is segmented in place (GDAL
 reads it from its URL); a remote volume, whose readers need files, is copied to a local
@@ -29,6 +31,7 @@ from pipeline.inputs.formats import read_in_place
 from pipeline.inputs.ingest import content_id
 from pipeline.stores.location import ObjectLocation, Where, location
 from pipeline.watch.ledger import Ledger
+from pipeline.watch.stac_listing import is_stac_listing, item_identity, item_text, relative_name, stac_items
 
 DOWNLOADS = ".gigaseg-downloads"
 """Scratch folder (in a local output folder) for local copies of remote volumes."""
@@ -44,6 +47,8 @@ class Scene:
     """Its path relative to the scanned location (names its output)."""
     content_id: str
     local: bool
+    item_json: str | None = None
+    """A STAC item written inline in a saved search result (read from a private copy)."""
 
     def output_in(self, folder: Where) -> Where:
         """Where this scene's labels go in ``folder``."""
@@ -129,6 +134,8 @@ def scan(
 
     ``exclude``: a folder (path or URL) whose files are never scenes (the output folder).
     """
+    if is_stac_listing(url):
+        return _scan_listing(url)
     fs, root = fsspec.core.url_to_fs(url)
     local = _is_local(fs)
     root = root.rstrip("/")
@@ -138,6 +145,19 @@ def scan(
         source = path if local else fs.unstrip_protocol(path)
         cid = _identify(fs, path, source, info, ledger)
         found.append(Scene(source, posixpath.relpath(path, root), cid, local))
+    return found
+
+
+def _scan_listing(url: str) -> list[Scene]:
+    """The items of a STAC listing as scenes (each identified by its JSON and its assets' markers)."""
+    found = []
+    for item, own_file in stac_items(url):
+        cid = item_identity(item)
+        relative = relative_name(item, own_file, url)
+        if own_file is None:
+            found.append(Scene(f"{url}#{item.id}", relative, cid, True, item_text(item)))
+        else:
+            found.append(Scene(own_file, relative, cid, isinstance(location(own_file), Path)))
     return found
 
 
@@ -156,6 +176,12 @@ def scene_input(
     volume is copied into ``scratch`` (a private temporary folder when None, as for
     an output folder on object storage) and removed afterwards.
     """
+    if scene.item_json is not None:
+        with tempfile.TemporaryDirectory(prefix="gigaseg-item-") as folder:
+            copy = Path(folder) / PurePosixPath(scene.relative).name
+            copy.write_text(scene.item_json)
+            yield copy
+        return
     if scene.local:
         yield Path(scene.url)
         return

@@ -9,6 +9,7 @@ from typing import Any
 from pipeline.errors import InputError
 from pipeline.job.config import SegmentConfig
 from pipeline.stores.location import ObjectLocation, Where, check_writable_folder, location, storage_error
+from pipeline.watch.stac_listing import is_stac_listing, read_listing
 
 
 @dataclass(frozen=True)
@@ -47,14 +48,16 @@ def check_watch_arguments(
     its bucket must be reachable; an output folder there must take a probe object.
     """
     watched = location(input_url)
-    if isinstance(watched, ObjectLocation):
+    if is_stac_listing(input_url):
+        read_listing(input_url)
+    elif isinstance(watched, ObjectLocation):
         if watched.protocol not in ("http", "https"):
             try:
                 watched.fs.ls(f"{watched.protocol}://{watched.bucket}", detail=False)
             except Exception as exc:
                 raise storage_error(watched, exc) from None
     elif "://" not in input_url and not watched.is_dir():
-        raise InputError(f"{input_url}: no such folder to watch")
+        raise InputError(f"{input_url}: no such folder to watch (or STAC catalog: a .json file)")
     out = location(output_dir)
     if isinstance(out, Path) and not out.is_dir():
         raise InputError(f"{output_dir}: output folder does not exist")

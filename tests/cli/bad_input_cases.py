@@ -92,6 +92,12 @@ def _stac_item_without_blue(folder: Path) -> None:
 
 def _stac_item_missing_blue_file(folder: Path) -> None:
     _stac_item(folder, {"B04": "red", "B03": "green", "B02": "blue"})
+def _stac_item_and_labels_of_another_grid(folder: Path) -> None:
+    _stac_item(folder, {"B04": "red", "B03": "green", "B02": "blue"})
+    _write(folder / "blue.tif", np.ones((1, 96, 128), np.uint16))
+    _other_grid_labels(folder)
+
+
 def _corrupt_onnx(folder: Path) -> None:
     (folder / "model.onnx").write_bytes(b"\x08\x07not a protobuf")
 
@@ -229,6 +235,13 @@ CASES: list[Case] = [
         ("segment", "item.json", "-m", "MODEL", "-o", "new.tif"),
         "gigaseg: item.json: asset B02 (./blue.tif): no such file",
         setup=_stac_item_missing_blue_file,
+    ),
+    Case(
+        "`--labels` on another grid than a STAC item's bands, with `--overwrite`",
+        ("segment", "item.json", "-m", "MODEL", "-o", "o.tif", "--labels", "labels.tif", "--overwrite"),
+        "gigaseg: labels.tif: 128×50 pixels, but item.json has 128×96: not the same grid",
+        setup=_stac_item_and_labels_of_another_grid,
+        tracked=True,
     ),
     Case(
         "a damaged ONNX file as the model",
