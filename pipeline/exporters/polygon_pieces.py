@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import numpy as np
 import rasterio.features
 import shapely
-from affine import Affine
 from skimage.measure import label as connected_regions
 
 
@@ -57,9 +56,7 @@ class BlockPolygons:
         weights = np.ones(flat.size) if top is None else np.nan_to_num(top.ravel().astype(np.float64))
         sums = np.bincount(flat, weights=weights, minlength=count + 1)[1:]
         geometries = np.empty(count, dtype=object)
-        shift = Affine.translation(origin[1], origin[0])
-        for geom, value in rasterio.features.shapes(ids, mask=ids > 0, connectivity=4, transform=shift):
-            geometries[int(value) - 1] = shapely.to_wkb(shapely.geometry.shape(geom))
+        geometries[:] = list(_region_polygons(ids, count, origin))
         sides = {"top": ids[0], "bottom": ids[-1], "left": ids[:, 0], "right": ids[:, -1]}
         return cls((int(origin[0]), int(origin[1])), ids.shape, classes, pixels, sums, geometries, sides)
 
@@ -104,3 +101,30 @@ class BlockPolygons:
         for side in self.sides.values():
             touching[side] = True
         return touching[1:]
+
+
+def _region_polygons(ids: np.ndarray, count: int, origin: Sequence[int]) -> np.ndarray:
+    """WKB of region ``k + 1``'s polygon at row ``k``, in scene pixel coordinates.
+
+    GDAL traces the outlines; the rings and polygons are then built by shapely in
+    one vectorised call each rather than one Python object per region.
+    """
+    coordinates: list[np.ndarray] = []
+    ring_of_point: list[np.ndarray] = []
+    polygon_of_ring: list[int] = []
+    region = np.empty(count, dtype=np.int64)
+    for n, (geom, value) in enumerate(rasterio.features.shapes(ids, mask=ids > 0, connectivity=4)):
+        region[n] = int(value) - 1
+        for ring in geom["coordinates"]:
+            points = np.asarray(ring, dtype=np.float64)
+            ring_of_point.append(np.full(len(points), len(polygon_of_ring), dtype=np.int64))
+            coordinates.append(points)
+            polygon_of_ring.append(n)
+    if not coordinates:
+        return np.empty(0, dtype=object)
+    points = np.concatenate(coordinates) + np.array([origin[1], origin[0]], dtype=np.float64)
+    rings = shapely.linearrings(points, indices=np.concatenate(ring_of_point))
+    polygons = shapely.polygons(rings, indices=np.asarray(polygon_of_ring, dtype=np.int64))
+    ordered = np.empty(count, dtype=object)
+    ordered[region[: len(polygons)]] = shapely.to_wkb(polygons)
+    return ordered
