@@ -182,7 +182,8 @@ def test_watch_refuses_bad_arguments_before_any_work(tmp_path: Path, capsys) -> 
     out.mkdir()
     args = ["--output-dir", str(out), "-m", "arch:conv1x1", "--once"]
     code = main(["watch", str(tmp_path / "nowhere"), *args])
-    assert code == 2 and capsys.readouterr().err.strip().endswith("nowhere: no such folder to watch (or STAC catalog: a .json file)")
+    message = capsys.readouterr().err.strip()
+    assert code == 2 and message.endswith("nowhere: no such folder to watch (or STAC catalog: a .json file)")
     code = main(["watch", str(tmp_path), *args, "--overlap", "2"])
     assert code == 2 and "--overlap must be in [0, 1)" in capsys.readouterr().err
     assert not (out / LEDGER_NAME).exists()
