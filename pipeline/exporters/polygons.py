@@ -3,9 +3,9 @@
 Each block polygonised its own regions where it was computed
 (:mod:`pipeline.exporters.polygon_pieces`). Regions that touch a block side are
 joined with the region across it when both pixels there hold the same class
-(union-find over the sides), their pieces unioned and their sums added; so no
-polygon is cut by the block grid, and the polygons equal those of one block over
-the whole scene. Then, in this order and all optional: regions under a minimum
+(union-find over the sides), their pieces unioned (outlines overlaid, holes kept)
+and their sums added; so no polygon is cut by the block grid, and the polygons
+equal those of one block over the whole scene. Then, in this order and all optional: regions under a minimum
 area are merged into the neighbour they share the longest edge with (or dropped);
 holes under an area are filled where polygons fill them (never where nodata
 does); the polygons are simplified as a coverage (neighbours keep shared edges).
@@ -105,6 +105,23 @@ def _join_across(pieces: dict[tuple[int, int], BlockPolygons], offsets: dict, jo
                 joins.union(offsets[(i, j)] + x - 1, offsets[other_index] + y - 1)
 
 
+def _union_of_pieces(pieces: np.ndarray) -> shapely.Geometry:
+    """One region's pieces from several blocks as one polygon: the union of their outlines,
+    with every piece's own holes kept as they are.
+
+    A piece's hole lies inside the piece's block (the piece surrounds it), so no piece
+    of another block can fill it: only the outlines need the overlay, which is much
+    cheaper than unioning pieces full of speckle holes. The outlines' union may add
+    holes of its own (a region closing a ring across blocks). Should the outlines not
+    form one polygon, the pieces are unioned whole.
+    """
+    outline = shapely.union_all(shapely.polygons(shapely.get_exterior_ring(pieces)))
+    if not isinstance(outline, shapely.Polygon):
+        return shapely.union_all(pieces)
+    holes = [ring for piece in pieces for ring in piece.interiors]
+    return shapely.Polygon(outline.exterior, [*outline.interiors, *holes])
+
+
 def merge_pieces(pieces: dict[tuple[int, int], BlockPolygons]) -> Regions:
     """The scene's regions from the blocks' pieces: those crossing block sides joined into one."""
     offsets, total = {}, 0
@@ -127,7 +144,7 @@ def merge_pieces(pieces: dict[tuple[int, int], BlockPolygons]) -> Regions:
         for k in joined.tolist():
             groups.setdefault(int(roots[k]), [int(roots[k])]).append(k)
         for root, members in groups.items():
-            geometries[root] = shapely.union_all(geometries[members])
+            geometries[root] = _union_of_pieces(geometries[members])
     merged_pixels = np.bincount(roots, weights=pixels, minlength=total).astype(np.int64)
     merged_sums = np.bincount(roots, weights=sums, minlength=total)
     return Regions(geometries[keep], classes[keep], merged_pixels[keep], merged_sums[keep])

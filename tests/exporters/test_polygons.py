@@ -111,3 +111,15 @@ def test_simplification_keeps_shared_edges():
         shapely.get_num_coordinates(regions.geometries).sum()
         < shapely.get_num_coordinates(_regions(labels, None, 32).geometries).sum()
     )
+
+
+def test_a_ring_closed_across_blocks_keeps_its_speckle_holes_and_the_hole_it_closes():
+    labels = np.zeros((40, 40), np.uint8)
+    labels[4:36, 4:36] = 1  # a square ring of class 1 around a core of class 0, over four blocks
+    labels[12:28, 12:28] = 0
+    labels[[6, 6, 33, 30], [6, 33, 6, 31]] = 2  # one speckle hole in each block's piece of the ring
+    labels[19, 8] = NODATA  # and a nodata hole on the block edge
+    whole, blockwise = _regions(labels, None, 40), _regions(labels, None, 20)
+    assert _as_set(blockwise) == _as_set(whole)
+    ring = blockwise.geometries[(blockwise.classes == 1)][0]
+    assert ring.is_valid and len(ring.interiors) == 6  # the core (closed across blocks), 4 speckles, nodata
