@@ -6,7 +6,7 @@ size, then polygonises it in a fresh process each way, sampling the process tree
 
 - *gigaseg*: the path of a run with ``--vector``: each block's piece
   (:class:`~pipeline.exporters.polygon_pieces.BlockPolygons`, what an actor makes) written to
-  a folder, then merged across block edges and written as a GeoPackage;
+  a folder, then merged across block edges and streamed to a GeoPackage;
 - *gdal_polygonize*: GDAL's own command on the same map (4-connectedness, GeoPackage).
 
 Throughput is megapixels per second of wall time; the ratio is gigaseg's time and peak over
@@ -70,9 +70,10 @@ def write_class_map(path: Path, side: int) -> Path:
 
 
 def gigaseg_polygonize(raster: Path, out: Path, block: int) -> None:
-    """What a ``--vector`` run does after inference: pieces per block, then merge and write."""
+    """What a ``--vector`` run does after inference: pieces per block, then the streamed merge and write."""
     from pipeline.exporters.polygon_pieces import BlockPolygons
-    from pipeline.exporters.polygons import VectorTarget, merge_pieces, read_pieces, write_regions
+    from pipeline.exporters.polygon_stream import stream_regions, write_region_stream
+    from pipeline.exporters.polygons import VectorTarget
 
     pieces_dir = Path(tempfile.mkdtemp(prefix="polygon-pieces-", dir=out.parent))
     with rasterio.open(raster) as src:
@@ -84,13 +85,11 @@ def gigaseg_polygonize(raster: Path, out: Path, block: int) -> None:
         crs, transform = src.crs.to_wkt(), tuple(src.transform)[:6]
 
     def load():
-        for path in sorted(pieces_dir.glob("*.npz")):
-            i, j = map(int, path.stem.split("_"))
-            yield (i, j), path.read_bytes()
+        for path in sorted(pieces_dir.glob("*.npz"), key=lambda p: tuple(map(int, p.stem.split("_")))):
+            yield tuple(map(int, path.stem.split("_"))), path.read_bytes()
 
-    regions = merge_pieces(read_pieces(load()))
     names = ["water", "forest", "grassland", "cropland", "built-up"]
-    write_regions(regions, transform, VectorTarget(out, crs, names, [(0, 0, 0)] * 5))
+    write_region_stream(stream_regions(load), transform, VectorTarget(out, crs, names, [(0, 0, 0)] * 5))
     shutil.rmtree(pieces_dir)
 
 

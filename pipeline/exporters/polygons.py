@@ -23,7 +23,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,11 @@ class PolygonOptions:
     fill_holes: float = 0.0
     simplify: float = 0.0
 
+    @property
+    def cleans(self) -> bool:
+        """Whether any cleaning is asked for (each needs every region at hand)."""
+        return self.min_area > 0 or self.fill_holes > 0 or self.simplify > 0
+
 
 @dataclass
 class Regions:
@@ -89,9 +95,23 @@ class _UnionFind:
         if ra != rb:
             self.parent[max(ra, rb)] = min(ra, rb)
 
+    def roots(self) -> np.ndarray:
+        """Every element's root at once (pointer jumping until nothing moves)."""
+        parent = self.parent
+        while True:
+            jumped = parent[parent]
+            if np.array_equal(jumped, parent):
+                return parent
+            parent = jumped
 
-def _join_across(pieces: dict[tuple[int, int], BlockPolygons], offsets: dict, joins: _UnionFind) -> None:
-    """Join the regions that meet across each block side (same class on both pixels)."""
+
+def joined_roots(
+    pieces: dict[tuple[int, int], BlockPolygons], offsets: dict[tuple[int, int], int]
+) -> np.ndarray:
+    """For each region of the scene (numbered by ``offsets[block] + k``), the lowest-numbered
+    region it is joined with across block sides (same class on both pixels); itself if none."""
+    total = sum(len(p.classes) for p in pieces.values())
+    joins = _UnionFind(total)
     for (i, j), piece in pieces.items():
         for other_index, mine, theirs in (((i, j + 1), "right", "left"), ((i + 1, j), "bottom", "top")):
             other = pieces.get(other_index)
@@ -103,9 +123,10 @@ def _join_across(pieces: dict[tuple[int, int], BlockPolygons], offsets: dict, jo
             same = piece.classes[a - 1] == other.classes[b - 1]
             for x, y in set(zip(a[same].tolist(), b[same].tolist())):
                 joins.union(offsets[(i, j)] + x - 1, offsets[other_index] + y - 1)
+    return joins.roots()
 
 
-def _union_of_pieces(pieces: np.ndarray) -> shapely.Geometry:
+def union_of_pieces(pieces: np.ndarray) -> shapely.Geometry:
     """One region's pieces from several blocks as one polygon: the union of their outlines,
     with every piece's own holes kept as they are.
 
@@ -133,9 +154,7 @@ def merge_pieces(pieces: dict[tuple[int, int], BlockPolygons]) -> Regions:
     pixels = np.concatenate([p.pixels for p in ordered]) if ordered else np.zeros(0, np.int64)
     sums = np.concatenate([p.probability_sums for p in ordered]) if ordered else np.zeros(0)
     wkb = np.concatenate([p.geometries for p in ordered]) if ordered else np.zeros(0, object)
-    joins = _UnionFind(total)
-    _join_across(pieces, offsets, joins)
-    roots = np.array([joins.find(k) for k in range(total)], dtype=np.int64)
+    roots = joined_roots(pieces, offsets)
     keep = roots == np.arange(total)
     geometries = shapely.from_wkb(wkb) if total else np.zeros(0, object)
     joined = np.flatnonzero(~keep)
@@ -144,7 +163,7 @@ def merge_pieces(pieces: dict[tuple[int, int], BlockPolygons]) -> Regions:
         for k in joined.tolist():
             groups.setdefault(int(roots[k]), [int(roots[k])]).append(k)
         for root, members in groups.items():
-            geometries[root] = _union_of_pieces(geometries[members])
+            geometries[root] = union_of_pieces(geometries[members])
     merged_pixels = np.bincount(roots, weights=pixels, minlength=total).astype(np.int64)
     merged_sums = np.bincount(roots, weights=sums, minlength=total)
     return Regions(geometries[keep], classes[keep], merged_pixels[keep], merged_sums[keep])
@@ -241,27 +260,28 @@ class VectorTarget:
     colors: Sequence[Sequence[int]]
 
 
-def write_regions(regions: Regions, transform: Sequence[float], target: VectorTarget) -> Path:
-    """One feature per region in the vector format of ``target.path``, under a temporary name renamed
-    into place, with its categorised style."""
-    driver = vector_driver(target.path)
-    geometries = to_crs(regions.geometries, transform)
-    order = np.lexsort((shapely.bounds(regions.geometries)[:, 0], shapely.bounds(regions.geometries)[:, 1]))
-    geometries, r = geometries[order], regions.take(order)
-    names = np.array(list(target.class_names), dtype=object)
-    fields = {
-        "class_id": r.classes.astype(np.int32),
-        "class_name": names[r.classes] if len(r.classes) else np.zeros(0, object),
+def feature_fields(
+    regions: Regions, geometries: np.ndarray, class_names: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """The features' attribute columns; ``geometries`` are the regions' in the CRS (for the area)."""
+    names = np.array(list(class_names), dtype=object)
+    return {
+        "class_id": regions.classes.astype(np.int32),
+        "class_name": names[regions.classes] if len(regions.classes) else np.zeros(0, object),
         "area": shapely.area(geometries),
-        "mean_probability": r.probability_sums / np.maximum(r.pixels, 1),
-        "pixels": r.pixels.astype(np.int64),
+        "mean_probability": regions.probability_sums / np.maximum(regions.pixels, 1),
+        "pixels": regions.pixels.astype(np.int64),
     }
+
+
+@contextmanager
+def staged_vector(target: VectorTarget) -> Iterator[tuple[Path, str]]:
+    """A temporary path and the driver to write the layer with; when the block ends without an
+    error the layer gets its categorised style and is renamed into place, else it is removed."""
+    driver = vector_driver(target.path)
     tmp = target.path.with_name(f".{target.path.name}.{os.getpid()}.tmp{target.path.suffix}")
     try:
-        if driver == "Parquet":
-            _write_geoparquet(tmp, geometries, fields, target.crs_wkt)
-        else:
-            _write_ogr(tmp, driver, geometries, fields, target.crs_wkt)
+        yield tmp, driver
         qml = polygons_qml(target.class_names, target.colors)
         if driver == "GPKG":
             _add_layer_style(tmp, qml)
@@ -270,6 +290,20 @@ def write_regions(regions: Regions, transform: Sequence[float], target: VectorTa
         os.replace(tmp, target.path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_regions(regions: Regions, transform: Sequence[float], target: VectorTarget) -> Path:
+    """One feature per region, ordered by position, in the vector format of ``target.path``,
+    under a temporary name renamed into place, with its categorised style."""
+    geometries = to_crs(regions.geometries, transform)
+    order = np.lexsort((shapely.bounds(regions.geometries)[:, 0], shapely.bounds(regions.geometries)[:, 1]))
+    geometries, r = geometries[order], regions.take(order)
+    fields = feature_fields(r, geometries, target.class_names)
+    with staged_vector(target) as (tmp, driver):
+        if driver == "Parquet":
+            _write_geoparquet(tmp, geometries, fields, target.crs_wkt)
+        else:
+            _write_ogr(tmp, driver, geometries, fields, target.crs_wkt)
     return target.path
 
 
@@ -295,21 +329,29 @@ def _write_ogr(path: Path, driver: str, geometries: np.ndarray, fields: dict, cr
     )
 
 
+def geoparquet_metadata(geometry_types: list[str], crs_wkt: str | None, bbox: list[float] | None) -> bytes:
+    """GeoParquet 1.1's ``geo`` metadata for a WKB ``geometry`` column (CRS as PROJJSON)."""
+    from rasterio.crs import CRS
+
+    column: dict = {"encoding": "WKB", "geometry_types": geometry_types}
+    if crs_wkt:
+        column["crs"] = CRS.from_wkt(crs_wkt).to_dict(projjson=True)
+    if bbox is not None:
+        column["bbox"] = bbox
+    return json.dumps(
+        {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column}}
+    ).encode()
+
+
 def _write_geoparquet(path: Path, geometries: np.ndarray, fields: dict, crs_wkt: str | None) -> None:
     """GeoParquet 1.1 (WKB geometry, PROJJSON CRS) with pyarrow (GDAL here has no Parquet driver)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from rasterio.crs import CRS
 
     table = pa.table({**fields, "geometry": pa.array(shapely.to_wkb(geometries), type=pa.binary())})
-    column = {"encoding": "WKB", "geometry_types": [_geometry_type(geometries)]}
-    if crs_wkt:
-        column["crs"] = CRS.from_wkt(crs_wkt).to_dict(projjson=True)
-    if len(geometries):
-        column["bbox"] = list(shapely.total_bounds(geometries))
-    meta = {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column}}
-    table = table.replace_schema_metadata({b"geo": json.dumps(meta).encode()})
-    pq.write_table(table, path)
+    bbox = list(shapely.total_bounds(geometries)) if len(geometries) else None
+    meta = geoparquet_metadata([_geometry_type(geometries)], crs_wkt, bbox)
+    pq.write_table(table.replace_schema_metadata({b"geo": meta}), path)
 
 
 def _add_layer_style(gpkg: Path, qml: str) -> None:

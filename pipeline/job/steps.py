@@ -214,7 +214,12 @@ def _source_links(scene: Scene) -> tuple[list[str], str | None]:
 
 
 def _export_polygons(job: Job, vector: Path) -> None:
-    """The blocks' polygon pieces merged across block edges, cleaned and written by format."""
+    """The blocks' polygon pieces merged across block edges, cleaned and written by format.
+
+    Without cleaning options the regions stream from the pieces to the file (memory bounded
+    by the regions still open); cleaning looks at neighbours anywhere, so it holds them all.
+    """
+    from pipeline.exporters.polygon_stream import stream_regions, write_region_stream
     from pipeline.exporters.polygons import (
         PolygonOptions,
         VectorTarget,
@@ -226,14 +231,18 @@ def _export_polygons(job: Job, vector: Path) -> None:
 
     t0 = time.perf_counter()
     config, attrs = job.config, job.scene.attrs
-    regions = merge_pieces(read_pieces(job.store.polygon_pieces(job.plan)))
-    a, b, _, d, e, _ = attrs["transform"][:6]
+    target = VectorTarget(vector, attrs.get("crs"), job.card.class_names, job.card.class_colors)
     options = PolygonOptions(
         config.vector_min_area, config.vector_small, config.vector_fill_holes, config.vector_simplify
     )
-    regions = clean(regions, options, pixel_area=abs(a * e - b * d), pixel_size=abs(a * e - b * d) ** 0.5)
-    target = VectorTarget(vector, attrs.get("crs"), job.card.class_names, job.card.class_colors)
-    write_regions(regions, attrs["transform"], target)
+    if not options.cleans:
+        regions = stream_regions(lambda: job.store.polygon_pieces(job.plan))
+        write_region_stream(regions, attrs["transform"], target)
+    else:
+        merged = merge_pieces(read_pieces(job.store.polygon_pieces(job.plan)))
+        a, b, _, d, e, _ = attrs["transform"][:6]
+        pixel_area = abs(a * e - b * d)
+        write_regions(clean(merged, options, pixel_area, pixel_area**0.5), attrs["transform"], target)
     job.timings["polygons"] = time.perf_counter() - t0
 
 

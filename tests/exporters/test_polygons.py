@@ -9,7 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.exporters.polygon_pieces import BlockPolygons
-from pipeline.exporters.polygons import PolygonOptions, Regions, clean, merge_pieces
+from pipeline.exporters.polygon_stream import stream_regions, write_region_stream
+from pipeline.exporters.polygons import (
+    PolygonOptions,
+    Regions,
+    VectorTarget,
+    clean,
+    merge_pieces,
+    write_regions,
+)
 
 NODATA = 255
 
@@ -123,3 +131,103 @@ def test_a_ring_closed_across_blocks_keeps_its_speckle_holes_and_the_hole_it_clo
     assert _as_set(blockwise) == _as_set(whole)
     ring = blockwise.geometries[(blockwise.classes == 1)][0]
     assert ring.is_valid and len(ring.interiors) == 6  # the core (closed across blocks), 4 speckles, nodata
+
+
+def _pieces(labels: np.ndarray, top: np.ndarray | None, block: int) -> dict[tuple[int, int], bytes]:
+    """Each block's piece as the bytes an actor stores."""
+    pieces = {}
+    for i, r in enumerate(range(0, labels.shape[0], block)):
+        for j, c in enumerate(range(0, labels.shape[1], block)):
+            part = None if top is None else top[r : r + block, c : c + block]
+            piece = BlockPolygons.from_labels(labels[r : r + block, c : c + block], part, (r, c), NODATA)
+            pieces[(i, j)] = piece.to_bytes()
+    return pieces
+
+
+def _streamed(pieces: dict[tuple[int, int], bytes], batch_size: int) -> Regions:
+    batches = list(stream_regions(lambda: sorted(pieces.items()), batch_size))
+    if not batches:
+        return Regions(np.zeros(0, object), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+    return Regions(
+        *(
+            np.concatenate(column)
+            for column in zip(*((b.geometries, b.classes, b.pixels, b.probability_sums) for b in batches))
+        )
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(_label_maps(), st.integers(1, 9))
+def test_streamed_regions_equal_the_in_memory_merge(case, batch_size):
+    labels, block = case
+    top = np.random.default_rng(int(labels.sum())).random(labels.shape).astype(np.float32)
+    pieces = _pieces(labels, top, block)
+    in_memory = merge_pieces({k: BlockPolygons.from_bytes(v) for k, v in pieces.items()})
+    assert _as_set(_streamed(pieces, batch_size)) == _as_set(in_memory)
+
+
+def _features(path) -> list[tuple]:
+    """A layer's features as sorted (class, name, pixels, area, mean probability, normalised WKT)."""
+    if str(path).endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path).to_pydict()
+        geometries = shapely.from_wkb(table.pop("geometry"))
+    else:
+        from pyogrio.raw import read
+
+        meta, _, wkb, values = read(str(path), layer="classes")
+        table, geometries = dict(zip(meta["fields"], values)), shapely.from_wkb(wkb)
+    geometries = shapely.normalize(shapely.simplify(geometries, 0))
+    columns = ("class_id", "class_name", "pixels", "area", "mean_probability")
+    return sorted(
+        (
+            int(c),
+            str(n),
+            int(p),
+            round(float(a), 3),
+            round(float(m), 6),
+            shapely.to_wkt(g, rounding_precision=3),
+        )
+        for (c, n, p, a, m), g in zip(zip(*(table[k] for k in columns)), geometries)
+    )
+
+
+@pytest.mark.parametrize("suffix", [".gpkg", ".fgb", ".parquet"])
+def test_streamed_layer_has_the_features_of_the_in_memory_layer(tmp_path, suffix):
+    rng = np.random.default_rng(3)
+    labels = np.kron(rng.integers(0, 3, (16, 16)), np.ones((4, 4), dtype=np.int64)).astype(np.uint8)
+    labels[rng.random(labels.shape) < 0.03] = NODATA
+    top = rng.random(labels.shape).astype(np.float32)
+    pieces = _pieces(labels, top, 13)
+    transform = (10.0, 0.0, 500_000.0, 0.0, -10.0, 4_000_000.0)
+    crs = "EPSG:32633"
+    from rasterio.crs import CRS
+
+    names, colors = ["a", "b", "c"], [(1, 2, 3), (4, 5, 6), (7, 8, 9)]
+    in_memory = merge_pieces({k: BlockPolygons.from_bytes(v) for k, v in pieces.items()})
+    whole = write_regions(
+        in_memory,
+        transform,
+        VectorTarget(tmp_path / f"whole{suffix}", CRS.from_string(crs).to_wkt(), names, colors),
+    )
+    streamed = write_region_stream(
+        stream_regions(lambda: sorted(pieces.items()), 5),
+        transform,
+        VectorTarget(tmp_path / f"streamed{suffix}", CRS.from_string(crs).to_wkt(), names, colors),
+    )
+    assert _features(streamed) == _features(whole) and len(_features(whole)) > 50
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [whole.name, streamed.name] + ([] if suffix == ".gpkg" else ["whole.qml", "streamed.qml"])
+    )
+
+
+def test_a_stream_that_fails_midway_leaves_no_layer(tmp_path):
+    def batches():
+        yield Regions(np.array([shapely.box(0, 0, 1, 1)]), np.array([0]), np.array([1]), np.array([1.0]))
+        raise OSError("a piece could not be read")
+
+    target = VectorTarget(tmp_path / "out.gpkg", None, ["a"], [(1, 2, 3)])
+    with pytest.raises(OSError):
+        write_region_stream(batches(), (1.0, 0.0, 0.0, 0.0, -1.0, 0.0), target)
+    assert list(tmp_path.iterdir()) == []
