@@ -54,6 +54,8 @@ class SegmentSummary:
     """Per label: mean winning probability over the voxels given that label."""
     blend: str = ""
     """The blending mode the job ran (``--blend auto`` resolved for the model)."""
+    resampled: str | None = None
+    """``10 m/px → 20 m/px`` when the scene was resampled to the model's resolution (outputs mapped back)."""
 
     @property
     def mpx_per_s(self) -> float:
@@ -138,4 +140,5 @@ def summarize(
         label_volumes_ml=labels.volumes_ml,
         label_mean_probability=labels.mean_probability,
         blend=job.window.mode,
+        resampled=job.resampling.describe() if job.resampling is not None else None,
     )
