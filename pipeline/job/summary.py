@@ -77,6 +77,8 @@ class SegmentSummary:
                 for k, v in top_ml
                 if v > 0
             )
+        if self.resampled:
+            skipped += f", run at the model's resolution ({self.resampled}) and mapped back"
         unit = "Mvox" if self.label_volumes_ml else "Mpx"
         return (
             f"wrote {self.output}: {self.pixels / 1e6:.1f} {unit}, {len(self.class_fractions)} classes "

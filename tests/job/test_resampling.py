@@ -102,6 +102,7 @@ def test_a_scene_at_another_gsd_comes_out_on_its_own_grid_with_the_hand_made_lab
     config = SegmentConfig(input=scene, model=str(model), output=out, probabilities=probs, **SMALL)
     summary = segment(config)
     assert summary.resampled == f"10 m/px → {model_gsd:g} m/px"
+    assert f"run at the model's resolution (10 m/px → {model_gsd:g} m/px) and mapped back" in summary.line()
 
     ref_labels, ref_probs = _reference(scene, model, model_gsd / INPUT_GSD, tmp_path / "ref")
     with rasterio.open(scene) as a, rasterio.open(out) as b, rasterio.open(probs) as p:
