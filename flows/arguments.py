@@ -222,9 +222,12 @@ ENGINE_HELP: dict[str, Option] = {
         meaning="run a 2D model slice by slice over a volume along store axis 0 (z), 1 (y) or 2 (x)",
     ),
     "native_resolution": Option(
-        "run a scene whose resolution is far from the model's (card gsd/spacing) as it is",
-        meaning="run a scene more than 4× finer or coarser than the resolution in the model's card "
-        "(`gsd` m/px, `spacing` mm) as it is, instead of refusing it (`pipeline/inputs/resolution.py`)",
+        "run the scene at its own resolution: no resampling to the model's (card gsd/spacing), "
+        "and no refusal when far from it",
+        meaning="run the scene at its own resolution: without it, a scene at another resolution "
+        "than the model's card (`gsd` m/px, `spacing` mm) is resampled to the card's and the "
+        "outputs mapped back to the input's grid (`pipeline/inputs/resampling.py`, "
+        "`pipeline/job/map_back.py`), and one more than 4× finer or coarser is refused",
     ),
     "tta": Option(
         "flip test-time augmentation (2^D passes per tile)",

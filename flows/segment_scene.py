@@ -1,4 +1,4 @@
-"""The main job as a Prefect flow: check → ingest → plan → infer (+ CRF) → export → summary.
+"""The main job as a Prefect flow: check → ingest → resample → plan → infer (+ CRF) → map back → export.
 
 Runnable as a script with the same arguments as ``gigaseg segment`` (this is what
 ``ray submit ray_cluster.yaml flows/segment_scene.py -- ARGS`` runs on a cluster
@@ -41,9 +41,10 @@ from pipeline.execution.scene_batch import BatchReport, SceneBatch, active_batch
 from pipeline.exporters.formats import ExportedOutputs
 from pipeline.job.checks import CheckedInput, check_inputs
 from pipeline.job.config import SegmentConfig
+from pipeline.job.map_back import map_back
 from pipeline.job.model_source import load_model
 from pipeline.job.plan import Job, plan_job
-from pipeline.job.steps import BlockRunner, export, finish, infer, ingest_scene, output_set
+from pipeline.job.steps import BlockRunner, export, finish, infer, ingest_scene, output_set, resample
 from pipeline.job.summary import BlockCounts, SegmentSummary, summarize
 from pipeline.stores.scene import SceneStore
 from pipeline.stores.transfer import OutputSet
@@ -112,16 +113,30 @@ def ingest_stage(config: SegmentConfig, checked: CheckedInput) -> SceneStore:
     return ingest_scene(config, checked)
 
 
+@task(name="resample", **RETRYING)
+def resample_stage(config: SegmentConfig, checked: CheckedInput, scene: SceneStore) -> SceneStore:
+    """The scene at the model's resolution (the ingested one if it is, or with ``--native-resolution``)."""
+    return resample(config, checked, scene)
+
+
 @task(name="plan", **STAGE)
-def plan_stage(config: SegmentConfig, checked: CheckedInput, scene: SceneStore) -> Job:
+def plan_stage(
+    config: SegmentConfig, checked: CheckedInput, scene: SceneStore, input_scene: SceneStore
+) -> Job:
     """Tile grid, blocks and the output store (resumes a matching earlier run)."""
-    return plan_job(config, checked, scene)
+    return plan_job(config, checked, scene, input_scene=input_scene)
 
 
 @task(name="infer", **RETRYING)
 def infer_stage(job: Job) -> BlockCounts:
     """Every pending block, here or on Ray (:func:`block_runner`; a retry skips the blocks already done)."""
     return infer(job, block_runner(job))
+
+
+@task(name="map-back", **RETRYING)
+def map_back_stage(job: Job) -> Job:
+    """A resampled run's outputs on the input's own grid (a run at the model's resolution as it is)."""
+    return map_back(job)
 
 
 @task(name="export", **RETRYING)
@@ -160,9 +175,11 @@ def run_stages(
         checked = check_stage(config)
         t_ingest = time.perf_counter()
         scene = ingest_stage(config, checked)
-        job = plan_stage(config, checked, scene)
+        model_scene = resample_stage(config, checked, scene)
+        job = plan_stage(config, checked, model_scene, scene)
         job.timings["ingest"] = time.perf_counter() - t_ingest
         counts = infer_stage(job)
+        job = map_back_stage(job)
         exported = export_stage(job, staged)
         summary = metrics_stage(job, exported, counts, time.perf_counter() - t0, on_finished)
     except BaseException:

@@ -136,8 +136,12 @@ def _formats_section() -> list[str]:
         "(`gsd`, m/px; `gigaseg train` fills it from a projected training raster, `gigaseg",
         "model-card --gsd` for others) or a volume model's voxel spacing (`spacing`, mm). A",
         "scene more than 4× finer or coarser is refused with one line (`--native-resolution`",
-        "runs it anyway); a smaller mismatch is logged. The scene is not resampled to the",
-        "model's resolution (yet): labels are computed at the scene's own.",
+        "runs it anyway). A scene at another resolution is resampled to the model's in the work",
+        "folder (GDAL's warper for rasters: `average` coarser, `bilinear` finer; trilinear for",
+        "volumes) and the outputs are mapped back to the input's own grid (labels by nearest /",
+        "mode, probabilities by bilinear / average), so output pixels line up with the input's;",
+        "`--native-resolution` runs it as it is. The run's summary, STAC item",
+        "(`gigaseg:resampled`) and MLflow run (`resampled`) record it.",
     ]
 
 

@@ -16,10 +16,12 @@ import itertools
 import os
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import dask
 from rasterio.errors import NotGeoreferencedWarning
+from rasterio.io import DatasetReader
 
 from pipeline.inputs.band_stack import vrt_sources
 from pipeline.inputs.raster import RasterInfo, inspect_raster, read_window
@@ -95,12 +97,29 @@ def ingest_raster(
         with_mask=info.has_mask,
         attrs={**info.attrs(), "source_id": source_id},
     )
+    return copy_raster(info, writer, chunk, workers=workers, on_progress=on_progress)
+
+
+def copy_raster(
+    info: RasterInfo,
+    writer: SceneStoreWriter,
+    chunk: int,
+    open_source: Callable[[RasterInfo], AbstractContextManager[DatasetReader]] | None = None,
+    workers: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> SceneStore:
+    """Fill ``writer`` from the raster ``info`` describes, in parallel chunk-aligned windows, and commit.
+
+    ``open_source``: opens the dataset each task reads (default: the file itself; the
+    resampling step passes GDAL's warper over it). Nodata and masks are read the same way.
+    """
     step = chunk * CHUNKS_PER_TASK
     windows = [
         ((r, min(r + step, info.height)), (c, min(c + step, info.width)))
         for r, c in itertools.product(range(0, info.height, step), range(0, info.width, step))
     ]
-    tasks = [dask.delayed(_copy_windows)(info, writer, batch, on_progress) for batch in windows]
+    opener = open_source or (lambda i: open_raster(i.path))
+    tasks = [dask.delayed(_copy_windows)(info, writer, batch, opener, on_progress) for batch in windows]
     try:
         dask.compute(*tasks, scheduler="threads", num_workers=workers or min(4, os.cpu_count() or 1))
     except BaseException:
@@ -113,12 +132,13 @@ def _copy_windows(
     info: RasterInfo,
     writer: SceneStoreWriter,
     window: tuple[tuple[int, int], tuple[int, int]],
+    opener: Callable[[RasterInfo], AbstractContextManager[DatasetReader]],
     on_progress: Callable[[int], None] | None,
 ) -> None:
     rows, cols = window
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with open_raster(info.path) as src:
+        with opener(info) as src:
             image, valid = read_window(src, info, rows, cols)
     writer.write((rows, cols), image, valid)
     if on_progress is not None:

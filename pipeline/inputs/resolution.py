@@ -6,7 +6,9 @@ without a projected CRS has none gigaseg can compare. A volume's is its voxel
 spacing in mm. Training records them in the card (:func:`training_resolution`);
 inference compares (:func:`check_resolution`): a scene at a far other resolution
 than the model's (ratio past :data:`RATIO_LIMIT` either way) is refused with one
-line, a smaller mismatch is logged; ``--native-resolution`` runs either as it is.
+line; a smaller mismatch (past :data:`TOLERANCE`) is resampled to the model's
+resolution (:mod:`pipeline.inputs.resampling`); ``--native-resolution`` runs
+either as it is, with one log line.
 """
 
 from __future__ import annotations
@@ -68,31 +70,47 @@ def training_resolution(scene_attrs: Sequence[Mapping[str, Any]]) -> dict[str, A
     return {"spacing": spacings[len(spacings) // 2]} if spacings else {}
 
 
-def _ratio(scene: Sequence[float], model: Sequence[float]) -> float:
+def compared_resolution(card: Any, attrs: Mapping[str, Any]) -> tuple[list[float], list[float], str] | None:
+    """The scene's and the card's resolution and their unit (``m/px`` or ``mm``); None: not comparable."""
+    scene = scene_resolution(attrs)
+    if card.gsd is not None and "gsd" in scene:
+        return [scene["gsd"]], [float(card.gsd)], "m/px"
+    if card.spacing is not None and "spacing" in scene and len(scene["spacing"]) == len(card.spacing):
+        return scene["spacing"], [float(s) for s in card.spacing], "mm"
+    return None
+
+
+def resolution_ratio(scene: Sequence[float], model: Sequence[float]) -> float:
     """The largest scene / model ratio over the axes, folded so that finer and coarser both exceed 1."""
     ratios = [s / m for s, m in zip(scene, model) if s > 0 and m > 0]
     return max((max(r, 1 / r) for r in ratios), default=1.0)
 
 
 def check_resolution(card: Any, attrs: Mapping[str, Any], source: str, native: bool = False) -> None:
-    """Refuse a scene at a far other resolution than ``card``'s; log a smaller mismatch."""
-    scene = scene_resolution(attrs)
-    if card.gsd is not None and "gsd" in scene:
-        have, want, unit = [scene["gsd"]], [float(card.gsd)], "m/px"
-    elif card.spacing is not None and "spacing" in scene and len(scene["spacing"]) == len(card.spacing):
-        have, want, unit = scene["spacing"], [float(s) for s in card.spacing], "mm"
-    else:
+    """Refuse a scene at a far other resolution than ``card``'s; with ``native``, log a mismatch.
+
+    Without ``native`` a smaller mismatch is not logged here: the scene is resampled
+    to the model's resolution (:mod:`pipeline.inputs.resampling`), which says so.
+    """
+    found = compared_resolution(card, attrs)
+    if found is None:
         return
-    ratio = _ratio(have, want)
+    have, want, unit = found
+    ratio = resolution_ratio(have, want)
     if ratio <= 1 + TOLERANCE:
         return
-    text = f"{source}: at {_fmt(have)} {unit}, the model was trained at {_fmt(want)} {unit}"
+    text = (
+        f"{source}: at {format_resolution(have)} {unit}, "
+        f"the model was trained at {format_resolution(want)} {unit}"
+    )
     if ratio > RATIO_LIMIT and not native:
         raise InputError(
             f"{text} ({ratio:.1f}× apart, over {RATIO_LIMIT:g}×); give --native-resolution to run anyway"
         )
-    log.warning("%s; labels are computed at the scene's own resolution", text)
+    if native:
+        log.warning("%s; labels are computed at the scene's own resolution (--native-resolution)", text)
 
 
-def _fmt(values: Sequence[float]) -> str:
+def format_resolution(values: Sequence[float]) -> str:
+    """``10`` or ``1,1,2``: a resolution as the messages write it."""
     return ",".join(f"{v:g}" for v in values)

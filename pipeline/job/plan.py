@@ -21,6 +21,7 @@ from pipeline.engine.crf import CRFParams, band_stats, refine
 from pipeline.engine.slicewise import slice_align, slice_tile
 from pipeline.errors import InputError
 from pipeline.inputs.normalization import model_bands, normalizer_for, resolve_normalization
+from pipeline.inputs.resampling import RESAMPLED_STORE, Resampling, resampling_for
 from pipeline.inputs.volume_geometry import VolumeGeometry, is_volume
 from pipeline.job.checks import CheckedInput, slice_axis_for
 from pipeline.job.config import SegmentConfig
@@ -51,6 +52,10 @@ class Job:
     """The card's normalisation with per-scene statistics resolved (None: the card's as is)."""
     slice_axis: int | None = None
     """Set when a 2D model runs slice by slice over a volume."""
+    resampling: Resampling | None = None
+    """From the input's resolution to the model's, when ``scene`` is the input resampled to it."""
+    input_scene: SceneStore | None = None
+    """The ingested input, while ``scene`` is its resampled copy and the outputs are not mapped back yet."""
 
     @property
     def num_classes(self) -> int:
@@ -173,15 +178,24 @@ def _job_fingerprint(
         **({"slice_axis": slice_axis} if slice_axis is not None else {}),
         **({"tta": True} if config.tta else {}),
         **({"polygons": True} if config.vector is not None else {}),
+        **({"resampled": scene.attrs["resampled"]} if scene.attrs.get("resampled") else {}),
     }
     return fingerprint(settings)
 
 
-def plan_job(config: SegmentConfig, checked: CheckedInput, scene: SceneStore, create: bool = True) -> Job:
+def plan_job(
+    config: SegmentConfig,
+    checked: CheckedInput,
+    scene: SceneStore,
+    create: bool = True,
+    input_scene: SceneStore | None = None,
+) -> Job:
     """Tile grid, blending window, CRF settings, blocks, scene-wide normalisation, and the output store.
 
-    ``create``: open or create the store (new or resumed run); otherwise the
-    store must already exist with this configuration's fingerprint (a worker attaching).
+    ``scene``: the store the model runs on (the input's, or the input resampled to the
+    model's resolution, with ``input_scene`` the ingested input). ``create``: open or
+    create the store (new or resumed run); otherwise the store must already exist with
+    this configuration's fingerprint (a worker attaching).
     """
     card, bands = checked.card, checked.bands
     block_size, chunk = config.block_and_chunk(len(scene.spatial_shape))
@@ -199,6 +213,9 @@ def plan_job(config: SegmentConfig, checked: CheckedInput, scene: SceneStore, cr
     )
     fp = _job_fingerprint(config, checked, scene, grid, window, plan, crf)
     path = config.resolved_work_dir / "output.zarr"
+    resampling = Resampling.from_attrs(scene.attrs.get("resampled"))
+    # Polygons of a resampled run are made on the input grid from the mapped labels and confidence.
+    uncertainty = config.uncertainty or (resampling is not None and config.vector is not None)
     if not create:
         store = OutputStore.open_existing(path, fp)
     else:
@@ -209,7 +226,7 @@ def plan_job(config: SegmentConfig, checked: CheckedInput, scene: SceneStore, cr
             config.probabilities is not None,
             fp,
             attrs={"class_names": card.class_names},
-            with_uncertainty=config.uncertainty,
+            with_uncertainty=uncertainty,
         )
     return Job(
         config=config,
@@ -225,6 +242,8 @@ def plan_job(config: SegmentConfig, checked: CheckedInput, scene: SceneStore, cr
         timings={},
         normalization=norm,
         slice_axis=checked.slice_axis,
+        resampling=resampling,
+        input_scene=input_scene if resampling is not None else None,
     )
 
 
@@ -248,8 +267,11 @@ def attach(config: SegmentConfig, load: Callable[..., tuple] = load_model) -> Jo
         seed=config.seed,
     )
     bands = model_bands(card, scene.attrs.get("band_names"), scene.num_bands, str(config.input))
+    input_scene = scene
+    if resampling_for(card, scene.attrs, config.native_resolution) is not None:
+        scene = SceneStore.open(work / RESAMPLED_STORE)
     dims = len(scene.spatial_shape)
     default_axis = VolumeGeometry.from_attrs(scene.attrs).slice_axis if is_volume(scene.attrs) else 0
     slice_axis = slice_axis_for(config, dims, model, default_axis)
     checked = CheckedInput(model=model, card=card, bands=bands, info=None, slice_axis=slice_axis)
-    return plan_job(config, checked, scene, create=False)
+    return plan_job(config, checked, scene, create=False, input_scene=input_scene)

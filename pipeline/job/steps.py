@@ -1,4 +1,7 @@
-"""The segmentation job as steps: check → ingest → plan → run blocks → export → summarize.
+"""The segmentation job as steps: check → ingest → resample → plan → blocks → map back → export → summary.
+
+Resampling and mapping back happen only for a scene at another resolution than the
+model's (:mod:`pipeline.inputs.resampling`, :mod:`pipeline.job.map_back`).
 
 Each step is a plain function so the Prefect flow can make each one a task and
 the Ray executor can replace :func:`~pipeline.execution.in_process.run_blocks_in_process`.
@@ -22,10 +25,12 @@ from pipeline.exporters.formats import ExportedOutputs, companions, export_volum
 from pipeline.exporters.stac import OutputFile, Product, item_json, item_name, relative_href, stac_item
 from pipeline.inputs.band_stack import Scene, scene_files
 from pipeline.inputs.formats import ingest_input
+from pipeline.inputs.resampling import RESAMPLED_STORE, resample_scene, resampling_for
 from pipeline.inputs.stac_item import stac_source
 from pipeline.inputs.volume_geometry import is_volume
 from pipeline.job.checks import CheckedInput, check_inputs
 from pipeline.job.config import SegmentConfig
+from pipeline.job.map_back import map_back
 from pipeline.job.plan import Job, plan_job
 from pipeline.job.summary import BlockCounts, SegmentSummary, summarize
 from pipeline.stores.location import Where, remove_tree
@@ -50,15 +55,35 @@ def ingest_scene(config: SegmentConfig, checked: CheckedInput) -> SceneStore:
         raise
 
 
+def resample(config: SegmentConfig, checked: CheckedInput, scene: SceneStore) -> SceneStore:
+    """The scene the model runs on: ``scene`` itself, or a copy at the model's resolution.
+
+    A copy unless ``--native-resolution`` or the card and scene agree (or cannot be
+    compared); it is reused while the input and the resampling are the same.
+    """
+    resampling = resampling_for(checked.card, scene.attrs, config.native_resolution)
+    if resampling is None:
+        return scene
+    _, chunk = config.block_and_chunk(len(scene.spatial_shape))
+    raster = checked.info.raster if checked.info is not None else None
+    store = config.resolved_work_dir / RESAMPLED_STORE
+    return resample_scene(scene, resampling, store, chunk, raster=raster, source=str(config.input))
+
+
 def prepare(config: SegmentConfig) -> Job:
-    """Validate, load the model, ingest the input and plan the blocks (no inference yet)."""
+    """Validate, load the model, ingest (and resample) the input and plan the blocks (no inference yet)."""
     checked = check_inputs(config)
     t0 = time.perf_counter()
     scene = ingest_scene(config, checked)
     release_freed_memory()
     t_ingest = time.perf_counter() - t0
-    job = plan_job(config, checked, scene)
+    t0 = time.perf_counter()
+    model_scene = resample(config, checked, scene)
+    t_resample = time.perf_counter() - t0
+    job = plan_job(config, checked, model_scene, input_scene=scene)
     job.timings["ingest"] = t_ingest
+    if job.resampling is not None:
+        job.timings["resample"] = t_resample
     return job
 
 
@@ -117,6 +142,8 @@ def export(job: Job, outputs: OutputSet | None = None) -> ExportedOutputs:
     """
     if not job.store.is_complete():
         raise RuntimeError("export called before every block is done")
+    if job.input_scene is not None:
+        raise RuntimeError("export called on the model's grid: map the outputs back first")
     if outputs is None:
         outputs = OutputSet()
         try:
@@ -199,10 +226,15 @@ def stac_item_for(job: Job, labels: Path, probabilities: Path | None, vector: Pa
         colors=job.card.class_colors,
         nodata=job.store.nodata,
         label_dtype=str(job.store.labels.dtype),
-        properties={"gigaseg:arch": job.card.arch},
+        properties={"gigaseg:arch": job.card.arch, **_resampled_property(job)},
         source_item=source_item,
     )
     return stac_item(product, outputs)
+
+
+def _resampled_property(job: Job) -> dict[str, dict]:
+    """``gigaseg:resampled``: the resolutions the model ran between, when the scene was resampled."""
+    return {} if job.resampling is None else {"gigaseg:resampled": job.resampling.attrs()}
 
 
 def _source_links(scene: Scene) -> tuple[list[str], str | None]:
@@ -252,7 +284,7 @@ def segment(
     run_blocks: BlockRunner | None = None,
     outputs: OutputSet | None = None,
 ) -> SegmentSummary:
-    """Prepare → infer (here, unless ``run_blocks`` says where) → export → summarize → publish.
+    """Prepare → infer (here, unless ``run_blocks`` says where) → map back → export → summarize → publish.
 
     Given ``outputs``, the caller publishes them (:func:`finish`) once its own work
     on the run is done; a failure discards them either way.
@@ -262,6 +294,7 @@ def segment(
     try:
         job = prepare(config)
         counts = infer(job, run_blocks)
+        job = map_back(job)
         exported = export(job, staged)
         summary = summarize(job, exported, counts, time.perf_counter() - t0, on_finished)
     except BaseException:

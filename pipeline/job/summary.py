@@ -54,6 +54,8 @@ class SegmentSummary:
     """Per label: mean winning probability over the voxels given that label."""
     blend: str = ""
     """The blending mode the job ran (``--blend auto`` resolved for the model)."""
+    resampled: str | None = None
+    """``10 m/px → 20 m/px`` when the scene was resampled to the model's resolution (outputs mapped back)."""
 
     @property
     def mpx_per_s(self) -> float:
@@ -75,6 +77,8 @@ class SegmentSummary:
                 for k, v in top_ml
                 if v > 0
             )
+        if self.resampled:
+            skipped += f", run at the model's resolution ({self.resampled}) and mapped back"
         unit = "Mvox" if self.label_volumes_ml else "Mpx"
         return (
             f"wrote {self.output}: {self.pixels / 1e6:.1f} {unit}, {len(self.class_fractions)} classes "
@@ -138,4 +142,5 @@ def summarize(
         label_volumes_ml=labels.volumes_ml,
         label_mean_probability=labels.mean_probability,
         blend=job.window.mode,
+        resampled=job.resampling.describe() if job.resampling is not None else None,
     )

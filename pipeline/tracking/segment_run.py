@@ -274,6 +274,7 @@ def track_segment_run(
             summary = run(config, on_finished=hook, outputs=outputs)
             metrics = _summary_metrics(summary)
             mlflow.log_param("blend_resolved", summary.blend)
+            mlflow.log_param("resampled", summary.resampled or "no")
             if hook.table is None:
                 mlflow.log_metrics(metrics)
             else:
