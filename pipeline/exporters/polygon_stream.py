@@ -38,7 +38,6 @@ from pipeline.exporters.polygons import (
     joined_roots,
     staged_vector,
     to_crs,
-    union_of_pieces,
 )
 
 PieceSource = Callable[[], Iterable[tuple[tuple[int, ...], bytes]]]
@@ -73,7 +72,7 @@ def stream_regions(load: PieceSource, batch_size: int = 20_000) -> Iterator[Regi
     del pixels, sums
 
     pending = _Batch(batch_size)
-    open_pieces: dict[int, list[shapely.Geometry]] = {}
+    open_regions: dict[int, _OpenRegion] = {}
     for ordinal, (index, data) in enumerate(load()):
         key = (int(index[0]), int(index[1]))
         if ordinal >= len(order) or key != order[ordinal]:
@@ -89,15 +88,49 @@ def stream_regions(load: PieceSource, batch_size: int = 20_000) -> Iterator[Regi
                 merged_pixels[k],
                 merged_sums[k],
             )
-        for region, geometry in zip(roots[ids[~alone]].tolist(), shapely.from_wkb(piece.geometries[~alone])):
-            open_pieces.setdefault(region, []).append(geometry)
-        ending = [r for r in open_pieces if ends[r] == ordinal]
-        for region in ending:
-            geometry = union_of_pieces(np.array(open_pieces.pop(region), dtype=object))
+        continuing = shapely.from_wkb(piece.geometries[~alone])
+        for region, geometry in zip(roots[ids[~alone]].tolist(), continuing):
+            open_regions.setdefault(region, _OpenRegion()).add(geometry)
+        del continuing
+        for region in [r for r in open_regions if ends[r] == ordinal]:
+            geometry = open_regions.pop(region).polygon()
             cls = sides[order[block_of[region]]].classes[region - offsets[order[block_of[region]]]]
             pending.add(np.array([geometry]), np.array([cls]), merged_pixels[[region]], merged_sums[[region]])
         yield from pending.full()
     yield from pending.rest()
+
+
+class _OpenRegion:
+    """The pieces of a joined region read so far, compactly: their outlines as polygons, their
+    holes as plain coordinates (a region as large as the scene may have millions of speckle
+    holes; as geometry objects they would take several times the memory)."""
+
+    def __init__(self) -> None:
+        self.outlines: list[shapely.Polygon] = []
+        self.hole_points: list[np.ndarray] = []
+        self.hole_sizes: list[np.ndarray] = []
+
+    def add(self, piece: shapely.Polygon) -> None:
+        self.outlines.append(shapely.Polygon(piece.exterior))
+        holes = shapely.get_rings(piece)[1:]
+        if len(holes):
+            self.hole_points.append(shapely.get_coordinates(holes))
+            self.hole_sizes.append(shapely.get_num_coordinates(holes))
+
+    def polygon(self) -> shapely.Polygon:
+        """The region: its pieces' outlines unioned, every piece's holes kept (see
+        :func:`pipeline.exporters.polygons.union_of_pieces` for why that is the union)."""
+        outline = shapely.union_all(self.outlines)
+        if not isinstance(outline, shapely.Polygon):
+            raise RuntimeError("the pieces of a joined region do not form one polygon")
+        holes: list = list(outline.interiors)
+        if self.hole_points:
+            sizes = np.concatenate(self.hole_sizes)
+            rings = shapely.linearrings(
+                np.concatenate(self.hole_points), indices=np.repeat(np.arange(len(sizes)), sizes)
+            )
+            holes += list(rings)
+        return shapely.Polygon(outline.exterior, holes)
 
 
 class _Batch:

@@ -131,6 +131,7 @@ def test_a_ring_closed_across_blocks_keeps_its_speckle_holes_and_the_hole_it_clo
     assert _as_set(blockwise) == _as_set(whole)
     ring = blockwise.geometries[(blockwise.classes == 1)][0]
     assert ring.is_valid and len(ring.interiors) == 6  # the core (closed across blocks), 4 speckles, nodata
+    assert _as_set(_streamed(_pieces(labels, None, 20), batch_size=2)) == _as_set(whole)
 
 
 def _pieces(labels: np.ndarray, top: np.ndarray | None, block: int) -> dict[tuple[int, int], bytes]:
