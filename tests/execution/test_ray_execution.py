@@ -244,3 +244,22 @@ def test_input_work_folder_and_output_on_a_bucket_leave_no_local_files(
     for name in ("ray.tif", "ray.p.tif"):
         out.fs.get_file(str(out.with_name(name)), str(local / name))
     assert ((local / "ray.tif").read_bytes(), (local / "ray.p.tif").read_bytes()) == reference
+
+
+def test_a_scene_resampled_to_the_model_gsd_gives_the_in_process_outputs_on_ray_actors(
+    cluster, scene, tmp_path
+):
+    from models.checkpoint import ModelCard, save_checkpoint
+    from tests._varying_models import image_following_unet
+    from tests.conftest import TINY_THRESHOLDS
+
+    model = image_following_unet("unet", 3, TINY_THRESHOLDS, band_weights=(0.5, 0.3, 0.2), width=4, depth=2)
+    card = ModelCard(
+        arch="unet", config=model.config, class_names=["a", "b", "c", "d"], tile_size=64, gsd=15.0,
+        normalization={"kind": "scale", "scale": 1 / 3000.0, "offset": -0.5},
+    )  # fmt: skip
+    checkpoint = save_checkpoint(tmp_path / "at_15m.safetensors", model, card)
+    alone = segment(_config(scene, checkpoint, tmp_path / "alone.tif"))
+    on_ray = segment(_config(scene, checkpoint, tmp_path / "ray.tif"), run_blocks=RayBlockRunner(workers=2))
+    assert alone.resampled == on_ray.resampled == "10 m/px → 15 m/px"
+    assert _outputs(tmp_path / "ray.tif") == _outputs(tmp_path / "alone.tif")
