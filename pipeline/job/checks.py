@@ -60,7 +60,7 @@ def check_inputs(config: SegmentConfig, load: Callable[..., tuple] = load_model)
         check_resolution(card, attrs, str(config.input), config.native_resolution)
     default_axis = info.volume.geometry.slice_axis if info.volume is not None else 0
     slice_axis = slice_axis_for(config, info.spatial_dims, model, default_axis)
-    _warn_about(config, info, model)
+    _warn_about(config, info, model, card.tile_size)
     return CheckedInput(model=model, card=card, bands=bands, info=info, slice_axis=slice_axis)
 
 
@@ -83,7 +83,9 @@ def _describe_and_load(
     return info, model, card
 
 
-def _warn_about(config: SegmentConfig, info: InputDescription, model: SegmentationModel) -> None:
+def _warn_about(
+    config: SegmentConfig, info: InputDescription, model: SegmentationModel, card_tile: int | None
+) -> None:
     """Log what runs but may surprise: no georeference, or a model whose output depends on the tile."""
     if info.raster is not None and not info.raster.georeferenced:
         if tuple(info.raster.transform) == IDENTITY:
@@ -93,7 +95,7 @@ def _warn_about(config: SegmentConfig, info: InputDescription, model: Segmentati
                 "%s: has a geotransform but no CRS; the output keeps the transform and has no CRS either",
                 config.input,
             )
-    _warn_about_tile(config, info, model)
+    _warn_about_tile(config, info, model, card_tile)
     if not model.spec.fully_convolutional and model.spec.family != "external":
         log.warning(
             "%s is not fully convolutional (global pooling): tiled output depends on the tile size",
@@ -101,9 +103,12 @@ def _warn_about(config: SegmentConfig, info: InputDescription, model: Segmentati
         )
 
 
-def _warn_about_tile(config: SegmentConfig, info: InputDescription, model: SegmentationModel) -> None:
-    """One line each for a tile far smaller than the model's reach and a scene much thinner than the tile."""
-    tile = config.tile or model.spec.default_tile
+def _warn_about_tile(
+    config: SegmentConfig, info: InputDescription, model: SegmentationModel, card_tile: int | None
+) -> None:
+    """One line each for a tile far smaller than the model's reach and a scene much thinner than the
+    tile the run uses (``--tile``, else the card's, else the architecture's default)."""
+    tile = config.tile or card_tile or model.spec.default_tile
     if config.tile is not None and config.tile < model.reach:
         log.warning(
             "--tile %d is far smaller than %s's receptive field (%d px each side): every tile is mostly "

@@ -162,7 +162,13 @@ def test_a_tile_far_smaller_than_the_reach_and_a_thin_scene_are_warned_about(tmp
     segment(_config(strip, model, tmp_path / "o.tif", tile=2))
     assert any(w.startswith("--tile 2 is far smaller than unet's receptive field") for w in warnings_said)
     segment(_config(strip, model, tmp_path / "o2.tif"))
-    assert any("much thinner than the" in w for w in warnings_said), warnings_said
+    assert any("much thinner than the 64 px tile" in w for w in warnings_said), warnings_said
+    warnings_said.clear()
+    wider = _write(tmp_path / "wider.tif", (rng.random((3, 20, 600)) * 3000).astype(np.uint16))
+    segment(_config(wider, model, tmp_path / "o3.tif"))  # 20 px is not thin for the card's 64 px tile
+    assert not any("much thinner" in w for w in warnings_said), warnings_said
+    segment(_config(wider, model, tmp_path / "o4.tif", tile=512))
+    assert any("much thinner than the 512 px tile" in w for w in warnings_said), warnings_said
 
 
 @pytest.mark.skipif(not (SHARED / "satellite/edge/all-nodata.tif").exists(), reason="needs ../shared/data")
