@@ -18,7 +18,7 @@ from models.checkpoint import ModelCard, save_checkpoint
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-#: Set by `.ci/run`. CI installs what the optional tests need (sshd and rsync, the pydensecrf2
+#: Set by `.ci/run`. CI installs what the optional tests need (sshd and rsync, QGIS, the pydensecrf2
 #: extra, ../shared/data), so there a missing piece is a failure, never a quiet skip.
 IN_CI = os.environ.get("GIGASEG_CI") == "1"
 

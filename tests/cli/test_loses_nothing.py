@@ -21,8 +21,6 @@ from pipeline.job.config import SegmentConfig
 from pipeline.job.steps import segment
 from pipeline.training.data import open_pair, scan_classes
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
-
 
 def _write(path: Path, data: np.ndarray, nodata: float | None = None, crs: str | None = "EPSG:32633") -> Path:
     count, height, width = data.shape
@@ -171,9 +169,8 @@ def test_a_tile_far_smaller_than_the_reach_and_a_thin_scene_are_warned_about(tmp
     assert any("much thinner than the 512 px tile" in w for w in warnings_said), warnings_said
 
 
-@pytest.mark.skipif(not (SHARED / "satellite/edge/all-nodata.tif").exists(), reason="needs ../shared/data")
-def test_an_all_nodata_input_is_warned_about(tmp_path, warnings_said):
-    src = SHARED / "satellite/edge/all-nodata.tif"
+def test_an_all_nodata_input_is_warned_about(shared_data, tmp_path, warnings_said):
+    src = shared_data / "satellite/edge/all-nodata.tif"
     config = SegmentConfig(
         input=src, model="arch:conv1x1", output=tmp_path / "o.tif", num_classes=2, quiet=True
     )

@@ -18,9 +18,15 @@ from rio_cogeo.cogeo import cog_validate
 
 from flows.cli import main
 from models import build
+from models.checkpoint import load_checkpoint
+from pipeline.engine.in_memory import ArrayResult, segment_array
+from pipeline.inputs.normalization import normalizer_for
+from pipeline.tiling.blending import BLEND_MODES
 from tests._varying_models import label_spread
 
 ARGS = ["--tile", "64", "--block", "256", "--chunk", "128", "--quiet"]
+#: Probabilities of two runs of the same job agree to this (torch's CPU kernels round with the batch).
+ATOL = 1e-5
 
 
 def _segment(scene: Path, model: str, out: Path, *extra: str) -> int:
@@ -123,10 +129,17 @@ def test_untrained_architecture_runs_with_given_classes_and_seed(small_scene, tm
 
 
 def test_rerun_gives_identical_bytes(small_scene, tiny_checkpoint, tmp_path):
+    """Labels and probabilities, byte for byte, of a model whose labels vary."""
     a, b = tmp_path / "a.tif", tmp_path / "b.tif"
-    assert _segment(small_scene, str(tiny_checkpoint), a) == 0
-    assert _segment(small_scene, str(tiny_checkpoint), b) == 0
+    for out in (a, b):
+        assert (
+            _segment(
+                small_scene, str(tiny_checkpoint), out, "--probabilities", str(out.with_suffix(".p.tif"))
+            )
+            == 0
+        )
     assert a.read_bytes() == b.read_bytes()
+    assert a.with_suffix(".p.tif").read_bytes() == b.with_suffix(".p.tif").read_bytes()
     label_spread(_read(a)).check(min_classes=4, min_share=0.15)  # the bytes hold a varying map
 
 
@@ -141,11 +154,36 @@ def test_summary_line_reports_pixels_classes_seconds_and_throughput(
     assert "0.4 Mpx" in err[0] and "4 classes" in err[0] and "Mpx/s" in err[0] and " s, " in err[0]
 
 
-@pytest.mark.parametrize("blend", ["constant", "crop"])
-def test_other_blend_modes_produce_valid_output(small_scene, tiny_checkpoint, tmp_path, blend):
-    out = tmp_path / f"{blend}.tif"
-    assert _segment(small_scene, str(tiny_checkpoint), out, "--blend", blend, "--overlap", "0.5") == 0
+@pytest.mark.parametrize("blend", BLEND_MODES)
+def test_each_blend_mode_gives_the_library_in_memory_segmentation_with_that_mode(
+    small_scene, tiny_checkpoint, tmp_path, blend
+):
+    """``--blend X --overlap 0.5`` is ``segment_array`` with blend ``X``, pixel for pixel (labels and
+    probabilities); the modes differ on this scene, so a ``--blend`` that was dropped would show."""
+    out, probs = tmp_path / f"{blend}.tif", tmp_path / f"{blend}.probs.tif"
+    extra = ("--blend", blend, "--overlap", "0.5", "--probabilities", str(probs))
+    assert _segment(small_scene, str(tiny_checkpoint), out, *extra) == 0
     assert cog_validate(str(out), strict=True)[0]
+
+    model, card = load_checkpoint(tiny_checkpoint)
+    image = _read(small_scene)
+    valid = (image != 0).any(0)
+
+    def library(mode: str) -> ArrayResult:
+        normalizer = normalizer_for(card.normalization)
+        return segment_array(image, model, 64, 0.5, mode, valid, normalizer, 256, with_probabilities=True)
+
+    expected = library(blend)
+    labels = _read(out)[0]
+    label_spread(labels).check(min_classes=4, min_share=0.15)
+    np.testing.assert_array_equal(labels, expected.labels)
+    np.testing.assert_allclose(_read(probs)[:, valid], expected.probabilities[:, valid], atol=ATOL)
+    # The next mode (round the list, so every pair is checked once over the three runs) differs.
+    other = BLEND_MODES[(BLEND_MODES.index(blend) + 1) % len(BLEND_MODES)]
+    differs = np.abs(library(other).probabilities[:, valid] - expected.probabilities[:, valid])
+    assert differs.max() > 10 * ATOL, (
+        f"--blend {blend} and {other} agree here: the test cannot tell them apart"
+    )
 
 
 def test_image_without_georeferencing_is_segmented_with_one_warning_line(tmp_path):

@@ -5,12 +5,23 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import tifffile
 
 from flows.cli import main
-from tests._volume_cases import unet3d_checkpoint, write_dicom_series, write_nifti
+from models.checkpoint import load_checkpoint
+from pipeline.engine.in_memory import segment_array
+from pipeline.inputs.normalization import normalizer_for
+from tests._varying_models import label_spread
+from tests._volume_cases import (
+    oblique_affine,
+    structured_volume,
+    unet3d_checkpoint,
+    write_dicom_series,
+    write_nifti,
+)
 from tests.conftest import write_raster
 
 
@@ -76,15 +87,41 @@ def test_4d_nifti_for_a_single_channel_3d_model(tmp_path, model3d, capsys):
     assert _left(tmp_path, {"multi.nii.gz"}) == []
 
 
-def test_4d_nifti_channels_feed_a_multi_channel_model(tmp_path, capsys):
-    model = str(unet3d_checkpoint(tmp_path / "two.safetensors", in_channels=2))
-    src = write_nifti(
-        tmp_path / "multi.nii.gz", np.random.default_rng(0).random((12, 10, 9, 2)).astype(np.float32)
+def _segment_4d(src: Path, model: Path, out: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``gigaseg segment`` a 4D NIfTI; its labels (i, j, k) and probabilities (i, j, k, class)."""
+    probs = out.with_name(out.name.replace(".nii.gz", ".probs.nii.gz"))
+    args = ["segment", str(src), "-m", str(model), "-o", str(out), "--probabilities", str(probs)]
+    assert main([*args, "--quiet", "--tile", "16"]) == 0
+    return np.asarray(nib.load(out).dataobj), np.asarray(nib.load(probs).dataobj)
+
+
+def test_4d_nifti_channels_feed_a_multi_channel_model(tmp_path):
+    """Each channel of an (i, j, k, c) file is the model's channel c on the input's grid: the output
+    keeps the affine and equals the library on the array itself; swapping the channels changes it."""
+    model = unet3d_checkpoint(tmp_path / "two.safetensors", in_channels=2)  # weighs channel 0 2:1
+    # Two channels whose bright boxes lie in different corners (the second is the first, mirrored).
+    first = structured_volume((29, 23, 19), seed=0)
+    data = np.stack([first, structured_volume((29, 23, 19), seed=1)[::-1, :, ::-1]], axis=-1)
+    src = write_nifti(tmp_path / "multi.nii.gz", data, oblique_affine())
+    labels, probs = _segment_4d(src, model, tmp_path / "o.nii.gz")
+
+    out = nib.load(tmp_path / "o.nii.gz")
+    np.testing.assert_allclose(out.affine, nib.load(src).affine, atol=1e-6)
+    assert out.shape == data.shape[:3]
+    net, card = load_checkpoint(model)
+    image = np.ascontiguousarray(data.transpose(3, 2, 1, 0))  # (c, k, j, i): the engine's axis order
+    expected = segment_array(
+        image, net, 16, normalizer=normalizer_for(card.normalization), with_probabilities=True
     )
-    assert (
-        main(["segment", str(src), "-m", model, "-o", str(tmp_path / "o.nii.gz"), "--quiet", "--tile", "32"])
-        == 0
+    label_spread(labels).check(min_classes=3, min_share=0.05)
+    np.testing.assert_array_equal(labels.transpose(2, 1, 0), expected.labels)
+    np.testing.assert_allclose(probs.transpose(3, 2, 1, 0), expected.probabilities, atol=1e-5)
+
+    swapped = write_nifti(
+        tmp_path / "swapped.nii.gz", np.ascontiguousarray(data[..., ::-1]), oblique_affine()
     )
+    labels_swapped, _ = _segment_4d(swapped, model, tmp_path / "s.nii.gz")
+    assert (labels_swapped != labels).mean() > 0.1, "the channels' order does not reach the model"
 
 
 def test_truncated_nifti_gz(tmp_path, model3d, capsys):

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import rasterio
 
+from tests.conftest import skip_unless_ci
+
 SYSTEM_PYTHON = "/usr/bin/python3"
 PROBE = Path(__file__).with_name("qgis_probe.py")
 NAMES = ["water", "forest", "grassland", "cropland", "built-up"]
@@ -94,7 +96,7 @@ def test_the_labels_style_lists_exactly_the_classes(tmp_path):
 def test_qgis_shows_the_labels_with_exactly_the_model_classes(tmp_path):
     reason = _qgis_missing()
     if reason:
-        pytest.skip(reason)
+        skip_unless_ci(reason)
     out, labels, colors = _labels_cog(tmp_path)
     seen = _probe(out)
     raster = seen["raster"]
@@ -134,7 +136,7 @@ def _polygons(tmp_path: Path, labels: np.ndarray, colors: list) -> tuple[Path, i
 def test_qgis_shows_the_polygons_styled_by_class(tmp_path):
     reason = _qgis_missing()
     if reason:
-        pytest.skip(reason)
+        skip_unless_ci(reason)
     out, labels, colors = _labels_cog(tmp_path)
     gpkg, count = _polygons(tmp_path, labels, colors)
     seen = _probe(out, gpkg, "classes", tmp_path / "probs.tif")

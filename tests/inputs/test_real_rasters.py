@@ -3,6 +3,7 @@ the input's grid and marks exactly the input's invalid pixels as nodata."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,10 @@ import pytest
 import rasterio
 from rio_cogeo.cogeo import cog_validate
 
+from models.checkpoint import ModelCard, save_checkpoint
 from pipeline.job.config import SegmentConfig
 from pipeline.job.steps import segment
+from tests._varying_models import image_following_unet, label_spread
 
 EDGE_CASES = [
     "satellite/edge/RGBA.byte.tif",  # alpha band instead of nodata
@@ -73,8 +76,21 @@ def test_real_raster_segments_on_the_input_grid_with_its_nodata(
     assert cog_validate(out, strict=True)[0]
 
 
+def _brightness_unet(path: Path, image: np.ndarray, valid: np.ndarray) -> Path:
+    """A 4-class U-Net whose labels are ``image``'s brightness quartiles (``tests/_varying_models.py``)."""
+    brightness = (image.astype(np.float32) / 255.0).mean(axis=0)[valid]
+    thresholds = np.quantile(brightness, [0.25, 0.5, 0.75]).tolist()
+    model = image_following_unet("unet", image.shape[0], thresholds, width=4, depth=2)
+    card = ModelCard(
+        "unet", model.config, ["dark", "dim", "light", "bright"],
+        normalization={"kind": "scale", "scale": 1 / 255.0, "offset": 0.0}, tile_size=256,
+    )  # fmt: skip
+    return save_checkpoint(path, model, card)
+
+
 def test_vrt_mosaic_segments_like_the_raster_it_mosaics(shared_data: Path, tmp_path: Path) -> None:
-    """A VRT stitching two halves of a GeoTIFF gives the same labels as the GeoTIFF itself."""
+    """A VRT stitching two halves of a GeoTIFF gives the same labels and probabilities as the
+    GeoTIFF itself, with a model whose labels follow this image (4 classes, none rare)."""
     src = shared_data / "satellite/RGB.byte.tif"
     with rasterio.open(src) as s:
         profile, data = s.profile, s.read()
@@ -107,8 +123,18 @@ def test_vrt_mosaic_segments_like_the_raster_it_mosaics(shared_data: Path, tmp_p
         f"<GeoTransform>{gt}</GeoTransform>{bands_xml}</VRTDataset>"
     )
 
-    _segment(src, tmp_path / "direct.tif", 3)
-    _segment(vrt, tmp_path / "via_vrt.tif", 3)
-    with rasterio.open(tmp_path / "direct.tif") as a, rasterio.open(tmp_path / "via_vrt.tif") as b:
-        assert (a.crs, a.transform) == (b.crs, b.transform)
-        np.testing.assert_array_equal(a.read(), b.read())
+    model = _brightness_unet(tmp_path / "brightness.safetensors", data, ~_invalid_mask(src))
+    outputs = {}
+    for name, scene in (("direct", src), ("via_vrt", vrt)):
+        out = tmp_path / f"{name}.tif"
+        config = SegmentConfig(
+            input=scene, model=str(model), output=out, probabilities=out.with_suffix(".p.tif")
+        )
+        segment(dataclasses.replace(config, chunk=256, block=512, tile=256, quiet=True))
+        with rasterio.open(out) as o, rasterio.open(out.with_suffix(".p.tif")) as p:
+            outputs[name] = (o.crs, o.transform, o.read(1), p.read())
+    (crs, transform, labels, probs), (vrt_crs, vrt_transform, vrt_labels, vrt_probs) = outputs.values()
+    assert (crs, transform) == (vrt_crs, vrt_transform)
+    label_spread(labels).check(min_classes=4, min_share=0.1)
+    np.testing.assert_array_equal(vrt_labels, labels)
+    np.testing.assert_array_equal(vrt_probs, probs)

@@ -7,23 +7,21 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import rasterio
 
+from tests._stop_at_state import gigaseg_stopping_after, wait_until_stopped
 from tests._varying_models import label_spread
 from tests.conftest import noise_scene_array, write_raster
 
 ROOT = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-m", "flows.cli"]
 
 
-def _command(scene: Path, model: Path, out: Path, work: Path) -> list[str]:
-    """``gigaseg segment`` with labels and probabilities, 64 blocks of 128², blocks in this process."""
+def _args(scene: Path, model: Path, out: Path, work: Path) -> list[str]:
+    """``gigaseg segment``'s arguments: labels and probabilities, 64 blocks of 128², in this process."""
     return [
-        sys.executable,
-        "-m",
-        "flows.cli",
         "segment",
         str(scene),
         "-m",
@@ -59,7 +57,7 @@ def test_killed_run_resumes_and_matches_undisturbed_run(tmp_path, tiny_checkpoin
 
     reference = tmp_path / "reference.tif"
     subprocess.run(
-        _command(scene, tiny_checkpoint, reference, tmp_path / "w0"),
+        [*CLI, *_args(scene, tiny_checkpoint, reference, tmp_path / "w0")],
         check=True,
         env=env,
         cwd=ROOT,
@@ -67,32 +65,21 @@ def test_killed_run_resumes_and_matches_undisturbed_run(tmp_path, tiny_checkpoin
     )
 
     out, work = tmp_path / "resumed.tif", tmp_path / "w1"
-    proc = subprocess.Popen(
-        _command(scene, tiny_checkpoint, out, work),
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    # Wait for a state, not a time: three blocks done. Then freeze the run at once (SIGSTOP),
-    # so however fast the machine, it is killed with blocks still to do.
-    deadline = time.monotonic() + 300
-    while _done_chunks(work) < 3 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGSTOP)
-    assert proc.poll() is None, "run finished before it could be killed"
+    # Killed at a state, not a time: the run freezes itself once its third block is written.
+    proc = gigaseg_stopping_after(3, _args(scene, tiny_checkpoint, out, work), env, ROOT)
+    wait_until_stopped(proc, 300)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = _done_chunks(work)
-    assert 3 <= killed_at < 64
+    assert killed_at == 3, "one block is written at a time in process: exactly three are done"
     assert not out.exists(), "a killed run must not leave a finished-looking output"
 
     result = subprocess.run(
-        _command(scene, tiny_checkpoint, out, work), env=env, cwd=ROOT, capture_output=True, text=True
+        [*CLI, *_args(scene, tiny_checkpoint, out, work)], env=env, cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
     resumed = int(result.stderr.split("block(s) resumed")[0].rsplit(", ", 1)[1])
-    assert resumed >= killed_at
+    assert resumed == killed_at
     assert out.read_bytes() == reference.read_bytes()
     assert out.with_suffix(".probs.tif").read_bytes() == reference.with_suffix(".probs.tif").read_bytes()
     with rasterio.open(reference) as src:  # the bytes compared are a map that varies, not one class
