@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import dask
 from rasterio.errors import NotGeoreferencedWarning
@@ -60,9 +61,22 @@ def content_id(path: str | os.PathLike[str] | ObjectLocation, chunk_bytes: int =
     return digest.hexdigest()
 
 
-def _reusable(store_path: Where, source_id: str, chunk: Sequence[int]) -> SceneStore | None:
+def reusable_store(
+    store_path: Where, source_id: str, chunk: Sequence[int], **attrs: Any
+) -> SceneStore | None:
+    """An existing scene store of the same source and chunks (and, given, the same ``attrs``), or None."""
     if not store_path.exists():
         return None
+    try:
+        store = SceneStore.open(store_path)
+    except (ValueError, FileNotFoundError, KeyError):
+        return None
+    same = (
+        store.attrs.get("source_id") == source_id
+        and list(store.chunk_shape) == [min(c, s) for c, s in zip(chunk, store.spatial_shape)]
+        and all(store.attrs.get(k) == v for k, v in attrs.items())
+    )
+    return store if same else None
     try:
         store = SceneStore.open(store_path)
     except (ValueError, FileNotFoundError, KeyError):
@@ -86,7 +100,7 @@ def ingest_raster(
     store_path = location(store_path)
     source_id = content_id(info.path)
     chunks = (chunk, chunk)
-    if (store := _reusable(store_path, source_id, chunks)) is not None:
+    if (store := reusable_store(store_path, source_id, chunks)) is not None:
         return store
     writer = SceneStoreWriter(
         store_path,

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.inputs.ingest import copy_raster, reusable_store
 from pipeline.inputs.raster import RasterInfo
 from pipeline.inputs.resolution import TOLERANCE, compared_resolution, format_resolution, resolution_ratio
 from pipeline.inputs.volume_geometry import VolumeGeometry, is_volume
@@ -134,31 +135,14 @@ def resample_scene(
         "×".join(map(str, scene.spatial_shape)),
         "×".join(map(str, shape)),
     )
-    if (store := _reusable(store_path, scene, resampling, chunks)) is not None:
+    source_id = scene.attrs.get("source_id")
+    if (store := reusable_store(store_path, source_id, chunks, resampled=resampling.attrs())) is not None:
         return store
     if is_volume(scene.attrs):
         return _resample_volume(scene, resampling, store_path, chunks, shape)
     if raster is None:
         raise ValueError("a raster scene is resampled from its input file: pass its header")
     return _resample_raster(scene, raster, resampling, store_path, chunks, shape)
-
-
-def _reusable(
-    store_path: Where, scene: SceneStore, resampling: Resampling, chunks: Sequence[int]
-) -> SceneStore | None:
-    """An existing resampled store of the same input, resampling and chunks."""
-    if not store_path.exists():
-        return None
-    try:
-        store = SceneStore.open(store_path)
-    except (ValueError, FileNotFoundError, KeyError):
-        return None
-    same = (
-        store.attrs.get("source_id") == scene.attrs.get("source_id")
-        and store.attrs.get("resampled") == resampling.attrs()
-        and list(store.chunk_shape) == [min(c, s) for c, s in zip(chunks, store.spatial_shape)]
-    )
-    return store if same else None
 
 
 def _resample_raster(
@@ -172,21 +156,11 @@ def _resample_raster(
     """GDAL's warper over the input file, copied into the store window by window as ingest does."""
     from rasterio.enums import Resampling as Method
 
-    from pipeline.inputs.ingest import copy_raster
-
     factor = resampling.factors(2)[0]
     transform = raster_transform(scene.attrs["transform"], factor)
     warped = replace(raster, height=shape[0], width=shape[1], transform=transform)
     method = Method.average if factor > 1 else Method.bilinear
-    writer = SceneStoreWriter(
-        store_path,
-        num_bands=scene.num_bands,
-        spatial_shape=shape,
-        dtype=scene.image.dtype,
-        chunk=chunks,
-        with_mask=scene.has_mask,
-        attrs=_resampled_attrs(scene, resampling, {"transform": list(transform)}),
-    )
+    writer = _writer(scene, resampling, store_path, chunks, shape, {"transform": list(transform)})
     return copy_raster(warped, writer, int(chunks[0]), open_source=lambda info: _warped(raster, info, method))
 
 
@@ -212,10 +186,26 @@ def _warped(raster: RasterInfo, target: RasterInfo, method: Any) -> Iterator[Any
         yield vrt
 
 
-def _resampled_attrs(scene: SceneStore, resampling: Resampling, grid: Mapping[str, Any]) -> dict[str, Any]:
-    """The scene's attributes with the model grid's georeference and the resampling recorded."""
+def _writer(
+    scene: SceneStore,
+    resampling: Resampling,
+    store_path: Where,
+    chunks: Sequence[int],
+    shape: tuple[int, ...],
+    grid: Mapping[str, Any],
+) -> SceneStoreWriter:
+    """The resampled store's writer: the scene's bands, dtype and mask on the model grid, with the
+    scene's attributes, the model grid's georeference (``grid``) and the resampling recorded."""
     attrs = {k: v for k, v in scene.attrs.items() if k not in ("complete", "nifti_header")}
-    return {**attrs, **grid, "resampled": resampling.attrs()}
+    return SceneStoreWriter(
+        store_path,
+        num_bands=scene.num_bands,
+        spatial_shape=shape,
+        dtype=scene.image.dtype,
+        chunk=chunks,
+        with_mask=scene.has_mask,
+        attrs={**attrs, **grid, "resampled": resampling.attrs()},
+    )
 
 
 def _resample_volume(
@@ -229,15 +219,7 @@ def _resample_volume(
     geometry = VolumeGeometry.from_attrs(scene.attrs)
     factors = resampling.factors(3)
     new = VolumeGeometry(volume_affine(geometry.affine, factors), geometry.source_format, geometry.slice_axis)
-    writer = SceneStoreWriter(
-        store_path,
-        num_bands=scene.num_bands,
-        spatial_shape=shape,
-        dtype=scene.image.dtype,
-        chunk=chunks,
-        with_mask=scene.has_mask,
-        attrs=_resampled_attrs(scene, resampling, new.attrs()),
-    )
+    writer = _writer(scene, resampling, store_path, chunks, shape, new.attrs())
     try:
         for z0 in range(0, shape[0], int(chunks[0])):
             z1 = min(z0 + int(chunks[0]), shape[0])

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.inputs.ingest import _reusable
+from pipeline.inputs.ingest import reusable_store
 from pipeline.inputs.volume_geometry import VolumeGeometry
 from pipeline.stores.location import ObjectLocation, location
 from pipeline.stores.scene import SceneStore, SceneStoreWriter
@@ -88,7 +88,7 @@ def ingest_volume(
     """Write ``source`` into a scene store (or reuse one made from the same content)."""
     store_path = location(store_path)
     chunks = (chunk,) * 3 if isinstance(chunk, int) else tuple(int(c) for c in chunk)
-    if (store := _reusable(store_path, source.source_id, chunks)) is not None:
+    if (store := reusable_store(store_path, source.source_id, chunks)) is not None:
         return store
     writer = SceneStoreWriter(
         store_path,
