@@ -31,6 +31,8 @@ COMPARISONS = [
     ),
     ("gigaseg-ray", "monai-gaussian", f"gigaseg on Ray ({RAY_WORKERS} workers) ÷ MONAI gaussian", False),
     ("gigaseg", "nnunet", "gigaseg end to end ÷ nnU-Net", False),
+    ("gigaseg-cli", "monai-user", "`gigaseg segment` ÷ a MONAI user's end to end (both file to COG)", False),
+    ("gigaseg", "monai-user", "gigaseg end to end in process ÷ a MONAI user's end to end", False),
 ]
 """Headline time / memory ratios: (row, row it is divided by, what it says, whether the targets apply)."""
 SEAM_PEERS = (
@@ -123,7 +125,7 @@ def table(
     out.append(_table_notes(items, ref_max, repeat, repeat_max))
     staged = [it for it in items if it.res.stages]
     if staged:
-        out.append("gigaseg end-to-end stages (s): " + "; ".join(
+        out.append("End-to-end stages (s): " + "; ".join(
             f"{fmt_mpx(it.mpx)} Mpx {it.row}: " + ", ".join(f"{k} {v}" for k, v in it.res.stages.items())
             for it in staged))  # fmt: skip
     out.append("")

@@ -14,6 +14,7 @@ ROWS = (
     "monai-constant",
     "monai-gaussian",
     "monai-gaussian-cl",
+    "monai-user",
     "nnunet",
     "chips-average",
     "chips-crop",
@@ -21,8 +22,8 @@ ROWS = (
 )
 REFERENCES = ("reference", "reference-cl")
 """Untiled passes over the whole scene: the model in its own layout, and channels-last."""
-END_TO_END_ROWS = ("gigaseg", "gigaseg-cli", "gigaseg-ray")
-"""Rows that run gigaseg from the GeoTIFF to the COG (the others get the image as an array)."""
+END_TO_END_ROWS = ("gigaseg", "gigaseg-cli", "gigaseg-ray", "monai-user")
+"""Rows that run from the GeoTIFF to the COG (the others get the image as an array)."""
 CHANNELS_LAST_ROWS = ("gigaseg", "gigaseg-cli", "gigaseg-ray", "gigaseg-array", "gigaseg-array-crop")
 """Rows whose model runs channels-last (the engine's default): seam error against ``reference-cl``."""
 RAY_WORKERS = 2
@@ -37,6 +38,7 @@ ROW_TEXT = {
     "monai-constant": "MONAI `sliding_window_inference`, constant",
     "monai-gaussian": "MONAI `sliding_window_inference`, gaussian",
     "monai-gaussian-cl": "MONAI `sliding_window_inference`, gaussian, model channels-last by hand",
+    "monai-user": "a MONAI user's end to end: rasterio read → MONAI gaussian → argmax → COG (MODE overviews)",
     "nnunet": "nnU-Net v2 `nnUNetPredictor` sliding window (gaussian, no mirroring; its batch of 1)",
     "chips-average": "chip prediction, plain averaging (TorchGeo / Raster Vision style)",
     "chips-crop": "chip prediction, edge cropping (Raster Vision `crop_sz` style)",
@@ -51,6 +53,7 @@ ROW_IMPORTS = {
     "monai-constant": ("monai.inferers",),
     "monai-gaussian": ("monai.inferers",),
     "monai-gaussian-cl": ("monai.inferers",),
+    "monai-user": ("monai.inferers", "rasterio", "models.checkpoint", "pipeline.inputs.normalization"),
     "nnunet": ("nnunetv2.inference.predict_from_raw_data",),
 }
 """Modules each row imports before any clock starts, so that no row's seconds include imports."""
