@@ -75,8 +75,8 @@ def _monai_user(spec: RowSpec, cog: Path) -> dict[str, float]:
     overlap / batch), labels, then a COG with MODE overviews through GDAL. Returns its stages' seconds.
 
     The labels are taken with ``torch.max`` over the classes, as the in-memory rows do: the
-    plainer ``probs.argmax(0)`` is about 10× slower on a CPU at 67 Mpx (12 s against 1 s
-    here), which would make this row slower than what a careful user writes."""
+    plainer ``probs.argmax(0)`` is much slower on a CPU (bench/RESULTS.md, "A MONAI user's end
+    to end"), which would make this row slower than what a careful user writes."""
     import rasterio
     import torch
     from rasterio.shutil import copy as copy_dataset
