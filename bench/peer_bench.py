@@ -17,6 +17,8 @@ process, imports included):
 - ``gigaseg-array-crop``: the same with crop blending (``--blend crop``: each tile
   keeps its centre), the engine's counterpart of ``chips-crop``;
 - ``monai-constant`` / ``monai-gaussian``: MONAI ``sliding_window_inference``;
+- ``monai-user``: what a MONAI user writes instead of gigaseg, file to file: rasterio read,
+  the gaussian sliding window, labels, a COG with MODE overviews through GDAL;
 - ``monai-gaussian-cl``: the gaussian row with the model and tiles channels-last by
   hand, as gigaseg runs them (U-Net only by default: a 1×1 conv does not care), so
   the layout's share of gigaseg's lead is visible;
