@@ -49,7 +49,7 @@ def stream_regions(load: PieceSource, batch_size: int = 20_000) -> Iterator[Regi
     sides: dict[tuple[int, int], BlockPolygons] = {}
     offsets: dict[tuple[int, int], int] = {}
     order: list[tuple[int, int]] = []
-    pixels, sums, total = [], [], 0
+    classes, pixels, sums, total = [], [], [], 0
     for index, data in load():
         piece = BlockPolygons.from_bytes(data)
         key = (int(index[0]), int(index[1]))
@@ -58,6 +58,7 @@ def stream_regions(load: PieceSource, batch_size: int = 20_000) -> Iterator[Regi
         total += len(piece.classes)
         piece.geometries = np.empty(0, dtype=object)
         sides[key] = piece
+        classes.append(piece.classes)
         pixels.append(piece.pixels)
         sums.append(piece.probability_sums)
     if not total:
@@ -69,6 +70,7 @@ def stream_regions(load: PieceSource, batch_size: int = 20_000) -> Iterator[Regi
     np.maximum.at(ends, roots, block_of)
     merged_pixels = np.bincount(roots, weights=np.concatenate(pixels), minlength=total).astype(np.int64)
     merged_sums = np.bincount(roots, weights=np.concatenate(sums), minlength=total)
+    classes = np.concatenate(classes)
     del pixels, sums
 
     pending = _Batch(batch_size)
@@ -84,7 +86,7 @@ def stream_regions(load: PieceSource, batch_size: int = 20_000) -> Iterator[Regi
             k = ids[alone]
             pending.add(
                 shapely.from_wkb(piece.geometries[alone]),
-                piece.classes[alone],
+                classes[k],
                 merged_pixels[k],
                 merged_sums[k],
             )
@@ -94,8 +96,9 @@ def stream_regions(load: PieceSource, batch_size: int = 20_000) -> Iterator[Regi
         del continuing
         for region in [r for r in open_regions if ends[r] == ordinal]:
             geometry = open_regions.pop(region).polygon()
-            cls = sides[order[block_of[region]]].classes[region - offsets[order[block_of[region]]]]
-            pending.add(np.array([geometry]), np.array([cls]), merged_pixels[[region]], merged_sums[[region]])
+            pending.add(
+                np.array([geometry]), classes[[region]], merged_pixels[[region]], merged_sums[[region]]
+            )
         yield from pending.full()
     yield from pending.rest()
 

@@ -31,7 +31,6 @@ from pipeline.inputs.volume_geometry import is_volume
 from pipeline.job.plan import Job
 from pipeline.stores.block_output import BlockOutput
 from pipeline.stores.output import OutputStore, fingerprint
-from pipeline.stores.scene import SceneStore
 from pipeline.tiling import regions
 from pipeline.tiling.blocks import Block, BlockPlan
 from pipeline.tiling.grid import Region, TileGrid
@@ -94,7 +93,7 @@ def _map_block(job: Job, block: Block, mean_probability: np.ndarray) -> BlockOut
     probabilities = mapper.maps(source.probabilities) if source.probabilities is not None else None
     confidence = mapper.maps(source.confidence) if source.confidence is not None else None
     entropy = mapper.maps(source.entropy) if source.entropy is not None else None
-    invalid = ~_valid(job.input_scene, block.region)
+    invalid = ~job.input_scene.valid(block.region)
     labels[invalid] = source.nodata
     for values in (probabilities, confidence, entropy):
         if values is not None:
@@ -108,13 +107,6 @@ def _map_block(job: Job, block: Block, mean_probability: np.ndarray) -> BlockOut
         origin = [start for start, _ in block.region]
         output.polygons = BlockPolygons.from_labels(labels, confidence, origin, source.nodata).to_bytes()
     return output
-
-
-def _valid(scene: SceneStore, region: Region) -> np.ndarray:
-    """The input's valid mask over ``region`` (everywhere, for an input without nodata)."""
-    if not scene.has_mask:
-        return np.ones(tuple(e - s for s, e in region), dtype=bool)
-    return np.asarray(scene.group["valid"][regions.slices(region)], dtype=bool)
 
 
 class _RasterMapper:

@@ -94,12 +94,15 @@ class SceneStore:
             image = self.image[(slice(int(bands[0]), int(bands[0]) + len(bands)), *sl)]
         else:
             image = np.stack([self.image[(int(b), *sl)] for b in bands])
-        if self.has_mask:
-            valid = np.asarray(self.group["valid"][sl], dtype=bool)
-            valid.flags.writeable = False
-        else:
-            valid = np.broadcast_to(np.True_, image.shape[1:])
-        return image, valid
+        return image, self.valid(region)
+
+    def valid(self, region: Region) -> np.ndarray:
+        """The read-only valid mask of a region (a broadcast ``True`` for a scene without nodata)."""
+        if not self.has_mask:
+            return np.broadcast_to(np.True_, tuple(e - s for s, e in region))
+        valid = np.asarray(self.group["valid"][regions.slices(region)], dtype=bool)
+        valid.flags.writeable = False
+        return valid
 
 
 class SceneStoreWriter:
