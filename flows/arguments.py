@@ -229,6 +229,14 @@ ENGINE_HELP: dict[str, Option] = {
         "outputs mapped back to the input's grid (`pipeline/inputs/resampling.py`, "
         "`pipeline/job/map_back.py`), and one more than 4× finer or coarser is refused",
     ),
+    "copy_input": Option(
+        "copy a tiled GeoTIFF / COG input into the work folder instead of reading it in place",
+        meaning="copy the input into the work folder's scene store even when it is a tiled GeoTIFF "
+        "/ COG, which is otherwise read in place from its own tiles (`pipeline/inputs/tiled_source.py`); "
+        "for a source on slow or metered storage, since blocks read their overlapping edges twice. "
+        "Striped files, VRTs and other formats are always copied, and so is a local file when the "
+        "work folder is on object storage (workers on other nodes could not reach it)",
+    ),
     "tta": Option(
         "flip test-time augmentation (2^D passes per tile)",
         meaning="flip test-time augmentation: mean softmax over all 2^D mirrors of each tile (8 "

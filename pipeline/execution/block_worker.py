@@ -126,7 +126,7 @@ class BlockWorker:
             raw, valid = job.read(block.footprint)
         except Exception as exc:
             raise BlockFailedError(
-                f"{job.scene.path}: block {list(block.index)} (pixels {block.footprint}) "
+                f"{job.scene.where}: block {list(block.index)} (pixels {block.footprint}) "
                 f"cannot be read: {type(exc).__name__}: {exc}"
             ) from None
         with self._compute:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ import numpy as np
 import zarr
 
 from pipeline.inputs.volume_geometry import VolumeGeometry, is_volume
-from pipeline.stores.scene import COMPRESSORS
+from pipeline.stores.scene import COMPRESSORS, SceneStore
 
 NGFF_VERSION = "0.5"
 MAX_LEVELS = 5
@@ -82,19 +82,30 @@ def _multiscale(name: str, shapes: list, scale: list, translation: list, channel
     return {"name": name, "axes": _axes(len(scale), channel, unit), "datasets": datasets}
 
 
-def _write_pyramid(group: zarr.Group, source: zarr.Array, shapes: list, channel: bool, fill: Any) -> None:
-    """Levels ``0 …`` of ``source`` (``(C, *spatial)`` if ``channel``), streamed slab by slab."""
-    lead = source.shape[:1] if channel else ()
-    spatial_chunks = tuple(min(c, s) for c, s in zip(source.chunks[-len(shapes[0]) :], shapes[0]))
-    names = (("c",) if channel else ()) + tuple("zyx"[-len(shapes[0]) :])
-    previous = source
+def _write_pyramid(
+    group: zarr.Group,
+    first: Callable[[int, int], np.ndarray],
+    lead: tuple[int, ...],
+    dtype: np.dtype,
+    source_chunks: Sequence[int],
+    shapes: list,
+    fill: Any,
+) -> None:
+    """Levels ``0 …`` of an array (``(*lead, *spatial)``), streamed slab by slab.
+
+    ``first(a, b)``: the array's slices ``[a, b)`` along its first spatial axis (level 0
+    is read from there; each further level from the one before it).
+    """
+    spatial_chunks = tuple(min(c, s) for c, s in zip(source_chunks, shapes[0]))
+    names = (("c",) if lead else ()) + tuple("zyx"[-len(shapes[0]) :])
+    previous: zarr.Array | None = None
     for level, shape in enumerate(shapes):
         chunks = tuple(min(c, s) for c, s in zip(spatial_chunks, shape))
         target = group.create_array(
             str(level),
             shape=(*lead, *shape),
             chunks=(*lead, *chunks),
-            dtype=source.dtype,
+            dtype=dtype,
             fill_value=fill,
             compressors=COMPRESSORS,
             dimension_names=names,
@@ -102,8 +113,8 @@ def _write_pyramid(group: zarr.Group, source: zarr.Array, shapes: list, channel:
         step = chunks[0]
         for a in range(0, shape[0], step):
             b = min(shape[0], a + step)
-            if level == 0:
-                data = previous[(*(slice(None),) * len(lead), slice(a, b))]
+            if previous is None:
+                data = first(a, b)
             else:
                 data = previous[(*(slice(None),) * len(lead), slice(2 * a, 2 * b, 2))]
                 data = data[(*(slice(None),) * (len(lead) + 1), *(slice(None, None, 2),) * (len(shape) - 1))]
@@ -132,9 +143,9 @@ def export_ome_zarr(
     """Write the scene image (optional) and its label map as one OME-Zarr image with labels."""
     output = Path(output)
     out_group = zarr.open_group(str(store_path), mode="r")
-    scene = zarr.open_group(str(scene_path), mode="r")
+    scene = SceneStore.open(scene_path)
     labels = out_group["labels"]
-    attrs = scene.attrs.asdict()
+    attrs = dict(scene.attrs)
     shapes = level_shapes(labels.shape)
     scale, translation = _spatial_transform(attrs, labels.ndim)
     unit = "millimeter" if is_volume(attrs) else None
@@ -143,7 +154,16 @@ def export_ome_zarr(
     try:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         if with_image:
-            _write_pyramid(root, scene["image"], shapes, channel=True, fill=0)
+            rest = tuple((0, n) for n in scene.spatial_shape[1:])
+            _write_pyramid(
+                root,
+                lambda a, b: scene.read(((a, b), *rest))[0],
+                (scene.num_bands,),
+                scene.dtype,
+                scene.chunk_shape,
+                shapes,
+                fill=0,
+            )
         root.attrs.update(
             {
                 "ome": {
@@ -161,7 +181,7 @@ def export_ome_zarr(
         label_root.attrs["ome"] = {"version": NGFF_VERSION, "labels": ["segmentation"]}
         seg = label_root.create_group("segmentation")
         nodata = int(out_group.attrs["nodata"])
-        _write_pyramid(seg, labels, shapes, channel=False, fill=nodata)
+        _write_pyramid(seg, lambda a, b: labels[a:b], (), labels.dtype, labels.chunks, shapes, fill=nodata)
         seg.attrs.update(
             {
                 "ome": {
@@ -207,7 +227,15 @@ def export_probabilities_ome_zarr(
     tmp = output.with_name(f".{output.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
     try:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        _write_pyramid(root, probs, shapes, channel=True, fill=np.nan)
+        _write_pyramid(
+            root,
+            lambda a, b: probs[:, a:b],
+            probs.shape[:1],
+            probs.dtype,
+            probs.chunks[1:],
+            shapes,
+            fill=np.nan,
+        )
         root.attrs.update(
             {
                 "ome": {

@@ -107,8 +107,13 @@ def _describe_local(path: Path, spacing: Sequence[float] | None) -> InputDescrip
     return InputDescription(path, kind, volume.num_bands, 3, volume=volume)
 
 
-def ingest_input(description: InputDescription, store_path: str | os.PathLike[str], chunk: int) -> SceneStore:
-    """Copy the described input into the scene store (or reuse one with the same content)."""
+def ingest_input(
+    description: InputDescription, store_path: str | os.PathLike[str], chunk: int, copy: bool = False
+) -> SceneStore:
+    """The described input's scene store (or one with the same content already there).
+
+    A tiled GeoTIFF / COG is read in place unless ``copy``; anything else is copied in.
+    """
     if description.volume is not None:
         return ingest_volume(description.volume, store_path, chunk)
-    return ingest_raster(description.path, store_path, chunk=chunk)
+    return ingest_raster(description.path, store_path, chunk=chunk, copy=copy)

@@ -1,5 +1,9 @@
 """Ingest: an input file → a scene store, chunk by chunk, in parallel with dask.
 
+A tiled GeoTIFF / COG is not copied: its store records where to read it in place
+(:mod:`pipeline.inputs.tiled_source`), unless ``copy`` is asked for or the store is
+on object storage while the file is local (workers on other nodes could not reach it).
+
 Rasters are read in chunk-aligned windows (groups of chunks per task), each task
 opening its own GDAL handle, so the whole raster is never in memory and reads
 overlap with compression. Georeferencing, nodata, band names and the source's
@@ -26,6 +30,7 @@ from rasterio.io import DatasetReader
 
 from pipeline.inputs.band_stack import vrt_sources
 from pipeline.inputs.raster import RasterInfo, inspect_raster, read_window
+from pipeline.inputs.tiled_source import TiledSource
 from pipeline.stores.location import ObjectLocation, Where, location
 from pipeline.stores.object_storage_settings import open_raster
 from pipeline.stores.scene import SceneStore, SceneStoreWriter
@@ -77,15 +82,19 @@ def reusable_store(
         and all(store.attrs.get(k) == v for k, v in attrs.items())
     )
     return store if same else None
-    try:
-        store = SceneStore.open(store_path)
-    except (ValueError, FileNotFoundError, KeyError):
+
+
+def tiled_source_for(info: RasterInfo, store_path: Where) -> TiledSource | None:
+    """How a scene store at ``store_path`` can read ``info``'s raster in place, or None (copy it).
+
+    In place: a tiled GeoTIFF that every reader of the store can reach, i.e. a URL,
+    or a local file with the store on the local (or a shared) filesystem.
+    """
+    if not info.tiled:
         return None
-    if store.attrs.get("source_id") == source_id and list(store.chunk_shape) == [
-        min(c, s) for c, s in zip(chunk, store.spatial_shape)
-    ]:
-        return store
-    return None
+    if isinstance(store_path, ObjectLocation) and not isinstance(info.path, ObjectLocation):
+        return None
+    return TiledSource(str(info.path.resolve()), info.bands, info.has_mask)
 
 
 def ingest_raster(
@@ -94,14 +103,34 @@ def ingest_raster(
     chunk: int = DEFAULT_CHUNK,
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
+    copy: bool = False,
 ) -> SceneStore:
-    """Copy a GDAL-readable raster into a scene store (or reuse an identical one)."""
+    """A scene store for a GDAL-readable raster: read in place (a tiled GeoTIFF), or a copy.
+
+    An identical store already there is reused. ``copy``: copy even a tiled file.
+    """
     info = inspect_raster(path)
     store_path = location(store_path)
     source_id = content_id(info.path)
     chunks = (chunk, chunk)
-    if (store := reusable_store(store_path, source_id, chunks)) is not None:
+    source = None if copy else tiled_source_for(info, store_path)
+    recorded = None if source is None else source.attrs()
+    if (store := reusable_store(store_path, source_id, chunks, tiled_source=recorded)) is not None:
         return store
+    if source is not None:
+        writer = SceneStoreWriter(
+            store_path,
+            num_bands=len(info.bands),
+            spatial_shape=(info.height, info.width),
+            dtype=info.dtype,
+            chunk=chunks,
+            with_mask=info.has_mask,
+            attrs={**info.attrs(), "source_id": source_id},
+            source=source,
+        )
+        if on_progress is not None:
+            on_progress(info.height * info.width)
+        return writer.commit()
     writer = SceneStoreWriter(
         store_path,
         num_bands=len(info.bands),

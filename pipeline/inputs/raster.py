@@ -41,6 +41,12 @@ class RasterInfo:
     has_mask: bool
     """Whether some pixels may be invalid (nodata value, alpha, internal mask, or NaN)."""
     block_shape: tuple[int, int]
+    tiled: bool = False
+    """A tiled GeoTIFF (every band alike): windows come straight from its tiles, so it can be read in place.
+
+    A striped file (blocks as wide as the image) is not: a window of it costs whole
+    strips, so a block's footprint would decode many times what it uses.
+    """
 
     @property
     def georeferenced(self) -> bool:
@@ -79,7 +85,7 @@ def check_readable_file(path: str | os.PathLike[str] | ObjectLocation) -> Where:
     return path
 
 
-def _gdal_reason(exc: BaseException) -> str:
+def gdal_reason(exc: BaseException) -> str:
     """First line of a GDAL error, or of the error it chains to when it only says "see previous"."""
     seen: BaseException | None = exc
     while seen is not None:
@@ -99,7 +105,7 @@ def inspect_raster(path: str | os.PathLike[str] | ObjectLocation) -> RasterInfo:
             with open_raster(path) as src:
                 return _describe(path, src)
     except RasterioIOError as exc:
-        reason = _gdal_reason(exc)
+        reason = gdal_reason(exc)
         if "Invalid dataset dimensions" in reason:
             raise InputError(f"{path}: raster has zero size ({reason})") from None
         raise InputError(f"{path}: not a raster GDAL can read ({reason})") from None
@@ -128,6 +134,7 @@ def _describe(path: Where, src: rasterio.DatasetReader) -> RasterInfo:
     is_float = np.issubdtype(np.dtype(dtype), np.floating)
     has_mask = per_dataset_or_nodata or alpha_band is not None or src.nodata is not None or is_float
     crs = src.crs.to_wkt() if src.crs else None
+    width = src.width
     return RasterInfo(
         path=path,
         width=src.width,
@@ -141,6 +148,7 @@ def _describe(path: Where, src: rasterio.DatasetReader) -> RasterInfo:
         nodata=src.nodata,
         has_mask=has_mask,
         block_shape=tuple(src.block_shapes[0]),
+        tiled=src.driver == "GTiff" and len(set(src.block_shapes)) == 1 and src.block_shapes[0][1] < width,
     )
 
 
@@ -159,6 +167,6 @@ def read_window(
     except RasterioIOError as exc:
         raise InputError(
             f"{info.path}: cannot read rows {rows[0]}–{rows[1]}, columns {cols[0]}–{cols[1]} "
-            f"(truncated or corrupt file: {_gdal_reason(exc)})"
+            f"(truncated or corrupt file: {gdal_reason(exc)})"
         ) from None
     return image, valid

@@ -201,7 +201,7 @@ def _writer(
         store_path,
         num_bands=scene.num_bands,
         spatial_shape=shape,
-        dtype=scene.image.dtype,
+        dtype=scene.dtype,
         chunk=chunks,
         with_mask=scene.has_mask,
         attrs={**attrs, **grid, "resampled": resampling.attrs()},

@@ -53,6 +53,8 @@ class SegmentConfig:
     """Run the model channels-last (NHWC/NDHWC): faster convolutions, same results up to rounding."""
     native_resolution: bool = False
     """Run a scene far finer or coarser than the model's card says it was trained at (else refused)."""
+    copy_input: bool = False
+    """Copy a tiled GeoTIFF / COG into the work folder even though it could be read in place."""
     probabilities: Where | None = None
     overwrite: bool = False
     quiet: bool = False

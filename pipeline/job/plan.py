@@ -128,15 +128,24 @@ def crf_params_for(config: SegmentConfig, scene: SceneStore, bands: list[int]) -
 
 
 def _scene_sample(scene: SceneStore, bands: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
-    """The model bands and valid mask on a regular subsample of about a million pixels."""
+    """The model bands and valid mask on a regular subsample of about a million pixels.
+
+    Read a chunk-thick slab at a time (the same lattice whatever the slab), so a scene
+    read in place costs one pass over its tiles and memory stays one slab.
+    """
     shape = scene.spatial_shape
     step = max(1, int((np.prod(shape) / 1_000_000) ** (1 / len(shape))))
     if step == 1:
         return scene.read(tuple((0, s) for s in shape), bands)
-    every = (slice(None, None, step),) * len(shape)
-    sample = np.stack([scene.image[(b, *every)] for b in bands])
-    valid = np.asarray(scene.group["valid"][every], dtype=bool) if scene.has_mask else None
-    return sample, valid
+    slab = max(step, scene.chunk_shape[0] // step * step)
+    images, masks = [], []
+    every = (slice(None, None, step),) * (len(shape) - 1)
+    for a in range(0, shape[0], slab):
+        image, valid = scene.read(((a, min(shape[0], a + slab)), *((0, s) for s in shape[1:])), bands)
+        images.append(image[(slice(None), slice(None, None, step), *every)])
+        masks.append(valid[(slice(None, None, step), *every)])
+    sample = np.concatenate(images, axis=1)
+    return sample, (np.concatenate(masks, axis=0) if scene.has_mask else None)
 
 
 def _tile_grid(config: SegmentConfig, checked: CheckedInput, scene: SceneStore) -> TileGrid:

@@ -42,13 +42,16 @@ BlockRunner = Callable[[Job, Progress | None], tuple[int, int]]
 
 
 def ingest_scene(config: SegmentConfig, checked: CheckedInput) -> SceneStore:
-    """Copy the input into the chunked scene store of the work folder (reused when unchanged)."""
+    """The input's scene store in the work folder: a tiled GeoTIFF read in place, else a chunked copy.
+
+    Reused when the input is unchanged.
+    """
     work = config.resolved_work_dir
     fresh = not work.exists()
     work.mkdir(parents=True, exist_ok=True)
     _, chunk = config.block_and_chunk(checked.info.spatial_dims)
     try:
-        return ingest_input(checked.info, work / "scene.zarr", chunk=chunk)
+        return ingest_input(checked.info, work / "scene.zarr", chunk=chunk, copy=config.copy_input)
     except BaseException:
         if fresh:  # nothing of this run is worth resuming: leave no trace
             remove_tree(work)

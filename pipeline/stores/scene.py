@@ -9,6 +9,11 @@ Layout::
                 volume geometry (affine, spacing), nodata, band names, source
                 identity, and ``complete`` once ingest has finished
 
+A tiled GeoTIFF / COG is read in place instead (:mod:`pipeline.inputs.tiled_source`):
+its store has neither array, only the attributes, with ``tiled_source`` saying
+where the image is read from and ``image_shape`` / ``image_chunks`` / ``image_dtype``
+what the ``image`` array would have been; reads go to the source's own tiles.
+
 Locally the store is written under a temporary name and renamed when complete,
 so a store that exists is a whole one. Object storage has no rename: there the
 store is written in place and only its ``complete`` attribute, written last,
@@ -26,6 +31,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from pipeline.inputs.tiled_source import TiledSource
 from pipeline.stores.location import ObjectLocation, Where, location, remove_tree
 from pipeline.tiling import regions
 from pipeline.tiling.regions import Region
@@ -55,29 +61,56 @@ class SceneStore:
         return self.group.attrs
 
     @property
+    def source(self) -> TiledSource | None:
+        """The tiled file the image is read from in place (None: the image is in this store)."""
+        recorded = self.attrs.get("tiled_source")
+        return None if recorded is None else TiledSource.from_attrs(recorded)
+
+    @property
     def image(self) -> zarr.Array:
-        """The ``(C, *spatial)`` image array."""
+        """The ``(C, *spatial)`` image array (absent from a store read in place: see :meth:`read`)."""
+        if self.source is not None:
+            raise ValueError(f"{self.path}: the image is read in place from {self.source.url}")
         return self.group["image"]
 
     @property
     def has_mask(self) -> bool:
         """Whether some pixels may be nodata."""
-        return "valid" in self.group
+        source = self.source
+        return source.has_mask if source is not None else "valid" in self.group
 
     @property
     def num_bands(self) -> int:
         """Number of image bands."""
-        return int(self.image.shape[0])
+        return int(self._shape_and_chunks()[0][0])
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
         """Shape of the spatial axes."""
-        return tuple(self.image.shape[1:])
+        return tuple(int(s) for s in self._shape_and_chunks()[0][1:])
 
     @property
     def chunk_shape(self) -> tuple[int, ...]:
         """Spatial chunk shape of the image."""
-        return tuple(self.image.chunks[1:])
+        return tuple(int(c) for c in self._shape_and_chunks()[1][1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The image's data type (the source's)."""
+        if self.source is not None:
+            return np.dtype(self.attrs["image_dtype"])
+        return self.image.dtype
+
+    @property
+    def where(self) -> Where:
+        """What a reader of the image opens: the source read in place, or this store."""
+        source = self.source
+        return source.location if source is not None else self.path
+
+    def _shape_and_chunks(self) -> tuple[Sequence[int], Sequence[int]]:
+        if self.source is not None:
+            return self.attrs["image_shape"], self.attrs["image_chunks"]
+        return self.image.shape, self.image.chunks
 
     def read(self, region: Region, bands: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Image ``(B, *region)`` and valid mask ``(*region)`` of a region.
@@ -87,6 +120,10 @@ class SceneStore:
         mask is read-only; without nodata it is a broadcast ``True`` that takes
         no memory (measured in bench/RESULTS.md, "Figures behind the code's choices").
         """
+        source = self.source
+        if source is not None:
+            image, valid = source.read(region, bands)
+            return image, self._read_only_mask(region, valid)
         sl = regions.slices(region)
         if bands is None:
             image = self.image[(slice(None), *sl)]
@@ -99,8 +136,17 @@ class SceneStore:
     def valid(self, region: Region) -> np.ndarray:
         """The read-only valid mask of a region (a broadcast ``True`` for a scene without nodata)."""
         if not self.has_mask:
+            return self._read_only_mask(region, None)
+        source = self.source
+        if source is not None:
+            return self._read_only_mask(region, source.read(region, [0])[1])
+        return self._read_only_mask(region, self.group["valid"][regions.slices(region)])
+
+    @staticmethod
+    def _read_only_mask(region: Region, valid: np.ndarray | None) -> np.ndarray:
+        if valid is None:
             return np.broadcast_to(np.True_, tuple(e - s for s, e in region))
-        valid = np.asarray(self.group["valid"][regions.slices(region)], dtype=bool)
+        valid = np.asarray(valid, dtype=bool)
         valid.flags.writeable = False
         return valid
 
@@ -117,7 +163,9 @@ class SceneStoreWriter:
         chunk: Sequence[int],
         with_mask: bool,
         attrs: Mapping[str, Any],
+        source: TiledSource | None = None,
     ):
+        """``source``: the image is read in place from there; the store gets the attributes only."""
         self.path = location(path)
         in_place = isinstance(self.path, ObjectLocation)
         self.tmp_path: Where = self.path if in_place else self.path.with_name(self.path.name + ".partial")
@@ -125,6 +173,19 @@ class SceneStoreWriter:
         self.group = zarr.open_group(str(self.tmp_path), mode="w", zarr_format=3)
         spatial_shape = tuple(int(s) for s in spatial_shape)
         chunk = tuple(min(int(c), s) for c, s in zip(chunk, spatial_shape))
+        if source is not None:
+            self.image = self.valid = None
+            self.group.attrs.update(
+                {
+                    **attrs,
+                    "tiled_source": source.attrs(),
+                    "image_shape": [num_bands, *spatial_shape],
+                    "image_chunks": [num_bands, *chunk],
+                    "image_dtype": np.dtype(dtype).name,
+                    "complete": False,
+                }
+            )
+            return
         self.image = self.group.create_array(
             "image",
             shape=(num_bands, *spatial_shape),
@@ -151,6 +212,8 @@ class SceneStoreWriter:
 
     def write(self, region: Region, image: np.ndarray, valid: np.ndarray | None) -> None:
         """Write one chunk-aligned region."""
+        if self.image is None:
+            raise ValueError(f"{self.path}: the image is read in place; nothing is written to the store")
         sl = regions.slices(region)
         self.image[(slice(None), *sl)] = image
         if self.valid is not None:

@@ -111,8 +111,10 @@ def open_pair(
     key = hashlib.blake2b(
         f"{image_desc.path.resolve()}|{Path(label_path).resolve()}".encode(), digest_size=6
     ).hexdigest()
-    image = ingest_input(image_desc, work / f"image-{key}.zarr", chunk)
-    labels = ingest_input(label_desc, work / f"labels-{key}.zarr", chunk)
+    # Training reads small random windows, each many times: a chunked copy serves them
+    # faster than reopening the source for every window.
+    image = ingest_input(image_desc, work / f"image-{key}.zarr", chunk, copy=True)
+    labels = ingest_input(label_desc, work / f"labels-{key}.zarr", chunk, copy=True)
     whole = tuple((0, n) for n in image.spatial_shape)
     last = image.spatial_shape[-1]
     if validation_only:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -147,14 +148,24 @@ def test_killed_actor_is_replaced_its_block_redone_and_the_retry_reported(
     assert _outputs(out) == reference
 
 
-def test_unreadable_block_fails_the_run_naming_it_without_retrying(cluster, scene, tiny_checkpoint, tmp_path):
-    config = _config(scene, tiny_checkpoint, tmp_path / "corrupt.tif")
+@pytest.mark.parametrize("copied", [True, False], ids=["copied", "read in place"])
+def test_unreadable_block_fails_the_run_naming_it_without_retrying(
+    cluster, scene, tiny_checkpoint, tmp_path, copied
+):
+    source = tmp_path / "source.tif"
+    shutil.copyfile(scene, source)
+    config = _config(source, tiny_checkpoint, tmp_path / "corrupt.tif", copy_input=copied)
     job = prepare(config)
-    chunk = job.scene.path / "image" / "c" / "0" / "1" / "2"
-    assert chunk.is_file()
-    chunk.write_bytes(b"not a compressed chunk")
+    if copied:
+        chunk = job.scene.path / "image" / "c" / "0" / "1" / "2"
+        assert chunk.is_file()
+        chunk.write_bytes(b"not a compressed chunk")
+    else:
+        assert job.scene.source is not None
+        os.truncate(source, source.stat().st_size // 2)  # the lower blocks' tiles are gone
     runner = RayBlockRunner(workers=2)
-    with pytest.raises(BlockFailedError, match=r"scene.zarr: block \[\d, \d\] \(pixels .*\) cannot be read"):
+    named = "scene.zarr" if copied else "source.tif"
+    with pytest.raises(BlockFailedError, match=rf"{named}: block \[\d, \d\] \(pixels .*\) cannot be read"):
         runner(job, None)
     assert runner.retries == 0
     assert not job.store.is_complete()

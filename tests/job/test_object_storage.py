@@ -83,6 +83,24 @@ def test_scene_on_a_bucket_segments_to_the_same_bytes_as_on_local_disk(
     ]
 
 
+def test_a_cog_on_a_bucket_is_read_in_place_and_a_local_file_is_copied_for_a_bucket_work_folder(
+    small_scene, bucket
+):
+    from pipeline.inputs.ingest import ingest_raster
+    from pipeline.stores.scene import SceneStore
+
+    source = upload(small_scene, bucket / "in" / "scene.tif")
+    in_place = ingest_raster(source, bucket / "w1" / "scene.zarr", chunk=128)
+    assert in_place.source is not None and in_place.source.url == str(source)
+    assert keys(bucket) == ["in/scene.tif", "w1/scene.zarr/zarr.json"], "no pixels copied to the bucket"
+    # workers on other nodes could not reach a local file: it is copied to the bucket's store
+    copied = ingest_raster(small_scene, bucket / "w2" / "scene.zarr", chunk=128)
+    assert copied.source is None and any(k.startswith("w2/scene.zarr/image/c/") for k in keys(bucket))
+    whole = ((0, copied.spatial_shape[0]), (0, copied.spatial_shape[1]))
+    for got, want in zip(SceneStore.open(in_place.path).read(whole), copied.read(whole)):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_killed_run_resumes_from_the_bucket_with_the_same_result(
     small_scene, tiny_checkpoint, bucket, tmp_path
 ):
