@@ -33,9 +33,16 @@ from pipeline.tiling.blending import BlendWindow
 from pipeline.tiling.grid import TileGrid
 from pipeline.tiling.regions import Region
 
-RowSink = Callable[[int, torch.Tensor, torch.Tensor], None]
-"""``(first row, probabilities (classes, rows, ...), covered (rows, ...))``: finished rows of a context,
-rows counted along the first spatial axis from the context's start."""
+RowSink = Callable[[int, torch.Tensor, "torch.Tensor | None"], None]
+"""``(first row, probabilities (classes, rows, ...), covered (rows, ...) or None: all covered)``: finished
+rows of a context, rows counted along the first spatial axis from the context's start."""
+
+
+def _along(axis: int, ndim: int) -> list[int]:
+    """The shape that lays a 1-D profile along ``axis`` of an ``ndim``-D array (broadcast elsewhere)."""
+    shape = [1] * ndim
+    shape[axis] = -1
+    return shape
 
 
 @dataclass
@@ -126,7 +133,7 @@ class BlendAccumulator:
         self.shape = regions.shape(context)
         self.valid = valid
         self.device = device
-        self.coverage = [torch.from_numpy(p).to(device) for p in window.coverage(context)]
+        self.coverage = window.coverage(context)
         self.rows_held = rows_held
         self.on_rows = on_rows
         self.acc: torch.Tensor | None = None
@@ -155,20 +162,42 @@ class BlendAccumulator:
             else:
                 acc[acc_sl] += probs[tile_sl]
 
-    def _normalise(self, part: torch.Tensor, start: int) -> torch.Tensor:
-        """Divide rows from ``start`` by Σw (separable: one 1-D profile per axis); 0 where uncovered."""
+    def _normalise(self, part: torch.Tensor, start: int) -> torch.Tensor | None:
+        """Divide rows from ``start`` by Σw (separable: one 1-D profile per axis); 0 where uncovered.
+
+        Returns the covered mask of these rows, or None when every pixel is covered (the
+        common case, which then costs no mask at all).
+        """
         stop = start + part.shape[1]
-        covered = torch.from_numpy(self.valid[start:stop].copy()).to(self.device)
-        for axis, profile in enumerate(self.coverage):
-            total = profile[start:stop] if axis == 0 else profile
-            shape = [1] * len(self.shape)
-            shape[axis] = -1
-            total = total.reshape(shape)
-            covered &= total > 0
-            part /= torch.where(total > 0, total, torch.ones_like(total))
-        if not bool(covered.all()):
-            part.mul_(covered)  # 0 where nothing counts, as a per-tile weighted sum would give
-        return covered
+        totals = [profile[start:stop] if axis == 0 else profile for axis, profile in enumerate(self.coverage)]
+        valid = self.valid[start:stop]
+        if part.device.type != "cpu":
+            covered = torch.from_numpy(np.ascontiguousarray(valid)).to(self.device)
+            for axis, total in enumerate(totals):
+                total = torch.from_numpy(total).to(self.device).reshape(_along(axis, len(self.shape)))
+                covered &= total > 0
+                part /= torch.where(total > 0, total, torch.ones_like(total))
+            if bool(covered.all()):
+                return None
+            part.mul_(covered)
+            return covered
+        p = part.numpy()
+        positive = []
+        for axis, total in enumerate(totals):
+            shape = _along(axis, len(self.shape))
+            above = total > 0
+            np.divide(p, np.where(above, total, np.float32(1)).reshape(shape), out=p)
+            positive.append(above.reshape(shape))
+        everywhere = all(bool(a.all()) for a in positive) and (
+            (valid.size > 0 and not any(valid.strides) and bool(valid.flat[0])) or bool(valid.all())
+        )
+        if everywhere:
+            return None
+        covered = np.array(valid, dtype=bool)
+        for above in positive:
+            covered &= above
+        np.multiply(p, covered, out=p)  # 0 where nothing counts, as a per-tile weighted sum would give
+        return torch.from_numpy(covered)
 
     def release(self, upto: int) -> None:
         """Streamed: hand context rows before ``upto`` (no later tile reaches them) to the sink."""
@@ -186,7 +215,10 @@ class BlendAccumulator:
     def result(self) -> RegionResult:
         """Not streamed: the normalised accumulator over the whole context."""
         assert self.acc is not None, "a context region always meets at least one tile"
-        return RegionResult(self.acc, self._normalise(self.acc, 0))
+        covered = self._normalise(self.acc, 0)
+        if covered is None:
+            covered = torch.ones(self.acc.shape[1:], dtype=torch.bool, device=self.device)
+        return RegionResult(self.acc, covered)
 
 
 def _rows_held(tiles: Sequence[tuple[int, ...]], grid: TileGrid, context: Region, batch_size: int) -> int:

@@ -50,12 +50,13 @@ class _BlockRows:
         self.first, self.last = self.sl[0].start, self.sl[0].stop
         self.finisher = finisher
 
-    def __call__(self, start: int, probs: torch.Tensor, covered: torch.Tensor) -> None:
+    def __call__(self, start: int, probs: torch.Tensor, covered: torch.Tensor | None) -> None:
         a, b = max(start, self.first), min(start + probs.shape[1], self.last)
         if a < b:
             rows = slice(a - start, b - start)
             across = self.sl[1:]
-            self.finisher.add(a - self.first, probs[(slice(None), rows, *across)], covered[(rows, *across)])
+            mask = None if covered is None else covered[(rows, *across)]
+            self.finisher.add(a - self.first, probs[(slice(None), rows, *across)], mask)
 
 
 def infer_block(

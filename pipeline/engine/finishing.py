@@ -85,10 +85,13 @@ class BlockFinisher:
         self.confidence = np.empty(tuple(shape), np.float32) if with_uncertainty else None
         self.entropy = np.empty(tuple(shape), np.float32) if with_uncertainty else None
 
-    def add(self, start: int, probs: torch.Tensor, covered: torch.Tensor) -> None:
-        """Rows ``[start, start + probs.shape[1])`` of the block: ``(classes, rows, ...)`` and their mask."""
-        covered_np = covered.cpu().numpy()
-        everywhere = bool(covered_np.all())
+    def add(self, start: int, probs: torch.Tensor, covered: torch.Tensor | None) -> None:
+        """Rows ``[start, start + probs.shape[1])`` of the block: ``(classes, rows, ...)`` and their mask.
+
+        ``covered`` None: every pixel of these rows is covered.
+        """
+        covered_np = None if covered is None else covered.cpu().numpy()
+        everywhere = covered_np is None or bool(covered_np.all())
         rows_here = probs.shape[1]
         step = max(1, SLAB_PIXELS // max(1, int(np.prod(probs.shape[2:]))))
         for first in range(0, rows_here, step):
@@ -96,7 +99,7 @@ class BlockFinisher:
             top, winner = _top_class(probs[:, rows])
             slab = self.labels[start + first : start + min(first + step, rows_here)]
             slab[...] = winner
-            keep = None if everywhere else covered_np[rows]
+            keep = None if everywhere or covered_np is None else covered_np[rows]
             if keep is not None:
                 slab[~keep] = label_nodata(self.num_classes)
             _add_label_stats(self.stats, slab, top, keep)
@@ -104,15 +107,17 @@ class BlockFinisher:
         if self.probabilities is not None:
             part = self.probabilities[:, out]
             part[...] = probs.cpu().numpy()
-            part[:, ~covered_np] = np.nan
+            if not everywhere:
+                part[:, ~covered_np] = np.nan
         if self.confidence is not None and self.entropy is not None:
             p = probs.float()
             confidence = self.confidence[out]
             entropy = self.entropy[out]
             confidence[...] = p.amax(dim=0).cpu().numpy()
             entropy[...] = (-(p * torch.log(p.clamp_min(1e-12))).sum(dim=0)).cpu().numpy()
-            confidence[~covered_np] = np.nan
-            entropy[~covered_np] = np.nan
+            if not everywhere:
+                confidence[~covered_np] = np.nan
+                entropy[~covered_np] = np.nan
 
     def output(self) -> BlockOutput:
         """The finished block."""
