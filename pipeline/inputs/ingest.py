@@ -30,7 +30,7 @@ from rasterio.io import DatasetReader
 
 from pipeline.inputs.band_stack import vrt_sources
 from pipeline.inputs.raster import RasterInfo, inspect_raster, read_window
-from pipeline.inputs.tiled_source import TiledSource
+from pipeline.inputs.tiled_source import TiledSource, check_tiles_present
 from pipeline.stores.location import ObjectLocation, Where, location
 from pipeline.stores.object_storage_settings import open_raster
 from pipeline.stores.scene import SceneStore, SceneStoreWriter
@@ -118,6 +118,10 @@ def ingest_raster(
     if (store := reusable_store(store_path, source_id, chunks, tiled_source=recorded)) is not None:
         return store
     if source is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with open_raster(info.path) as src:
+                check_tiles_present(src, info.path, info.bands)
         writer = SceneStoreWriter(
             store_path,
             num_bands=len(info.bands),

@@ -22,17 +22,39 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rasterio
+from rasterio.enums import Interleaving
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
 from pipeline.errors import InputError
 from pipeline.inputs.raster import gdal_reason
-from pipeline.stores.location import Where, location
+from pipeline.stores.location import ObjectLocation, Where, location
 from pipeline.stores.object_storage_settings import open_raster
 from pipeline.tiling.regions import Region
+
+
+def check_tiles_present(src: rasterio.DatasetReader, where: Where, bands: Sequence[int]) -> None:
+    """Fail with one line when a tile of ``bands`` lies past the end of the file (a truncated copy).
+
+    A copied scene finds that out while it is ingested, before any block runs; read
+    in place, it would only show at the block that needs the missing tile, after
+    the work folder was made. The tile index in the header says where every tile
+    ends, so the check costs no pixel read. Sparse tiles (no bytes) are fine.
+    """
+    size = where.fs.size(where.url) if isinstance(where, ObjectLocation) else Path(where).stat().st_size
+    for band in sorted(set(bands)) if src.interleaving != Interleaving.pixel else sorted(bands)[:1]:
+        for (row, col), _ in src.block_windows(band):
+            offset = src.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=band)
+            length = src.get_tag_item(f"BLOCK_SIZE_{col}_{row}", "TIFF", bidx=band)
+            if offset and length and int(offset) + int(length) > size:
+                raise InputError(
+                    f"{where}: truncated file: band {band}'s tile at row {row}, column {col} ends at byte "
+                    f"{int(offset) + int(length)} of {size}"
+                )
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import rasterio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.errors import InputError
 from pipeline.inputs.band_stack import BandStack, stack_vrt
 from pipeline.inputs.ingest import ingest_raster
 from pipeline.job.config import SegmentConfig
@@ -172,3 +173,12 @@ def test_segmenting_in_place_gives_the_bytes_of_a_copied_run(tiny_checkpoint, tm
         assert src.read(1, masked=True).mask[:70, :90].all(), "the nodata corner stays nodata"
     with rasterio.open(tmp_path / "in_place.p.tif") as src:  # the comparison sees varying pixels
         assert float(np.nanstd(src.read())) > 0
+
+
+def test_a_truncated_tiled_file_is_refused_before_any_work(tmp_path):
+    source = write_raster(tmp_path / "cut.tif", _data(), blockxsize=64, blockysize=64, compress="deflate")
+    data = source.read_bytes()
+    source.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(InputError, match=r"cut.tif: truncated file: band \d's tile at row \d, column \d"):
+        ingest_raster(source, tmp_path / "scene.zarr", chunk=96)
+    assert not (tmp_path / "scene.zarr").exists()
