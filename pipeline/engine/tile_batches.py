@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.wrapper import pad_far_side
 from pipeline.engine.predictor import TilePredictor
 from pipeline.tiling import regions
 from pipeline.tiling.regions import Region
@@ -57,12 +56,35 @@ def _cut_tiles(
         x = footprint.normalizer(footprint.raw[(slice(None), *sl)])
         if valid is not None:
             x[:, ~valid[sl]] = 0.0  # nodata never reaches the network
-        if x.shape[1:] == tuple(tile):
-            batch[k] = x
-        else:
-            # F.pad's reflect/replicate need a batch axis for N-D inputs.
-            batch[k] = pad_far_side(torch.from_numpy(x)[None], tile)[0].numpy()
+        have = x.shape[1:]
+        batch[(k, slice(None), *(slice(0, n) for n in have))] = x
+        if have != tuple(tile):
+            fill_far_side(batch[k], have)
     return batch
+
+
+def fill_far_side(tile: np.ndarray, have: Sequence[int]) -> None:
+    """Pad ``(C, *size)`` in place: its data is in ``[:, :have[0], :have[1], …]``, the far sides are filled.
+
+    The rule of :func:`models.wrapper.pad_far_side` (reflection, or edge repetition on
+    every axis when one axis is too short to reflect), axis after axis in place: the
+    same values without the padded copy torch makes.
+
+    >>> t = np.zeros((1, 5), np.float32); t[0, :3] = [1, 2, 3]; fill_far_side(t, (3,)); t.tolist()
+    [[1.0, 2.0, 3.0, 2.0, 1.0]]
+    """
+    size = tile.shape[1:]
+    reflect = all(s - n < n for n, s in zip(have, size))
+    for axis, (n, s) in enumerate(zip(have, size)):
+        if s == n:
+            continue
+        before = (slice(None), *(slice(None),) * axis)
+        after = tuple(slice(0, m) for m in have[axis + 1 :])
+        if reflect:
+            source = slice(n - 2, n - 2 - (s - n) if n - 2 - (s - n) >= 0 else None, -1)
+        else:
+            source = slice(n - 1, n)
+        tile[(*before, slice(n, s), *after)] = tile[(*before, source, *after)]
 
 
 class TileBatches:
