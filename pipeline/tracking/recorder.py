@@ -19,6 +19,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -149,7 +150,7 @@ class HelperRecorder:
 
     def _reply(self) -> Any:
         try:
-            ok, value = self._conn.recv()
+            ok, value = pickle.loads(self._conn.recv_bytes())
         except EOFError:
             code = self._process.wait()
             raise RuntimeError(f"the MLflow helper process exited with status {code}") from None
@@ -171,7 +172,9 @@ def start_helper() -> None:
     root = str(Path(__file__).resolve().parents[2])
     code = f"import sys; sys.path.insert(0, {root!r}); from pipeline.tracking.recorder import serve; serve()"
     fd = theirs.fileno()
-    process = subprocess.Popen([sys.executable, "-c", code, str(fd)], stdin=subprocess.DEVNULL, pass_fds=[fd])
+    process = subprocess.Popen(  # its own process group: a Ctrl-C is the command's to handle
+        [sys.executable, "-c", code, str(fd)], stdin=subprocess.DEVNULL, pass_fds=[fd], process_group=0
+    )
     theirs.close()
     conn = Connection(ours.detach())
     conn.send((list(sys.path), list(sys.argv)))
@@ -233,13 +236,15 @@ def serve() -> None:
 
 
 def _send(conn: Connection, ok: bool, value: Any) -> None:
-    """One answer; a failure keeps its type where it can be pickled, and its traceback as a note."""
+    """One answer; a failure keeps its type where it survives pickling, and its traceback as a note."""
     if isinstance(value, BaseException) and not isinstance(value, InputError):
         value.add_note("in the MLflow helper process:\n" + "".join(traceback.format_exception(value)))
     try:
-        conn.send((ok, value))
+        answer = pickle.dumps((ok, value))
+        pickle.loads(answer)
     except Exception:
-        conn.send((ok, RuntimeError(f"{type(value).__name__}: {value}")))
+        answer = pickle.dumps((ok, RuntimeError(f"{type(value).__name__}: {value}")))
+    conn.send_bytes(answer)
 
 
 def _log_like_the_command() -> None:
