@@ -172,10 +172,15 @@ def start_helper() -> None:
     root = str(Path(__file__).resolve().parents[2])
     code = f"import sys; sys.path.insert(0, {root!r}); from pipeline.tracking.recorder import serve; serve()"
     fd = theirs.fileno()
-    process = subprocess.Popen(  # its own process group: a Ctrl-C is the command's to handle
-        [sys.executable, "-c", code, str(fd)], stdin=subprocess.DEVNULL, pass_fds=[fd], process_group=0
-    )
-    theirs.close()
+    try:
+        process = subprocess.Popen(  # its own process group: a Ctrl-C is the command's to handle
+            [sys.executable, "-c", code, str(fd)], stdin=subprocess.DEVNULL, pass_fds=[fd], process_group=0
+        )
+    except OSError:  # no process to spare: the run is written in this process, as without a helper
+        ours.close()
+        return
+    finally:
+        theirs.close()
     conn = Connection(ours.detach())
     conn.send((list(sys.path), list(sys.argv)))
     _pending = HelperRecorder(process, conn)
