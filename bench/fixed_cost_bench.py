@@ -62,6 +62,8 @@ def child(marks_path: str, argv: list[str]) -> int:
     """The command itself, with marks: ``python -m bench.fixed_cost_bench --child MARKS -- ARGS``."""
     t_start = time.time()
     import flows.cli
+
+    flows.cli.start_early(argv)  # what main() starts first, before the imports below
     import flows.segment_scene  # what `gigaseg segment` imports before its flow
 
     t_imports = time.time()

@@ -14,33 +14,29 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from flows import commands, model_commands
-from flows.arguments import (
-    add_promote_arguments,
-    add_segment_arguments,
-    add_train_arguments,
-    add_watch_arguments,
-)
+from flows import model_commands
 from flows.prefect_server import use_prefect_api
 from flows.script import prepare_process, run_command, say
 from pipeline.errors import InputError
+from pipeline.tracking.recorder import discard_helper, start_helper
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from flows import segment_scene
+    from flows import commands, segment_scene
 
     return commands.segment(args, segment_scene)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
     use_prefect_api()
-    from flows import watch_imagery
+    from flows import commands, watch_imagery
 
     return commands.watch(args, watch_imagery)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     use_prefect_api()
+    from flows import commands
     from flows.train_model import train_model
 
     return commands.train(args, train_model)
@@ -48,6 +44,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     use_prefect_api()
+    from flows import commands
     from flows.promote_model import promote_model
 
     return commands.promote(args, promote_model)
@@ -153,12 +150,16 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 def _add_segment_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment a scene into a label COG")
+    from flows.arguments import add_segment_arguments
+
     add_segment_arguments(p)
     p.set_defaults(func=cmd_segment)
 
 
 def _add_watch_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("watch", help="segment new or changed scenes of a folder, once or on a schedule")
+    from flows.arguments import add_watch_arguments
+
     add_watch_arguments(p)
     p.set_defaults(func=cmd_watch)
 
@@ -176,12 +177,16 @@ def _add_train_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="fit a registered network on labelled rasters or volumes; register it in MLflow"
     )
+    from flows.arguments import add_train_arguments
+
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
 
 def _add_promote_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("promote", help="move the champion alias to a better version, or roll back")
+    from flows.arguments import add_promote_arguments
+
     add_promote_arguments(p)
     p.set_defaults(func=cmd_promote)
 
@@ -258,11 +263,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def start_early(argv: Sequence[str]) -> None:
+    """What a command starts before its imports: MLflow's helper, for a tracked ``segment``.
+
+    A guess from the raw arguments (the options are not parsed yet): the segment
+    command takes the helper only when it tracks one scene, else it is stopped.
+    """
+    if argv[:1] == ["segment"] and not {"--no-track", "-h", "--help"} & set(argv):
+        start_helper()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gigaseg`` console script."""
-    prepare_process()
-    args = build_parser().parse_args(argv)
-    return run_command(args.func, args)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    start_early(argv)
+    try:
+        prepare_process()
+        args = build_parser().parse_args(argv)
+        return run_command(args.func, args)
+    finally:
+        discard_helper()
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from flows.arguments import (
 from flows.script import say
 from pipeline.errors import InputError
 from pipeline.stores.location import check_writable_folder, location
+from pipeline.tracking.recorder import discard_helper
 from pipeline.watch.settings import check_watch_arguments, segment_options
 
 
@@ -35,6 +36,8 @@ def segment(args: argparse.Namespace, segment_flow: ModuleType) -> int:
     ``segment_flow``: the module of the segment flows (``flows.segment_scene``, or the script itself).
     A batch exits with status 1 when any of its scenes failed, each failure said in one line.
     """
+    if is_batch(args) or args.no_track:
+        discard_helper()  # the MLflow helper the command line may have started tracks one scene only
     if is_batch(args):
         return _segment_batch(args, segment_flow)
     summary = segment_flow.segment_scene(

@@ -19,7 +19,6 @@ from pipeline.engine.predictor import TilePredictor
 from pipeline.engine.slicewise import SliceWiseModel
 from pipeline.execution.process_memory import release_freed_memory
 from pipeline.execution.progress import Progress
-from pipeline.exporters.polygon_pieces import BlockPolygons
 from pipeline.job.plan import Job
 from pipeline.stores.block_output import BlockOutput
 from pipeline.tiling.blocks import Block
@@ -70,6 +69,8 @@ def compute_block(
     )
     if job.config.vector is not None:
         origin = [start for start, _ in block.region]
+        from pipeline.exporters.polygon_pieces import BlockPolygons  # scikit-image: only for polygons
+
         piece = BlockPolygons.from_labels(output.labels, output.confidence, origin, job.store.nodata)
         output.polygons = piece.to_bytes()
     release_freed_memory()

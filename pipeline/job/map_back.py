@@ -26,7 +26,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from pipeline.exporters.polygon_pieces import BlockPolygons
 from pipeline.inputs.volume_geometry import is_volume
 from pipeline.job.plan import Job
 from pipeline.stores.block_output import BlockOutput
@@ -105,6 +104,8 @@ def _map_block(job: Job, block: Block, mean_probability: np.ndarray) -> BlockOut
     )
     if job.config.vector is not None:
         origin = [start for start, _ in block.region]
+        from pipeline.exporters.polygon_pieces import BlockPolygons  # scikit-image: only for polygons
+
         output.polygons = BlockPolygons.from_labels(labels, confidence, origin, source.nodata).to_bytes()
     return output
 

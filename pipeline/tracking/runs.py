@@ -129,17 +129,17 @@ def experiment_id(name: str) -> str:
         return found.experiment_id
 
 
-@contextlib.contextmanager
-def run(
+def start_run(
     experiment: str,
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
     nested: bool = False,
     run_id: str | None = None,
-) -> Iterator[Any]:
-    """An MLflow run in ``experiment`` (or the existing ``run_id``, continued).
+) -> Any:
+    """Start an MLflow run in ``experiment`` (or continue the existing ``run_id``); the active run.
 
-    Ends FINISHED, or FAILED (KILLED on Ctrl-C) if the body raises.
+    MLflow refusing (an unreachable server, a bad store) and artifacts on object storage that
+    cannot be written are one-line :class:`InputError` s, raised before the run's work starts.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -160,15 +160,42 @@ def run(
     except InputError:
         mlflow.end_run("FAILED")
         raise
+    return active
+
+
+def end_run(status: str) -> None:
+    """End the active run: ``FINISHED``, ``FAILED`` or ``KILLED``."""
+    import mlflow
+
+    mlflow.end_run(status)
+
+
+def end_status(exc: BaseException | None) -> str:
+    """How a run whose body raised ``exc`` (None: it did not) ends."""
+    if exc is None:
+        return "FINISHED"
+    return "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+
+
+@contextlib.contextmanager
+def run(
+    experiment: str,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    nested: bool = False,
+    run_id: str | None = None,
+) -> Iterator[Any]:
+    """An MLflow run in ``experiment`` (or the existing ``run_id``, continued), as :func:`start_run`.
+
+    Ends FINISHED, or FAILED (KILLED on Ctrl-C) if the body raises.
+    """
+    active = start_run(experiment, run_name, tags, nested, run_id)
     try:
         yield active
-    except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
+    except BaseException as exc:
+        end_run(end_status(exc))
         raise
-    except BaseException:
-        mlflow.end_run("FAILED")
-        raise
-    mlflow.end_run("FINISHED")
+    end_run(end_status(None))
 
 
 def check_artifact_location(artifact_uri: str) -> None:

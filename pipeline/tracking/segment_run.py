@@ -28,6 +28,7 @@ from pipeline.job.summary import SegmentSummary
 from pipeline.stores.location import Where, check_readable, location
 from pipeline.stores.transfer import OutputSet
 from pipeline.tracking import runs as tracking
+from pipeline.tracking.recorder import LocalRecorder, Recorder, take_helper
 
 
 @dataclass
@@ -190,14 +191,13 @@ def _tracked_config(
     return tracked
 
 
-def _log_params(
+def _params(
     config: SegmentConfig, labels: str | os.PathLike[str] | None, regions: str | os.PathLike[str] | None
-) -> None:
-    import mlflow
-
+) -> dict[str, str]:
+    """The run's parameters: the config (less its free-form extras) and the reference files."""
     params = config.to_dict()
     params.pop("extra", None)
-    mlflow.log_params(tracking.flat_params({**params, "labels": labels, "regions": regions}))
+    return tracking.flat_params({**params, "labels": labels, "regions": regions})
 
 
 def _summary_metrics(summary: SegmentSummary) -> dict[str, float]:
@@ -219,29 +219,28 @@ def _summary_metrics(summary: SegmentSummary) -> dict[str, float]:
     return metrics
 
 
-def _log_region_table(table: RegionTable, csv_file: Path, geojson_file: Path) -> None:
-    """The table at its staged names beside the output (CSV, GeoJSON) and in the run (table, both files)."""
-    import mlflow
-
+def _region_table_files(table: RegionTable, csv_file: Path, geojson_file: Path) -> list[tuple[str, str]]:
+    """The table written at its staged names beside the output (CSV, GeoJSON), as run artifacts."""
     table.write_csv(csv_file)
     table.write_geojson(geojson_file)
-    mlflow.log_table(table.columns(), "regions/regions.json")
-    mlflow.log_artifact(str(csv_file), "regions")
-    mlflow.log_artifact(str(geojson_file), "regions")
+    return [(str(csv_file), "regions"), (str(geojson_file), "regions")]
 
 
-def _log_preview(config: SegmentConfig, labels: Path, card: ModelCard) -> None:
+def _preview_file(config: SegmentConfig, labels: Path, card: ModelCard, folder: Path) -> tuple[str, None]:
     """A PNG of the image, its classes (``labels``: the staged output) and the legend, as a run artifact."""
-    import mlflow
-
     from pipeline.evaluation.preview import write_preview
     from pipeline.inputs.band_stack import resolve_image
     from pipeline.inputs.stac_item import scene_for_model
 
     image = resolve_image(scene_for_model(config.input, card.band_names, config.model))
-    with tempfile.TemporaryDirectory() as tmp:
-        png = write_preview(image, labels, Path(tmp) / "preview.png", card.class_names, card.class_colors)
-        mlflow.log_artifact(str(png))
+    png = write_preview(image, labels, folder / "preview.png", card.class_names, card.class_colors)
+    return (str(png), None)
+
+
+def _recorder(nested: bool) -> Recorder:
+    """The helper process the command started for this run, else MLflow in this process."""
+    helper = None if nested else take_helper()
+    return helper if helper is not None else LocalRecorder()
 
 
 def track_segment_run(
@@ -266,25 +265,33 @@ def track_segment_run(
     run_tags.update(tags or {})
     outputs = output_set(config)
     hook = _RegionTableHook(labels, regions, outputs)
+    recorder = _recorder(nested)
     try:
-        with tracking.run(experiment, run_name or f"segment {config.input.name}", run_tags, nested) as r:
-            import mlflow
-
-            _log_params(config, labels, regions)
-            summary = run(config, on_finished=hook, outputs=outputs)
-            metrics = _summary_metrics(summary)
-            mlflow.log_param("blend_resolved", summary.blend)
-            mlflow.log_param("resampled", summary.resampled or "no")
+        recorder.start(experiment, run_name or f"segment {config.input.name}", run_tags, nested)
+        recorder.log(params=_params(config, labels, regions))
+        summary = run(config, on_finished=hook, outputs=outputs)
+        metrics = _summary_metrics(summary)
+        params = {"blend_resolved": summary.blend, "resampled": summary.resampled or "no"}
+        with tempfile.TemporaryDirectory() as tmp:
             if hook.table is None:
-                mlflow.log_metrics(metrics)
+                recorder.log(params=params, metrics=metrics)
             else:
-                mlflow.log_metrics(metrics | _scalar_metrics("scene_", hook.table.scene_row()))
-                _log_region_table(hook.table, outputs.staged(csv_path), outputs.staged(geojson_path))
-                _log_preview(config, outputs.staged(config.output), hook.card)
-            finish(config, outputs)
-    except BaseException:
+                recorder.log(
+                    params=params,
+                    metrics=metrics | _scalar_metrics("scene_", hook.table.scene_row()),
+                    table=("regions/regions.json", hook.table.columns()),
+                    artifacts=[
+                        *_region_table_files(hook.table, *map(outputs.staged, (csv_path, geojson_path))),
+                        _preview_file(config, outputs.staged(config.output), hook.card, Path(tmp)),
+                    ],
+                )
+            run_id = recorder.sync()
+        finish(config, outputs)
+    except BaseException as exc:
         outputs.discard()
+        recorder.end(tracking.end_status(exc))
         raise
+    recorder.end(tracking.end_status(None))
     if hook.table is None:
-        return TrackedSegment(summary, r.info.run_id, None, None, None)
-    return TrackedSegment(summary, r.info.run_id, hook.table, csv_path, geojson_path)
+        return TrackedSegment(summary, run_id, None, None, None)
+    return TrackedSegment(summary, run_id, hook.table, csv_path, geojson_path)
