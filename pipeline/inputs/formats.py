@@ -108,12 +108,17 @@ def _describe_local(path: Path, spacing: Sequence[float] | None) -> InputDescrip
 
 
 def ingest_input(
-    description: InputDescription, store_path: str | os.PathLike[str], chunk: int, copy: bool = False
+    description: InputDescription,
+    store_path: str | os.PathLike[str],
+    chunk: int,
+    copy: bool = False,
+    local_readers: bool = True,
 ) -> SceneStore:
     """The described input's scene store (or one with the same content already there).
 
-    A tiled GeoTIFF / COG is read in place unless ``copy``; anything else is copied in.
+    A tiled GeoTIFF / COG is read in place unless ``copy`` (or, for a local file, unless
+    blocks may run on other machines: ``local_readers`` False); anything else is copied in.
     """
     if description.volume is not None:
         return ingest_volume(description.volume, store_path, chunk)
-    return ingest_raster(description.path, store_path, chunk=chunk, copy=copy)
+    return ingest_raster(description.path, store_path, chunk=chunk, copy=copy, local_readers=local_readers)

@@ -84,15 +84,17 @@ def reusable_store(
     return store if same else None
 
 
-def tiled_source_for(info: RasterInfo, store_path: Where) -> TiledSource | None:
+def tiled_source_for(info: RasterInfo, store_path: Where, local_readers: bool = True) -> TiledSource | None:
     """How a scene store at ``store_path`` can read ``info``'s raster in place, or None (copy it).
 
-    In place: a tiled GeoTIFF that every reader of the store can reach, i.e. a URL,
-    or a local file with the store on the local (or a shared) filesystem.
+    In place: a tiled GeoTIFF that every reader of the store can reach, i.e. a URL, or
+    a local file when the store is local too and ``local_readers`` (every block runs on
+    this machine: no Ray cluster joined, whose other nodes may not see the file).
     """
     if not info.tiled:
         return None
-    if isinstance(store_path, ObjectLocation) and not isinstance(info.path, ObjectLocation):
+    local_file = not isinstance(info.path, ObjectLocation)
+    if local_file and (isinstance(store_path, ObjectLocation) or not local_readers):
         return None
     return TiledSource(str(info.path.resolve()), info.bands, info.has_mask)
 
@@ -104,16 +106,18 @@ def ingest_raster(
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
     copy: bool = False,
+    local_readers: bool = True,
 ) -> SceneStore:
     """A scene store for a GDAL-readable raster: read in place (a tiled GeoTIFF), or a copy.
 
-    An identical store already there is reused. ``copy``: copy even a tiled file.
+    An identical store already there is reused. ``copy``: copy even a tiled file;
+    ``local_readers``: see :func:`tiled_source_for`.
     """
     info = inspect_raster(path)
     store_path = location(store_path)
     source_id = content_id(info.path)
     chunks = (chunk, chunk)
-    source = None if copy else tiled_source_for(info, store_path)
+    source = None if copy else tiled_source_for(info, store_path, local_readers)
     recorded = None if source is None else source.attrs()
     if (store := reusable_store(store_path, source_id, chunks, tiled_source=recorded)) is not None:
         return store

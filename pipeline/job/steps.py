@@ -10,6 +10,7 @@ the Ray executor can replace :func:`~pipeline.execution.in_process.run_blocks_in
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,7 +52,15 @@ def ingest_scene(config: SegmentConfig, checked: CheckedInput) -> SceneStore:
     work.mkdir(parents=True, exist_ok=True)
     _, chunk = config.block_and_chunk(checked.info.spatial_dims)
     try:
-        return ingest_input(checked.info, work / "scene.zarr", chunk=chunk, copy=config.copy_input)
+        # Other nodes of a joined Ray cluster may not see this machine's files.
+        joins_cluster = bool(config.ray_address or os.environ.get("RAY_ADDRESS"))
+        return ingest_input(
+            checked.info,
+            work / "scene.zarr",
+            chunk=chunk,
+            copy=config.copy_input,
+            local_readers=not joins_cluster,
+        )
     except BaseException:
         if fresh:  # nothing of this run is worth resuming: leave no trace
             remove_tree(work)

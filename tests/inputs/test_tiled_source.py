@@ -182,3 +182,22 @@ def test_a_truncated_tiled_file_is_refused_before_any_work(tmp_path):
     with pytest.raises(InputError, match=r"cut.tif: truncated file: band \d's tile at row \d, column \d"):
         ingest_raster(source, tmp_path / "scene.zarr", chunk=96)
     assert not (tmp_path / "scene.zarr").exists()
+
+
+def test_a_local_file_is_copied_when_blocks_may_run_on_other_nodes(tiny_checkpoint, tmp_path, monkeypatch):
+    from pipeline.job.checks import check_inputs
+    from pipeline.job.steps import ingest_scene
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    source = write_raster(tmp_path / "scene.tif", _data(), blockxsize=64, blockysize=64)
+
+    def ingested(name: str, **kw) -> SceneStore:
+        config = SegmentConfig(
+            input=source, model=str(tiny_checkpoint), output=tmp_path / f"{name}.tif", quiet=True, **kw
+        )
+        return ingest_scene(config, check_inputs(config))
+
+    assert ingested("here").source is not None
+    assert ingested("cluster", ray_address="10.0.0.1:6379").source is None
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert ingested("env").source is None
