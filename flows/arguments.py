@@ -235,7 +235,8 @@ ENGINE_HELP: dict[str, Option] = {
         "/ COG, which is otherwise read in place from its own tiles (`pipeline/inputs/tiled_source.py`); "
         "for a source on slow or metered storage, since blocks read their overlapping edges twice. "
         "Striped files, VRTs and other formats are always copied, and so is a local file when the "
-        "work folder is on object storage (workers on other nodes could not reach it)",
+        "work folder is on object storage or the run joins a Ray cluster (workers on other nodes "
+        "may not reach it)",
     ),
     "tta": Option(
         "flip test-time augmentation (2^D passes per tile)",
