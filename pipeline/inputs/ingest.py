@@ -126,19 +126,6 @@ def ingest_raster(
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with open_raster(info.path) as src:
                 check_tiles_present(src, info.path, info.bands)
-        writer = SceneStoreWriter(
-            store_path,
-            num_bands=len(info.bands),
-            spatial_shape=(info.height, info.width),
-            dtype=info.dtype,
-            chunk=chunks,
-            with_mask=info.has_mask,
-            attrs={**info.attrs(), "source_id": source_id},
-            source=source,
-        )
-        if on_progress is not None:
-            on_progress(info.height * info.width)
-        return writer.commit()
     writer = SceneStoreWriter(
         store_path,
         num_bands=len(info.bands),
@@ -147,7 +134,12 @@ def ingest_raster(
         chunk=chunks,
         with_mask=info.has_mask,
         attrs={**info.attrs(), "source_id": source_id},
+        source=source,
     )
+    if source is not None:
+        if on_progress is not None:
+            on_progress(info.height * info.width)
+        return writer.commit()
     return copy_raster(info, writer, chunk, workers=workers, on_progress=on_progress)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,17 +157,36 @@ def read_window(
     src: rasterio.DatasetReader, info: RasterInfo, rows: tuple[int, int], cols: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Read image bands and the valid mask of one window; corrupt data raises InputError."""
+    return read_bands(src, info.path, info.bands, info.has_mask, rows, cols)
+
+
+def read_bands(
+    src: rasterio.DatasetReader,
+    where: Where,
+    bands: Sequence[int],
+    has_mask: bool,
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+    mask_bands: Sequence[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """1-based ``bands`` of one window and its valid mask (None without ``has_mask``).
+
+    A float pixel that is NaN or infinite in any of ``mask_bands`` (default: ``bands``)
+    is invalid too. Corrupt data raises InputError naming ``where`` and the window.
+    """
     window = rasterio.windows.Window(cols[0], rows[0], cols[1] - cols[0], rows[1] - rows[0])
     try:
-        image = src.read(list(info.bands), window=window)
+        image = src.read(list(bands), window=window)
         valid = None
-        if info.has_mask:
+        if has_mask:
             valid = src.dataset_mask(window=window) > 0
             if np.issubdtype(image.dtype, np.floating):
-                valid &= np.isfinite(image).all(axis=0)
+                same = mask_bands is None or list(mask_bands) == list(bands)
+                every = image if same else src.read(list(mask_bands), window=window)
+                valid &= np.isfinite(every).all(axis=0)
     except RasterioIOError as exc:
         raise InputError(
-            f"{info.path}: cannot read rows {rows[0]}–{rows[1]}, columns {cols[0]}–{cols[1]} "
+            f"{where}: cannot read rows {rows[0]}–{rows[1]}, columns {cols[0]}–{cols[1]} "
             f"(truncated or corrupt file: {gdal_reason(exc)})"
         ) from None
     return image, valid

@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import rasterio
 from rasterio.enums import Interleaving
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning
 
 from pipeline.errors import InputError
-from pipeline.inputs.raster import gdal_reason
+from pipeline.inputs.raster import read_bands
 from pipeline.stores.location import ObjectLocation, Where, location
 from pipeline.stores.object_storage_settings import open_raster
 from pipeline.tiling.regions import Region
@@ -91,23 +91,9 @@ class TiledSource:
         The mask is computed over every scene band, whichever are read, so it is the
         one ingest would have stored; a float band's NaN or infinity is invalid.
         """
-        (r0, r1), (c0, c1) = region
-        window = rasterio.windows.Window(c0, r0, c1 - c0, r1 - r0)
+        rows, cols = region
         wanted = list(self.bands) if bands is None else [self.bands[int(b)] for b in bands]
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with open_raster(self.location) as src:
-                    image = src.read(wanted, window=window)
-                    if not self.has_mask:
-                        return image, None
-                    valid = src.dataset_mask(window=window) > 0
-                    if np.issubdtype(image.dtype, np.floating):
-                        every = image if bands is None else src.read(list(self.bands), window=window)
-                        valid &= np.isfinite(every).all(axis=0)
-        except RasterioIOError as exc:
-            raise InputError(
-                f"{self.location}: cannot read rows {r0}–{r1}, columns {c0}–{c1} "
-                f"(truncated or corrupt file: {gdal_reason(exc)})"
-            ) from None
-        return image, valid
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with open_raster(self.location) as src:
+                return read_bands(src, self.location, wanted, self.has_mask, rows, cols, self.bands)
