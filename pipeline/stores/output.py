@@ -79,7 +79,8 @@ class OutputStore:
                 pass
             remove_tree(path)
         group = zarr.open_group(str(path), mode="w", zarr_format=3)
-        _create_arrays(group, plan, num_classes, with_probabilities, with_uncertainty)
+        sharded = isinstance(path, ObjectLocation)
+        _create_arrays(group, plan, num_classes, with_probabilities, with_uncertainty, sharded)
         nodata = label_nodata(num_classes)
         group.attrs.update(
             {
@@ -153,17 +154,31 @@ def _piece_name(index: Sequence[int]) -> str:
 
 
 def _create_arrays(
-    group: zarr.Group, plan: BlockPlan, num_classes: int, with_probabilities: bool, with_uncertainty: bool
+    group: zarr.Group,
+    plan: BlockPlan,
+    num_classes: int,
+    with_probabilities: bool,
+    with_uncertainty: bool,
+    sharded: bool = False,
 ) -> None:
-    """The store's arrays, empty: labels, the optional maps, per-block label statistics and done flags."""
+    """The store's arrays, empty: labels, the optional maps, per-block label statistics and done flags.
+
+    ``sharded`` (a store on object storage): the pixel arrays keep their chunks but
+    store a block's chunks in one object (a Zarr shard), so a block is a few PUTs
+    instead of one per chunk; a block writes its whole shard at once.
+    """
     shape = plan.grid.shape
     chunks = tuple(min(c, s) for c, s in zip(plan.chunk_shape, shape))
+    shards = (
+        tuple(min(b, -(-s // c) * c) for b, c, s in zip(plan.block_shape, chunks, shape)) if sharded else None
+    )
     dims = tuple("zyx"[-len(shape) :])
     nodata = label_nodata(num_classes)
     group.create_array(
         "labels",
         shape=shape,
         chunks=chunks,
+        shards=shards,
         dtype=label_dtype(num_classes),
         fill_value=nodata,
         compressors=COMPRESSORS,
@@ -174,6 +189,7 @@ def _create_arrays(
             "probabilities",
             shape=(num_classes, *shape),
             chunks=(num_classes, *chunks),
+            shards=None if shards is None else (num_classes, *shards),
             dtype="float32",
             fill_value=np.nan,
             compressors=COMPRESSORS,
@@ -184,6 +200,7 @@ def _create_arrays(
             name,
             shape=shape,
             chunks=chunks,
+            shards=shards,
             dtype="float16",
             fill_value=np.nan,
             compressors=COMPRESSORS,
