@@ -300,10 +300,13 @@ def _stream_strips(labels: zarr.Array, dst: rasterio.io.DatasetWriter, pyramid: 
     thread reads the next strip and writes the full resolution.
     """
     shape = labels.shape
+    # A sharded store (on object storage) is read a shard row at a time: one request per
+    # shard instead of one per chunk.
+    step = labels.shards[0] if labels.shards is not None else COG_BLOCK
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gigaseg-overviews") as overviews:
         pushed: list[Future[None]] = []
-        for start in range(0, shape[0], COG_BLOCK):
-            rows = np.asarray(labels[start : start + COG_BLOCK, :])
+        for start in range(0, shape[0], step):
+            rows = np.asarray(labels[start : start + step, :])
             pushed.append(overviews.submit(pyramid.push, rows))
             dst.write(rows, 1, window=rasterio.windows.Window(0, start, shape[1], rows.shape[0]))
             if len(pushed) > 2:  # at most two strips queued: memory stays a few strips
