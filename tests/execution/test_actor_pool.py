@@ -78,5 +78,6 @@ def test_scenes_share_one_pool_load_the_model_once_and_a_corrupt_one_fails_alone
         assert export(job).labels.read_bytes() == references[i]
     assert export(later).labels.read_bytes() == references[0]
     assert len(actors) == 2
-    assert [a["models_loaded"] for a in actors] == [1, 1], "each actor loads the model once"
+    # each actor loads the model once, at its first block (one may take every block of a small scene)
+    assert all(a["models_loaded"] == (1 if a["scenes_attached"] else 0) for a in actors)
     assert sum(a["scenes_attached"] for a in actors) >= 5, "each actor served several scenes"

@@ -137,7 +137,10 @@ def test_ray_batch_matches_segmenting_alone_with_the_model_loaded_once_per_actor
     ]
     report = segment_scenes(configs, track=False)
     assert len(report.done) == 3 and not report.failed
-    assert len(report.actors) == 2 and all(a["models_loaded"] == 1 for a in report.actors)
+    # an actor loads the model at its first block, once; on a small batch one actor may
+    # take every block before the other has started
+    assert len(report.actors) == 2
+    assert all(a["models_loaded"] == (1 if a["scenes_attached"] else 0) for a in report.actors)
     assert sum(a["scenes_attached"] for a in report.actors) >= 3
     for scene in scenes:
         alone = _alone(scene, tiny_checkpoint, tmp_path / f"alone_{scene.name}")
