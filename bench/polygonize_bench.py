@@ -72,7 +72,7 @@ def write_class_map(path: Path, side: int) -> Path:
 def gigaseg_polygonize(raster: Path, out: Path, block: int) -> None:
     """What a ``--vector`` run does after inference: pieces per block, then the streamed merge and write."""
     from pipeline.exporters.polygon_pieces import BlockPolygons
-    from pipeline.exporters.polygon_stream import stream_regions, write_region_stream
+    from pipeline.exporters.polygon_stream import stream_features, write_region_stream
     from pipeline.exporters.polygons import VectorTarget
 
     pieces_dir = Path(tempfile.mkdtemp(prefix="polygon-pieces-", dir=out.parent))
@@ -89,7 +89,7 @@ def gigaseg_polygonize(raster: Path, out: Path, block: int) -> None:
             yield tuple(map(int, path.stem.split("_"))), path.read_bytes()
 
     names = ["water", "forest", "grassland", "cropland", "built-up"]
-    write_region_stream(stream_regions(load), transform, VectorTarget(out, crs, names, [(0, 0, 0)] * 5))
+    write_region_stream(stream_features(load, transform), VectorTarget(out, crs, names, [(0, 0, 0)] * 5))
     shutil.rmtree(pieces_dir)
 
 

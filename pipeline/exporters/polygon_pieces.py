@@ -78,20 +78,22 @@ class BlockPolygons:
         return buffer.getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> BlockPolygons:
-        """Read back what :meth:`to_bytes` wrote."""
+    def from_bytes(cls, data: bytes, geometries: bool = True) -> BlockPolygons:
+        """Read back what :meth:`to_bytes` wrote (without the polygons, which are most of it,
+        unless ``geometries``)."""
         with np.load(io.BytesIO(data)) as z:
-            blob = z["wkb"].tobytes()
-            ends = np.cumsum(z["wkb_sizes"])
-            geometries = np.empty(len(ends), dtype=object)
-            geometries[:] = [blob[e - s : e] for e, s in zip(ends, z["wkb_sizes"])]
+            wkb = np.empty(len(z["classes"]) if geometries else 0, dtype=object)
+            if geometries:
+                blob = z["wkb"].tobytes()
+                ends = np.cumsum(z["wkb_sizes"])
+                wkb[:] = [blob[e - s : e] for e, s in zip(ends, z["wkb_sizes"])]
             return cls(
                 tuple(int(v) for v in z["origin"]),
                 tuple(int(v) for v in z["shape"]),
                 z["classes"],
                 z["pixels"],
                 z["probability_sums"],
-                geometries,
+                wkb,
                 {k: z[f"side_{k}"] for k in ("top", "bottom", "left", "right")},
             )
 

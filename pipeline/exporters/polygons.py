@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import shapely
@@ -35,6 +36,9 @@ from pipeline.errors import InputError
 from pipeline.exporters.polygon_pieces import BlockPolygons
 from pipeline.exporters.qgis_style import polygons_qml
 from pipeline.stores.transfer import write_text_atomically
+
+if TYPE_CHECKING:
+    from pipeline.exporters.polygon_stream import Features
 
 VECTOR_DRIVERS = {".gpkg": "GPKG", ".fgb": "FlatGeobuf", ".parquet": "Parquet"}
 LAYER = "classes"
@@ -238,11 +242,23 @@ def clean(regions: Regions, options: PolygonOptions, pixel_area: float, pixel_si
     return regions
 
 
+def affine_points(points: np.ndarray, transform: Sequence[float]) -> np.ndarray:
+    """Points ``(n, 2)`` (x = column, y = row) → the raster's CRS through its affine transform
+    (GDAL order: ``x' = a·x + b·y + c``, ``y' = d·x + e·y + f``)."""
+    a, b, c, d, e, f = (float(v) for v in transform[:6])
+    x, y = points[:, 0], points[:, 1]
+    return np.stack([a * x + b * y + c, d * x + e * y + f], axis=1)
+
+
 def to_crs(geometries: np.ndarray, transform: Sequence[float]) -> np.ndarray:
     """Pixel coordinates → the raster's CRS through its affine transform."""
-    a, b, c, d, e, f = transform[:6]
-    matrix = np.array([[a, d], [b, e]])
-    return shapely.transform(geometries, lambda xy: xy @ matrix + np.array([c, f]))
+    return shapely.transform(geometries, lambda xy: affine_points(xy, transform))
+
+
+def pixel_area(transform: Sequence[float]) -> float:
+    """The area of one pixel in CRS units² (the transform's determinant)."""
+    a, b, _, d, e, _ = transform[:6]
+    return abs(a * e - b * d)
 
 
 def read_pieces(load: Iterable[tuple[tuple[int, int], bytes]]) -> dict[tuple[int, int], BlockPolygons]:
@@ -261,14 +277,14 @@ class VectorTarget:
 
 
 def feature_fields(
-    regions: Regions, geometries: np.ndarray, class_names: Sequence[str]
+    regions: Regions | Features, area: np.ndarray, class_names: Sequence[str]
 ) -> dict[str, np.ndarray]:
-    """The features' attribute columns; ``geometries`` are the regions' in the CRS (for the area)."""
+    """The features' attribute columns, ``area`` in CRS units²."""
     names = np.array(list(class_names), dtype=object)
     return {
         "class_id": regions.classes.astype(np.int32),
         "class_name": names[regions.classes] if len(regions.classes) else np.zeros(0, object),
-        "area": shapely.area(geometries),
+        "area": np.asarray(area, dtype=np.float64),
         "mean_probability": regions.probability_sums / np.maximum(regions.pixels, 1),
         "pixels": regions.pixels.astype(np.int64),
     }
@@ -298,7 +314,7 @@ def write_regions(regions: Regions, transform: Sequence[float], target: VectorTa
     geometries = to_crs(regions.geometries, transform)
     order = np.lexsort((shapely.bounds(regions.geometries)[:, 0], shapely.bounds(regions.geometries)[:, 1]))
     geometries, r = geometries[order], regions.take(order)
-    fields = feature_fields(r, geometries, target.class_names)
+    fields = feature_fields(r, shapely.area(geometries), target.class_names)
     with staged_vector(target) as (tmp, driver):
         if driver == "Parquet":
             _write_geoparquet(tmp, geometries, fields, target.crs_wkt)

@@ -263,12 +263,13 @@ def _export_polygons(job: Job, vector: Path) -> None:
     Without cleaning options the regions stream from the pieces to the file (memory bounded
     by the regions still open); cleaning looks at neighbours anywhere, so it holds them all.
     """
-    from pipeline.exporters.polygon_stream import stream_regions, write_region_stream
+    from pipeline.exporters.polygon_stream import stream_features, write_region_stream
     from pipeline.exporters.polygons import (
         PolygonOptions,
         VectorTarget,
         clean,
         merge_pieces,
+        pixel_area,
         read_pieces,
         write_regions,
     )
@@ -280,13 +281,12 @@ def _export_polygons(job: Job, vector: Path) -> None:
         config.vector_min_area, config.vector_small, config.vector_fill_holes, config.vector_simplify
     )
     if not options.cleans:
-        regions = stream_regions(lambda: job.store.polygon_pieces(job.plan))
-        write_region_stream(regions, attrs["transform"], target)
+        features = stream_features(lambda: job.store.polygon_pieces(job.plan), attrs["transform"])
+        write_region_stream(features, target)
     else:
         merged = merge_pieces(read_pieces(job.store.polygon_pieces(job.plan)))
-        a, b, _, d, e, _ = attrs["transform"][:6]
-        pixel_area = abs(a * e - b * d)
-        write_regions(clean(merged, options, pixel_area, pixel_area**0.5), attrs["transform"], target)
+        area = pixel_area(attrs["transform"])
+        write_regions(clean(merged, options, area, area**0.5), attrs["transform"], target)
     job.timings["polygons"] = time.perf_counter() - t0
 
 

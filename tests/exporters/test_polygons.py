@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.exporters.polygon_pieces import BlockPolygons
-from pipeline.exporters.polygon_stream import stream_regions, write_region_stream
+from pipeline.exporters.polygon_stream import Features, ring_block_wkb, stream_features, write_region_stream
 from pipeline.exporters.polygons import (
     PolygonOptions,
     Regions,
@@ -146,15 +146,16 @@ def _pieces(labels: np.ndarray, top: np.ndarray | None, block: int) -> dict[tupl
 
 
 def _streamed(pieces: dict[tuple[int, int], bytes], batch_size: int) -> Regions:
-    batches = list(stream_regions(lambda: sorted(pieces.items()), batch_size))
+    """The streamed features in pixel coordinates (identity transform), as regions."""
+    batches = list(stream_features(lambda: sorted(pieces.items()), (1, 0, 0, 0, 1, 0), batch_size))
     if not batches:
         return Regions(np.zeros(0, object), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
-    return Regions(
-        *(
-            np.concatenate(column)
-            for column in zip(*((b.geometries, b.classes, b.pixels, b.probability_sums) for b in batches))
-        )
-    )
+    columns = [
+        np.concatenate(c) for c in zip(*((b.wkb, b.classes, b.pixels, b.probability_sums) for b in batches))
+    ]
+    for b in batches:
+        assert np.array_equal(b.area, b.pixels)  # a pixel-aligned polygon's area is its pixel count
+    return Regions(shapely.from_wkb(columns[0]), *columns[1:])
 
 
 @settings(max_examples=40, deadline=None)
@@ -213,8 +214,7 @@ def test_streamed_layer_has_the_features_of_the_in_memory_layer(tmp_path, suffix
         VectorTarget(tmp_path / f"whole{suffix}", CRS.from_string(crs).to_wkt(), names, colors),
     )
     streamed = write_region_stream(
-        stream_regions(lambda: sorted(pieces.items()), 5),
-        transform,
+        stream_features(lambda: sorted(pieces.items()), transform, 5),
         VectorTarget(tmp_path / f"streamed{suffix}", CRS.from_string(crs).to_wkt(), names, colors),
     )
     assert _features(streamed) == _features(whole) and len(_features(whole)) > 50
@@ -225,10 +225,51 @@ def test_streamed_layer_has_the_features_of_the_in_memory_layer(tmp_path, suffix
 
 def test_a_stream_that_fails_midway_leaves_no_layer(tmp_path):
     def batches():
-        yield Regions(np.array([shapely.box(0, 0, 1, 1)]), np.array([0]), np.array([1]), np.array([1.0]))
+        one = np.array([1])
+        yield Features(
+            shapely.to_wkb(np.array([shapely.box(0, 0, 1, 1)])), one * 0, one, one * 1.0, one * 1.0
+        )
         raise OSError("a piece could not be read")
 
     target = VectorTarget(tmp_path / "out.gpkg", None, ["a"], [(1, 2, 3)])
     with pytest.raises(OSError):
-        write_region_stream(batches(), (1.0, 0.0, 0.0, 0.0, -1.0, 0.0), target)
+        write_region_stream(batches(), target)
     assert list(tmp_path.iterdir()) == []
+
+
+@st.composite
+def _polygons_with_holes(draw):
+    """A box with up to 6 square holes at random places inside it (ring lengths vary by
+    collinear points added along the exterior)."""
+    x0, y0 = draw(st.integers(-1000, 1000)), draw(st.integers(-1000, 1000))
+    size = draw(st.integers(20, 60))
+    extra = draw(st.integers(0, 5))
+    top = [(x0 + size * k / (extra + 1), y0 + size) for k in range(extra + 1)]
+    exterior = [(x0, y0), (x0 + size, y0), (x0 + size, y0 + size), *reversed(top[1:]), (x0, y0 + size)]
+    holes = []
+    for i in range(draw(st.integers(0, 6))):
+        hx, hy = x0 + 2 + 3 * i, y0 + 2 + draw(st.integers(0, size - 6))
+        holes.append([(hx, hy), (hx, hy + 1), (hx + 1, hy + 1), (hx + 1, hy)])
+    return shapely.Polygon(exterior, holes)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_polygons_with_holes())
+def test_ring_blocks_make_the_wkb_shapely_makes(polygon):
+    import struct
+
+    rings = shapely.get_rings(polygon)
+    body = ring_block_wkb(shapely.get_coordinates(rings), shapely.get_num_coordinates(rings))
+    assert struct.pack("<BII", 1, 3, len(rings)) + body == shapely.to_wkb(polygon, byte_order=1)
+
+
+def test_a_region_across_every_block_is_one_feature_with_every_hole(tmp_path):
+    """Its holes wait in the spill file (in ``tmp_path``) until its last block."""
+    labels = np.zeros((60, 60), dtype=np.uint8)
+    labels[5:55:4, 5:55:4] = 1  # 13 × 13 one-pixel holes, in every block
+    pieces = _pieces(labels, None, 16)
+    batches = list(stream_features(lambda: sorted(pieces.items()), (2, 0, 100, 0, -2, 500), 3, tmp_path))
+    region = [shapely.from_wkb(w) for b in batches for w, c in zip(b.wkb, b.classes) if c == 0]
+    assert len(region) == 1 and region[0].is_valid and len(region[0].interiors) == 169
+    assert region[0].area == (60 * 60 - 169) * 4 and region[0].bounds == (100, 380, 220, 500)
+    assert sum(int(b.pixels[b.classes == 1].sum()) for b in batches) == 169
