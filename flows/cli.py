@@ -16,7 +16,7 @@ from pathlib import Path
 
 from flows import model_commands
 from flows.prefect_server import use_prefect_api
-from flows.script import prepare_process, run_command, say
+from flows.script import prepare_process, quiet_when_the_reader_goes, run_command, say
 from pipeline.errors import InputError
 from pipeline.tracking.recorder import discard_helper, start_helper
 
@@ -278,9 +278,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     start_early(argv)
     try:
-        prepare_process()
-        args = build_parser().parse_args(argv)
-        return run_command(args.func, args)
+        with quiet_when_the_reader_goes():
+            prepare_process()
+            args = build_parser().parse_args(argv)
+            return run_command(args.func, args)
     finally:
         discard_helper()
 

@@ -1,7 +1,8 @@
 """Running a command the way ``gigaseg`` promises, for the command line and the flow scripts alike.
 
 User mistakes (bad files, bad options) print one line, ``gigaseg: <what is wrong>``, and
-exit with status 2; Ctrl-C exits with 130 and says how to resume. The flow scripts
+exit with status 2; Ctrl-C exits with 130 and says how to resume; a reader that closes
+early (``gigaseg models | head -1``) ends the command quietly, with status 1. The flow scripts
 (``python flows/segment_scene.py ARGS``, what ``ray submit`` runs) use this module, not
 the command line, so each script's module is loaded once, as ``__main__``.
 """
@@ -10,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import functools
 import gc
 import logging
+import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from flows.prefect_server import use_prefect_api
 from pipeline.errors import expected_failure
@@ -23,6 +26,7 @@ from pipeline.execution.process_memory import bound_process_memory
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_READER_GONE = 1
 
 Command = Callable[[argparse.Namespace], "int | None"]
 
@@ -65,6 +69,25 @@ def prepare_process() -> None:
     bound_process_memory()
 
 
+@contextlib.contextmanager
+def quiet_when_the_reader_goes() -> Iterator[None]:
+    """End quietly with status 1 when standard output's reader has closed (a pipe into ``head``).
+
+    Standard output is flushed inside, so a missed write fails here and not at exit;
+    then it is pointed at devnull, so the interpreter's own last flush cannot fail
+    again. Python's documentation recommends this and status 1 (``signal``, note on SIGPIPE).
+    """
+    try:
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(EXIT_READER_GONE)
+
+
 def run_command(command: Command, args: argparse.Namespace) -> int:
     """Run ``command``: an expected failure becomes one line and status 2, Ctrl-C status 130.
 
@@ -99,4 +122,5 @@ def run_script(
         use_prefect_api()  # the same Prefect API as `gigaseg NAME` (Prefect, imported already, re-reads it)
         return command(args)
 
-    return run_command(on_the_prefect_api, parser.parse_args(sys.argv[1:] if argv is None else argv))
+    with quiet_when_the_reader_goes():
+        return run_command(on_the_prefect_api, parser.parse_args(sys.argv[1:] if argv is None else argv))

@@ -3,7 +3,8 @@
 ``process_new_imagery`` scans a folder (or any fsspec URL such as ``s3://bucket/scenes``
 when the matching filesystem package is installed) for files matching a pattern,
 looks each one up in the ledger kept in the output folder (content identity, so
-renames are not reprocessed and edits are), and segments what is new, a bounded
+renames are not reprocessed and edits are; and the settings, so a changed model or
+option reprocesses), and segments what is new, a bounded
 number at a time, all of a scan on one actor pool that loads the model once
 (:class:`~pipeline.execution.scene_batch.SceneBatch`). A scene that fails (a corrupt
 file) is recorded and reported; the others finish. ``gigaseg watch`` runs it once
@@ -39,18 +40,18 @@ from pipeline.stores.location import Where, location
 from pipeline.watch.ledger import open_ledger
 from pipeline.watch.report import WatchReport
 from pipeline.watch.scan import DOWNLOADS, Scene, new_or_changed, scan, scene_input
-from pipeline.watch.settings import WatchSettings, scene_config, segment_options
+from pipeline.watch.settings import WatchSettings, scene_config, segment_options, settings_id
 
 
 @task(name="segment-new-scene", cache_policy=NONE, persist_result=False)
-def segment_new_scene(scene: Scene, output: Where, model: str, options: dict[str, Any]) -> str:
-    """Segment one scene into ``output``, recording start and outcome in the ledger of its folder.
+def segment_new_scene(scene: Scene, output: Where, model: str, options: dict[str, Any], settings: str) -> str:
+    """Segment one scene into ``output``, recording start, outcome and ``settings`` in its folder's ledger.
 
     A remote raster is read in place; a remote volume is copied to scratch space beside a
     local output (a private temporary folder when the output is on object storage).
     """
     ledger = open_ledger(output.parent)
-    recorded = ledger.processing(scene.url, scene.content_id, str(output))
+    recorded = ledger.processing(scene.url, scene.content_id, str(output), settings)
     scratch = output.parent / DOWNLOADS if isinstance(output, Path) else None
     with recorded, scene_input(scene, scratch, options.get("spacing")) as source:
         config = scene_config(source, model, output, options)
@@ -74,8 +75,9 @@ def process_new_imagery(
     opts = segment_options(options)
     out_dir = location(output_dir).resolve()
     ledger = open_ledger(out_dir)
+    settings = settings_id(model, opts)
     scenes = scan(input_url, pattern, ledger, min_age_seconds, exclude=str(out_dir))
-    todo = new_or_changed(scenes, ledger)
+    todo = new_or_changed(scenes, ledger, settings)
     report = WatchReport(unchanged=len(scenes) - len(todo))
     logger.info("%d scene(s) found, %d new or changed", len(scenes), len(todo))
     batch = SceneBatch(workers_or_env(opts.get("workers")), opts.get("ray_address"), max_concurrent)
@@ -88,6 +90,7 @@ def process_new_imagery(
                     "output": s.output_in(out_dir),
                     "model": model,
                     "options": opts,
+                    "settings": settings,
                 },
             )
             for s in todo

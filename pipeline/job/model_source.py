@@ -114,6 +114,17 @@ def model_identity(source: str, seed: int, model: SegmentationModel) -> str:
     """What identifies the weights, for output fingerprints."""
     if source.startswith(ARCH_PREFIX):
         return f"{source}|seed={seed}|{sorted(model.config.items())}"
+    return weights_identity(source)
+
+
+def weights_identity(source: str) -> str:
+    """What identifies the weights of ``-m`` without loading them.
+
+    A file's bytes (and its card's), or the registered version a ``models:/`` URI
+    resolves to now; ``arch:NAME`` is its own name (its weights are seeded).
+    """
+    if source.startswith(ARCH_PREFIX):
+        return source
     from models.formats.sidecar import sidecar_path
     from pipeline.inputs.ingest import content_id
 

@@ -3,8 +3,12 @@
 A scene is identified by its content (BLAKE2b of its bytes), not its name: a
 renamed copy is not processed again, and a file whose bytes change is. Hashing
 is skipped when a file's size and modification time match what the ledger saw
-last time. A scene that failed is not retried for the same content (a corrupt
-file stays skipped until it is replaced); ``forget`` clears that.
+last time. Each record also keeps the settings its output was made with (a
+``settings_id``: :func:`pipeline.watch.settings.settings_id`), so a scene is
+segmented again when the model or an option that shapes the output changes; a
+record written before settings were kept has none, and so counts as made with
+other settings. A scene that failed is not retried for the same content and
+settings (a corrupt file stays skipped until it is replaced); ``forget`` clears that.
 
 A local output folder keeps the ledger in one SQLite file (:class:`SceneLedger`;
 SQLite's own locking serialises the scenes that update it at once). Object storage
@@ -45,6 +49,7 @@ CREATE TABLE IF NOT EXISTS scenes (
     message TEXT,
     started REAL,
     finished REAL,
+    settings_id TEXT,
     PRIMARY KEY (source, content_id)
 );
 CREATE TABLE IF NOT EXISTS seen (
@@ -65,6 +70,12 @@ class LedgerEntry:
     status: str
     output: str | None
     message: str | None
+    settings_id: str | None = None
+    """The settings the output was made with; None in a record older than that."""
+
+    def needs_processing(self, settings_id: str) -> bool:
+        """True unless done or failed with these settings (an interrupted run is redone)."""
+        return self.status == "running" or self.settings_id != settings_id
 
 
 def failure_reason(error: BaseException) -> str:
@@ -82,6 +93,7 @@ class SceneLedger:
         self.path = os.fspath(path)
         with self._db() as db:
             db.executescript(_SCHEMA)
+            _add_settings_column(db)
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -112,24 +124,23 @@ class SceneLedger:
         """The record of this content at this source, if any."""
         with self._db() as db:
             row = db.execute(
-                "SELECT source, content_id, status, output, message FROM scenes "
-                "WHERE source = ? AND content_id = ?",
+                f"SELECT {_COLUMNS} FROM scenes WHERE source = ? AND content_id = ?",
                 (source, content_id),
             ).fetchone()
         return LedgerEntry(*row) if row else None
 
-    def needs_processing(self, source: str, content_id: str) -> bool:
-        """True unless this content was already segmented or already failed (an interrupted run is redone)."""
+    def needs_processing(self, source: str, content_id: str, settings_id: str) -> bool:
+        """True unless this content was already segmented, or failed, with these settings."""
         entry = self.get(source, content_id)
-        return entry is None or entry.status == "running"
+        return entry is None or entry.needs_processing(settings_id)
 
-    def start(self, source: str, content_id: str, output: str) -> None:
+    def start(self, source: str, content_id: str, output: str, settings_id: str) -> None:
         """Record that processing began (a crash leaves ``running``, which the next scan redoes)."""
         with self._db() as db:
             db.execute(
-                "INSERT OR REPLACE INTO scenes (source, content_id, status, output, started) "
-                "VALUES (?, ?, 'running', ?, ?)",
-                (source, content_id, output, time.time()),
+                "INSERT OR REPLACE INTO scenes (source, content_id, status, output, started, settings_id) "
+                "VALUES (?, ?, 'running', ?, ?, ?)",
+                (source, content_id, output, time.time(), settings_id),
             )
 
     def finish(self, source: str, content_id: str, ok: bool, message: str | None = None) -> None:
@@ -141,9 +152,9 @@ class SceneLedger:
             )
 
     @contextmanager
-    def processing(self, source: str, content_id: str, output: str) -> Iterator[None]:
+    def processing(self, source: str, content_id: str, output: str, settings_id: str) -> Iterator[None]:
         """Record the start, then the outcome of the body: done, or failed with the error's first line."""
-        self.start(source, content_id, output)
+        self.start(source, content_id, output, settings_id)
         try:
             yield
         except BaseException as exc:
@@ -161,10 +172,23 @@ class SceneLedger:
     def entries(self) -> list[LedgerEntry]:
         """Every record, oldest first."""
         with self._db() as db:
-            rows = db.execute(
-                "SELECT source, content_id, status, output, message FROM scenes ORDER BY started"
-            ).fetchall()
+            rows = db.execute(f"SELECT {_COLUMNS} FROM scenes ORDER BY started").fetchall()
         return [LedgerEntry(*r) for r in rows]
+
+
+_COLUMNS = "source, content_id, status, output, message, settings_id"
+"""A :class:`LedgerEntry`'s columns, in its order."""
+
+
+def _add_settings_column(db: sqlite3.Connection) -> None:
+    """Give a ledger written before settings were kept their column (its records: settings unknown)."""
+    if "settings_id" in {row[1] for row in db.execute("PRAGMA table_info(scenes)")}:
+        return
+    try:
+        db.execute("ALTER TABLE scenes ADD COLUMN settings_id TEXT")
+    except sqlite3.OperationalError as exc:
+        if "duplicate column" not in str(exc):  # another process added it first
+            raise
 
 
 def _key(*parts: str) -> str:
@@ -238,16 +262,16 @@ class ObjectLedger:
         row = self._all("scenes").get(_key(source, content_id))
         return _entry(row) if row else None
 
-    def needs_processing(self, source: str, content_id: str) -> bool:
-        """True unless this content was already segmented or already failed (an interrupted run is redone)."""
+    def needs_processing(self, source: str, content_id: str, settings_id: str) -> bool:
+        """True unless this content was already segmented, or failed, with these settings."""
         entry = self.get(source, content_id)
-        return entry is None or entry.status == "running"
+        return entry is None or entry.needs_processing(settings_id)
 
-    def start(self, source: str, content_id: str, output: str) -> None:
+    def start(self, source: str, content_id: str, output: str, settings_id: str) -> None:
         """Record that processing began (a crash leaves ``running``, which the next scan redoes)."""
         record = {
             "source": source, "content_id": content_id, "status": "running", "output": output,
-            "message": None, "started": time.time(), "finished": None,
+            "message": None, "started": time.time(), "finished": None, "settings_id": settings_id,
         }  # fmt: skip
         self._put("scenes", _key(source, content_id), record)
 
@@ -277,7 +301,8 @@ class ObjectLedger:
 
 
 def _entry(row: dict[str, Any]) -> LedgerEntry:
-    return LedgerEntry(row["source"], row["content_id"], row["status"], row.get("output"), row.get("message"))
+    optional = (row.get(name) for name in ("output", "message", "settings_id"))
+    return LedgerEntry(row["source"], row["content_id"], row["status"], *optional)
 
 
 Ledger = SceneLedger | ObjectLedger

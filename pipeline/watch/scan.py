@@ -161,9 +161,13 @@ def _scan_listing(url: str) -> list[Scene]:
     return found
 
 
-def new_or_changed(scenes: list[Scene], ledger: Ledger) -> list[Scene]:
-    """The scenes whose content was neither segmented nor failed yet (an interrupted one is redone)."""
-    return [s for s in scenes if ledger.needs_processing(s.url, s.content_id)]
+def new_or_changed(scenes: list[Scene], ledger: Ledger, settings_id: str) -> list[Scene]:
+    """The scenes not yet segmented, nor failed, with this content and these settings.
+
+    An interrupted one is redone. ``settings_id``: :func:`pipeline.watch.settings.settings_id`
+    of the watch's model and options.
+    """
+    return [s for s in scenes if ledger.needs_processing(s.url, s.content_id, settings_id)]
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from pipeline.errors import InputError
 from pipeline.job.config import SegmentConfig
 from pipeline.stores.location import ObjectLocation, Where, check_writable_folder, location, storage_error
+from pipeline.stores.output import fingerprint
 from pipeline.watch.stac_listing import is_stac_listing, read_listing
 
 
@@ -28,6 +30,14 @@ class WatchSettings:
 RESERVED = frozenset({"input", "model", "output", "probabilities", "overwrite", "work_dir", "quiet"})
 """Settings the watch decides per scene; a watch's options may not set them."""
 
+EXECUTION_ONLY = frozenset(
+    {
+        "batch_size", "device", "channels_last", "threads", "workers", "ray_address",
+        "copy_input", "keep_work", "block", "chunk", "volume_block", "volume_chunk",
+    }
+)  # fmt: skip
+"""Options that change how a scene is segmented, not its labels (blocks are exact: DESIGN.md, invariant 2)."""
+
 
 def segment_options(options: dict[str, Any] | None) -> dict[str, Any]:
     """The segmentation options a watch passes on, checked now (unknown or bad ones fail before any work)."""
@@ -37,6 +47,21 @@ def segment_options(options: dict[str, Any] | None) -> dict[str, Any]:
     if unknown:
         raise InputError(f"unknown segmentation option(s) for watch: {', '.join(unknown)}")
     return options
+
+
+def settings_id(model: str, options: dict[str, Any]) -> str:
+    """What a scene's output depends on besides its content: the model's weights and the options.
+
+    Every option counts but those in :data:`EXECUTION_ONLY`, with its default filled in
+    (giving an option at its default changes nothing). The ledger keeps it with each
+    scene, so a watch whose settings change segments its scenes again.
+    """
+    from pipeline.job.model_source import weights_identity
+
+    config = SegmentConfig(input="", model=model, output="", **options)
+    ignored = RESERVED | EXECUTION_ONLY
+    chosen = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in ignored}
+    return fingerprint({"model": weights_identity(model), **chosen})
 
 
 def check_watch_arguments(

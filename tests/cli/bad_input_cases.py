@@ -92,6 +92,8 @@ def _stac_item_without_blue(folder: Path) -> None:
 
 def _stac_item_missing_blue_file(folder: Path) -> None:
     _stac_item(folder, {"B04": "red", "B03": "green", "B02": "blue"})
+
+
 def _stac_item_and_labels_of_another_grid(folder: Path) -> None:
     _stac_item(folder, {"B04": "red", "B03": "green", "B02": "blue"})
     _write(folder / "blue.tif", np.ones((1, 96, 128), np.uint16))

@@ -12,6 +12,9 @@ from pipeline.watch.ledger import LEDGER_NAME, ObjectLedger, SceneLedger, open_l
 from pipeline.watch.report import WatchReport
 from pipeline.watch.scan import new_or_changed, output_name, scan, scene_input
 
+SETTINGS = "settings-1"
+"""A watch's settings id (:func:`pipeline.watch.settings.settings_id`), the same throughout."""
+
 
 def _folder(tmp_path: Path) -> tuple[Path, SceneLedger]:
     inbox = tmp_path / "inbox"
@@ -52,14 +55,14 @@ def test_done_and_failed_scenes_are_not_new_but_an_interrupted_one_is(
         ledger = open_ledger(request.getfixturevalue("bucket") / "out")
         assert isinstance(ledger, ObjectLedger)
     a, sub_a = scan(str(inbox), "**/*.tif", ledger)
-    with ledger.processing(a.url, a.content_id, "out.tif"):
+    with ledger.processing(a.url, a.content_id, "out.tif", SETTINGS):
         pass
-    with pytest.raises(ValueError), ledger.processing(sub_a.url, sub_a.content_id, "out2.tif"):
+    with pytest.raises(ValueError), ledger.processing(sub_a.url, sub_a.content_id, "out2.tif", SETTINGS):
         raise ValueError("corrupt tile\nmore detail")
-    assert new_or_changed([a, sub_a], ledger) == []
+    assert new_or_changed([a, sub_a], ledger, SETTINGS) == []
     assert ledger.get(sub_a.url, sub_a.content_id).message == "corrupt tile"
-    ledger.start(a.url, a.content_id, "out.tif")  # a crash leaves it running
-    assert new_or_changed([a, sub_a], ledger) == [a]
+    ledger.start(a.url, a.content_id, "out.tif", SETTINGS)  # a crash leaves it running
+    assert new_or_changed([a, sub_a], ledger, SETTINGS) == [a]
     if ledger_kind == "bucket":  # a fresh reader (another process) sees the same records
         again = open_ledger(request.getfixturevalue("bucket") / "out")
         assert {(e.status, e.message) for e in again.entries()} == {
@@ -67,7 +70,7 @@ def test_done_and_failed_scenes_are_not_new_but_an_interrupted_one_is(
             ("failed", "corrupt tile"),
         }
         assert again.known_content_id(a.url, *_seen(inbox / "a.tif")) == a.content_id
-        assert again.forget(sub_a.url) == 1 and new_or_changed([a, sub_a], again) == [a, sub_a]
+        assert again.forget(sub_a.url) == 1 and new_or_changed([a, sub_a], again, SETTINGS) == [a, sub_a]
 
 
 def _seen(path: Path) -> tuple[int, str]:
