@@ -55,13 +55,37 @@ class RegionResult:
     """``(*context)`` bool: valid pixels that received weight."""
 
 
-def _multiply(probs: torch.Tensor, weights: torch.Tensor) -> None:
-    """``probs *= weights`` in place (numpy on CPU)."""
-    if probs.device.type == "cpu":
-        p = probs.numpy()
-        np.multiply(p, weights.numpy(), out=p)
+def _put(acc: torch.Tensor, probs: torch.Tensor, weights: torch.Tensor) -> None:
+    """``acc = probs × weights``, in one pass (numpy on CPU): a part no earlier tile reached."""
+    if acc.device.type == "cpu":
+        np.multiply(probs.numpy(), weights.numpy(), out=acc.numpy())
     else:
-        probs.mul_(weights)
+        torch.mul(probs, weights, out=acc)
+
+
+def _add(acc: torch.Tensor, probs: torch.Tensor, weights: torch.Tensor) -> None:
+    """``acc += probs × weights``, the product rounded to float32 first (``probs`` is overwritten)."""
+    if acc.device.type == "cpu":
+        p, a = probs.numpy(), acc.numpy()
+        np.multiply(p, weights.numpy(), out=p)
+        np.add(a, p, out=a)
+    else:
+        acc += probs.mul_(weights)
+
+
+def _first_touch_split(part: Region, fresh: Sequence[int]) -> tuple[Region, list[Region]]:
+    """``part`` cut into the box from ``fresh`` on (no earlier tile reached it) and the slabs before it.
+
+    Slab ``a`` is ``[start, fresh)`` on axis ``a``, the fresh range on the axes before
+    it and the whole range on the axes after it: disjoint, and together with the box
+    they are ``part``.
+    """
+    box = tuple((max(a, f), b) for (a, b), f in zip(part, fresh))
+    slabs = []
+    for axis, ((a, _), f) in enumerate(zip(part, fresh)):
+        if f > a:
+            slabs.append((*box[:axis], (a, min(f, part[axis][1])), *part[axis + 1 :]))
+    return box, slabs
 
 
 def _shift_rows(acc: torch.Tensor, n: int, keep: int) -> None:
@@ -96,17 +120,15 @@ class TileWeights:
             self.shared = torch.from_numpy(np.array(window.weights((0,) * grid.ndim))).to(device)
         self.by_position: dict[tuple, torch.Tensor] = {}
 
-    def apply(self, probs: torch.Tensor, batch: Sequence[tuple[int, ...]]) -> None:
-        """Multiply a batch's ``(N, classes, *tile)`` probabilities by their windows, in place."""
+    def of(self, idx: tuple[int, ...]) -> torch.Tensor:
+        """The ``(*tile)`` window of tile ``idx``."""
         if self.shared is not None:
-            _multiply(probs, self.shared)
-            return
-        for k, idx in enumerate(batch):
-            key = self.grid.position_flags(idx)
-            if key not in self.by_position:
-                weights = np.array(self.window.weights(idx))
-                self.by_position[key] = torch.from_numpy(weights).to(self.device)
-            _multiply(probs[k], self.by_position[key])
+            return self.shared
+        key = self.grid.position_flags(idx)
+        if key not in self.by_position:
+            weights = np.array(self.window.weights(idx))
+            self.by_position[key] = torch.from_numpy(weights).to(self.device)
+        return self.by_position[key]
 
 
 class BlendAccumulator:
@@ -139,28 +161,61 @@ class BlendAccumulator:
         self.acc: torch.Tensor | None = None
         self.first_row = 0
         """Context row held in the accumulator's row 0."""
+        self.first_index = [r.start for r in self.grid.index_range(context)]
+        self.ends = [min(a[1], b) for a, b in zip(context, self.grid.shape)]
 
     def _allocate(self, classes: int) -> torch.Tensor:
         if self.acc is None:
             with torch.inference_mode(False):  # a normal tensor: later steps (CRF) may update it in place
                 shape = (classes, self.rows_held, *self.shape[1:])
-                self.acc = torch.zeros(shape, dtype=torch.float32, device=self.device)
+                if self.device.type == "cpu":  # zero pages from the system: no fill pass
+                    self.acc = torch.from_numpy(np.zeros(shape, dtype=np.float32))
+                else:
+                    self.acc = torch.zeros(shape, dtype=torch.float32, device=self.device)
         return self.acc
 
-    def add(self, probs: torch.Tensor, batch: Sequence[tuple[int, ...]], extents: Sequence[Region]) -> None:
-        """Add each tile's weighted ``probs`` over its in-scene ``extents`` ∩ the context, in order."""
+    def _fresh_from(self, idx: tuple[int, ...]) -> list[int]:
+        """Per axis, where the parts of tile ``idx`` that no earlier tile reached begin.
+
+        Tiles come in C order over :meth:`TileGrid.index_range` of the context, so a
+        pixel of this tile was reached before iff, on some axis, it lies before the end
+        of the previous tile along that axis (the tile one index back there).
+        """
+        fresh = []
+        for axis, (i, first) in enumerate(zip(idx, self.first_index)):
+            start = i * self.grid.stride[axis]
+            if i > first:
+                start = min((i - 1) * self.grid.stride[axis] + self.grid.tile[axis], self.ends[axis])
+            fresh.append(start)
+        return fresh
+
+    def add(
+        self,
+        probs: torch.Tensor,
+        batch: Sequence[tuple[int, ...]],
+        extents: Sequence[Region],
+        weights: TileWeights,
+    ) -> None:
+        """Add each tile's ``probs`` × its window over its in-scene ``extents`` ∩ the context, in order.
+
+        The part of a tile that no earlier tile reached is written (product, one pass);
+        the rest is added to. Every context pixel is written before it is added to, so the
+        accumulator needs no zeroing, and the sums have the bits of adding to zeros.
+        """
         acc = self._allocate(probs.shape[1])
         for k, (idx, ext) in enumerate(zip(batch, extents)):
             part = regions.intersect(ext, self.context)
-            tile_sl = (k, slice(None), *regions.local(part, self.grid.origin(idx)))
-            rows, *across = regions.local(part, self.origin)
-            held = slice(rows.start - self.first_row, rows.stop - self.first_row)
-            acc_sl = (slice(None), held, *across)
-            if self.device.type == "cpu":
-                view = acc[acc_sl].numpy()
-                np.add(view, probs[tile_sl].numpy(), out=view)
-            else:
-                acc[acc_sl] += probs[tile_sl]
+            origin = self.grid.origin(idx)
+            window = weights.of(idx)
+            box, slabs = _first_touch_split(part, self._fresh_from(idx))
+            for piece, first in ((box, True), *((slab, False) for slab in slabs)):
+                if any(a >= b for a, b in piece):
+                    continue
+                local = regions.local(piece, origin)
+                rows, *across = regions.local(piece, self.origin)
+                held = slice(rows.start - self.first_row, rows.stop - self.first_row)
+                target = acc[(slice(None), held, *across)]
+                (_put if first else _add)(target, probs[(k, slice(None), *local)], window[local])
 
     def _normalise(self, part: torch.Tensor, start: int) -> torch.Tensor | None:
         """Divide rows from ``start`` by Σw (separable: one 1-D profile per axis); 0 where uncovered.
@@ -209,7 +264,6 @@ class BlendAccumulator:
         self.on_rows(self.first_row, finished, self._normalise(finished, self.first_row))
         keep = max(0, self.acc.shape[1] - n)
         _shift_rows(self.acc, n, keep)
-        self.acc[:, keep:] = 0.0
         self.first_row = upto
 
     def result(self) -> RegionResult:
@@ -247,10 +301,10 @@ def blend_region(
 ) -> RegionResult | None:
     """Blend every tile meeting ``context``; ``footprint`` must contain every tile's in-scene part.
 
-    Per batch (its input and probabilities in two buffers reused by every batch):
-    one in-place multiply by the window (one window for the whole batch unless
-    blending is ``crop``), then one in-place add per tile into a float32
-    accumulator, in the grid's C order. The total weight is the window's separable
+    Per batch (its input and probabilities in two buffers reused by every batch),
+    tile after tile in the grid's C order: the probabilities times the tile's window
+    written into a float32 accumulator where no earlier tile reached, added where
+    one did (:meth:`BlendAccumulator.add`). The total weight is the window's separable
     coverage, and the valid mask is applied per row range at the end (see
     :mod:`pipeline.tiling.blending`): no per-tile weight arrays are made.
 
@@ -275,8 +329,7 @@ def blend_region(
             batch = tiles[first : first + size]
             extents = [regions.intersect(grid.extent(idx), scene) for idx in batch]
             probs = batches.predict(extents)
-            weights.apply(probs, batch)
-            acc.add(probs, batch, extents)
+            acc.add(probs, batch, extents, weights)
             if on_tiles is not None:
                 on_tiles(len(batch))
             if on_rows is not None:

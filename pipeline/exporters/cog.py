@@ -1,8 +1,9 @@
 """Export: output store → Cloud-Optimized GeoTIFF that GIS tools open directly.
 
 The labels COG has the input's CRS, transform, width and height; 512×512
-internal tiles; lossless DEFLATE without a predictor (differencing neighbouring
-class ids makes a class map larger and slower to write: bench/RESULTS.md); MODE
+internal tiles; lossless DEFLATE at :data:`LABELS_DEFLATE_LEVEL` without a predictor
+(differencing neighbouring class ids makes a class map larger and slower to write:
+bench/RESULTS.md); MODE
 overviews (a class map must never be averaged), computed by
 :mod:`pipeline.exporters.overviews` in the pass that stages the labels; an
 embedded palette; a nodata value; class names (band metadata inside the TIFF,
@@ -41,6 +42,11 @@ from pipeline.stores.transfer import write_text_atomically
 
 COG_BLOCK = 512
 WRITE_WINDOW = (COG_BLOCK, 8192)
+LABELS_DEFLATE_LEVEL = 5
+"""DEFLATE level of the labels COG: the highest of libdeflate's fast levels (GDAL's DEFLATE encoder);
+from 6 up the encode gets much slower for a class map that gets only a little smaller."""
+PROBABILITIES_DEFLATE_LEVEL = 6
+"""DEFLATE level of the probabilities COG (float32, with the floating-point predictor)."""
 GDAL_TYPES = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32", "int32": "Int32"}
 
 
@@ -94,11 +100,11 @@ def _temporary_sibling(final: Path, suffix: str) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def _cog_options(predictor: str, resampling: str) -> dict[str, str]:
+def _cog_options(predictor: str, resampling: str, level: int) -> dict[str, str]:
     return {
         "BLOCKSIZE": str(COG_BLOCK),
         "COMPRESS": "DEFLATE",
-        "LEVEL": "6",
+        "LEVEL": str(level),
         "PREDICTOR": predictor,
         "OVERVIEW_RESAMPLING": resampling,
         "BIGTIFF": "IF_SAFER",
@@ -244,7 +250,7 @@ def export_labels_cog(
                 {**(tags or {}), "CLASS_NAMES": names},
             )
         )
-        rasterio.shutil.copy(vrt, cog, driver="COG", **_cog_options("NO", "MODE"))
+        rasterio.shutil.copy(vrt, cog, driver="COG", **_cog_options("NO", "MODE", LABELS_DEFLATE_LEVEL))
         write_text_atomically(
             output.with_name(output.name + ".aux.xml"), pam_xml(class_names, colors, nodata)
         )
@@ -341,7 +347,8 @@ def export_probabilities_cog(
                 dst.write(np.asarray(probs[:, rows, cols], dtype=np.float32), window=window)
             for i, name in enumerate(class_names, start=1):
                 dst.set_band_description(i, name)
-        rasterio.shutil.copy(staging, cog, driver="COG", **_cog_options("FLOATING_POINT", "AVERAGE"))
+        options = _cog_options("FLOATING_POINT", "AVERAGE", PROBABILITIES_DEFLATE_LEVEL)
+        rasterio.shutil.copy(staging, cog, driver="COG", **options)
         if colors:
             write_text_atomically(output.with_suffix(".qml"), probabilities_qml(class_names[0], colors[0]))
         os.replace(cog, output)
