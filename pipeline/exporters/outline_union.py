@@ -155,27 +155,36 @@ def _rings(following: np.ndarray, start: np.ndarray, at_fork: np.ndarray) -> tup
     (``at_fork``: the segment leaves one) it touches itself, and the loop since the first
     visit is cut off as a ring of its own, so that no ring passes a vertex twice.
     """
-    step, starts, fork = following.tolist(), start.tolist(), at_fork.tolist()
-    seen = bytearray(len(step))
-    order: list[int] = []
+    n = len(following)
+    step = memoryview(np.ascontiguousarray(following, dtype=np.int64))
+    starts = memoryview(np.ascontiguousarray(start, dtype=np.int64))
+    fork = bytes(at_fork.astype(np.uint8))
+    seen = bytearray(n)
+    ring = np.empty(n, dtype=np.int64)
+    held = memoryview(ring)
+    order = np.empty(n, dtype=np.int64)
+    written = 0
     sizes: list[int] = []
-    for first in range(len(step)):
+    for first in range(n):
         if seen[first]:
             continue
-        ring: list[int] = []
+        top = 0
         visits: dict[int, tuple[int, int]] = {}
         i = first
         while not seen[i]:
             seen[i] = 1
             if fork[i]:
                 at, segment = visits.get(starts[i], (-1, -1))
-                if 0 <= at < len(ring) and ring[at] == segment:
-                    order.extend(ring[at:])
-                    sizes.append(len(ring) - at)
-                    del ring[at:]
-                visits[starts[i]] = (len(ring), i)
-            ring.append(i)
+                if 0 <= at < top and held[at] == segment:
+                    order[written : written + top - at] = ring[at:top]
+                    written += top - at
+                    sizes.append(top - at)
+                    top = at
+                visits[starts[i]] = (top, i)
+            held[top] = i
+            top += 1
             i = step[i]
-        order.extend(ring)
-        sizes.append(len(ring))
-    return np.asarray(order, dtype=np.int64), np.asarray(sizes, dtype=np.int64)
+        order[written : written + top] = ring[:top]
+        written += top
+        sizes.append(top)
+    return order, np.asarray(sizes, dtype=np.int64)
