@@ -27,6 +27,7 @@ block where it ends); the polygons are those of the in-memory merge.
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 import tempfile
@@ -253,31 +254,20 @@ class _OpenRegion:
         points, sizes = (np.concatenate(column) for column in zip(*outlines))
         del outlines
         try:
-            points, sizes = union_of_outlines(points, sizes)
-        except ValueError:
-            points, sizes = self._overlay(points, sizes)
-        count = len(sizes) + sum(rings for _, _, rings in self.holes)
-        total = 9 + 4 * count + 16 * (len(points) + sum(n for _, n, _ in self.holes))
+            outline = union_of_outlines(points, sizes)
+        except ValueError as error:
+            raise RuntimeError(f"the pieces of a joined region do not form one polygon: {error}") from None
+        del points, sizes
+        count = len(outline[1]) + sum(rings for _, _, rings in self.holes)
+        total = 9 + 4 * count + 16 * (len(outline[0]) + sum(n for _, n, _ in self.holes))
         wkb = bytearray(total)
         wkb[:9] = struct.pack("<BII", 1, 3, count)
         at = 9
-        for span in [None, *self.holes]:
-            if span is not None:
-                points, sizes = self.spill.read(span)
+        for points, sizes in itertools.chain([outline], (self.spill.read(span) for span in self.holes)):
             block = ring_block_wkb(affine_points(points, transform), sizes)
             wkb[at : at + len(block)] = block
             at += len(block)
         return bytes(wkb)
-
-    @staticmethod
-    def _overlay(points: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The outlines' union by GEOS's overlay, for outlines the edge union cannot link."""
-        rings = shapely.linearrings(points, indices=np.repeat(np.arange(len(sizes)), sizes))
-        outline = shapely.union_all(shapely.polygons(rings))
-        if not isinstance(outline, shapely.Polygon):
-            raise RuntimeError("the pieces of a joined region do not form one polygon")
-        own = shapely.get_rings(outline)
-        return shapely.get_coordinates(own), shapely.get_num_coordinates(own)
 
 
 def ring_block_wkb(points: np.ndarray, sizes: np.ndarray) -> bytes:
