@@ -92,12 +92,17 @@ def _shift_rows(acc: torch.Tensor, n: int, keep: int) -> None:
     """Move rows ``[n, n + keep)`` of ``(C, rows, ...)`` to the front, ``n`` rows at a time.
 
     Pieces of at most ``n`` rows never overlap their destination, so no copy of the
-    kept rows is made (moving them in one go would need one).
+    kept rows is made (moving them in one go would need one). On CPU each class plane
+    moves on its own: numpy cannot tell that two row ranges of a ``(C, rows, ...)``
+    array are disjoint (their bounds interleave across classes) and would copy the
+    source to a temporary first.
     """
     for a in range(0, keep, n):
         b = min(a + n, keep)
         if acc.device.type == "cpu":
-            np.copyto(acc[:, a:b].numpy(), acc[:, n + a : n + b].numpy())
+            planes = acc.numpy()
+            for plane in planes:
+                np.copyto(plane[a:b], plane[n + a : n + b])
         else:
             acc[:, a:b].copy_(acc[:, n + a : n + b])
 
