@@ -125,9 +125,9 @@ def staged_run(scene: str, ckpt: str, out: Path, copy: bool) -> dict[str, dict[s
     predictor.__class__ = TimedPredictor
     normalizer = job.normalizer()
 
-    def timed_normalizer(raw):
+    def timed_normalizer(raw, out=None):
         with clock("normalise"):
-            return normalizer(raw)
+            return normalizer(raw, out=out)
 
     job.normalizer = lambda: timed_normalizer  # type: ignore[method-assign]
     for block in job.plan:

@@ -11,6 +11,7 @@ from pipeline.engine.accumulation import RegionResult, blend_region
 from pipeline.engine.finishing import BlockFinisher, finish_block
 from pipeline.engine.predictor import TilePredictor
 from pipeline.engine.tile_batches import Footprint
+from pipeline.inputs.normalization import Normalizer
 from pipeline.stores.block_output import BlockOutput
 from pipeline.tiling import regions
 from pipeline.tiling.blending import BlendWindow
@@ -65,7 +66,7 @@ def infer_block(
     grid: TileGrid,
     window: BlendWindow,
     predictor: TilePredictor,
-    normalizer: Callable[[np.ndarray], np.ndarray],
+    normalizer: Normalizer,
     num_classes: int,
     with_probabilities: bool = False,
     refiner: Refiner | None = None,

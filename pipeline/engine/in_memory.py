@@ -24,7 +24,7 @@ from pipeline.engine.block import Refiner, infer_block, infer_context
 from pipeline.engine.finishing import finish_block
 from pipeline.engine.predictor import TilePredictor
 from pipeline.engine.tile_batches import Footprint
-from pipeline.inputs.normalization import normalizer_for
+from pipeline.inputs.normalization import Normalizer, normalizer_for
 from pipeline.stores.block_output import BlockOutput
 from pipeline.stores.labels import label_dtype
 from pipeline.tiling import regions
@@ -50,7 +50,7 @@ def segment_array(
     overlap: float = 0.25,
     blend: str = AUTO,
     valid: np.ndarray | None = None,
-    normalizer: Callable[[np.ndarray], np.ndarray] | None = None,
+    normalizer: Normalizer | None = None,
     block: int = 4096,
     batch_size: int = 4,
     device: torch.device | str = "cpu",
@@ -110,7 +110,7 @@ def predict_in_memory(
     grid: TileGrid,
     window: BlendWindow,
     predictor: TilePredictor,
-    normalizer: Callable[[np.ndarray], np.ndarray],
+    normalizer: Normalizer,
     num_classes: int,
     refiner: Refiner | None = None,
 ) -> BlockOutput:

@@ -8,13 +8,14 @@ reused by every batch of a region, so batches do not churn the heap.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from pipeline.engine.predictor import TilePredictor
+from pipeline.inputs.normalization import Normalizer
 from pipeline.tiling import regions
 from pipeline.tiling.regions import Region
 
@@ -28,8 +29,8 @@ class Footprint:
     valid: np.ndarray
     """``(*region)`` bool: the pixels with data."""
     region: Region
-    normalizer: Callable[[np.ndarray], np.ndarray]
-    """The model's input normalisation, applied per tile (nodata then set to 0)."""
+    normalizer: Normalizer
+    """The model's input normalisation, applied per tile straight into the batch (nodata then set to 0)."""
 
 
 def _all_true(mask: np.ndarray) -> bool:
@@ -53,11 +54,11 @@ def _cut_tiles(
     tile = batch.shape[2:]
     for k, ext in enumerate(extents):
         sl = regions.within(ext, footprint.region)
-        x = footprint.normalizer(footprint.raw[(slice(None), *sl)])
+        raw = footprint.raw[(slice(None), *sl)]
+        have = raw.shape[1:]
+        x = footprint.normalizer(raw, out=batch[(k, slice(None), *(slice(0, n) for n in have))])
         if valid is not None:
             x[:, ~valid[sl]] = 0.0  # nodata never reaches the network
-        have = x.shape[1:]
-        batch[(k, slice(None), *(slice(0, n) for n in have))] = x
         if have != tuple(tile):
             fill_far_side(batch[k], have)
     return batch

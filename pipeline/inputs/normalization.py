@@ -3,7 +3,7 @@
 One home for normalisation: the ``--normalization`` option as a card spec
 (:func:`normalization_spec`), a per-scene spec resolved into fixed values with the
 scene's statistics (:func:`resolve_normalization`), and the spec applied to a block
-(:func:`normalize`, :func:`normalizer`). Applied per block with fixed parameters (never
+(:func:`normalize`, :func:`normalizer_for`). Applied per block with fixed parameters (never
 statistics of the block itself), so every block is normalised exactly as a
 whole-scene pass would be.
 """
@@ -11,8 +11,8 @@ whole-scene pass would be.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -131,10 +131,27 @@ def model_bands(card: ModelCard, names: Sequence[str] | None, num_bands: int, so
     return select_bands(card.bands, num_bands, card.in_channels, source)
 
 
-def normalize(image: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
-    """``(B, *spatial)`` image → float32 model input according to ``spec``."""
+class Normalizer(Protocol):
+    """A raw ``(B, *spatial)`` window → float32 model input, into ``out`` when given (same shape)."""
+
+    def __call__(self, image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...
+
+
+def normalize(image: np.ndarray, spec: Mapping[str, Any], out: np.ndarray | None = None) -> np.ndarray:
+    """``(B, *spatial)`` image → float32 model input according to ``spec``.
+
+    With ``out`` (float32, the image's shape, any strides: a slot of a batch) the
+    result is written there and returned, with the same bits as a fresh array's.
+
+    >>> normalize(np.array([[0, 255]], np.uint8), {"kind": "scale", "scale": 1 / 255}).tolist()
+    [[0.0, 1.0]]
+    """
     kind = spec.get("kind", "none")
-    x = image.astype(np.float32, copy=True)
+    if out is None:
+        x = image.astype(np.float32, copy=True)
+    else:
+        x = out
+        np.copyto(x, image, casting="unsafe")
     shape = (-1,) + (1,) * (image.ndim - 1)
     if kind == "none":
         return x
@@ -167,6 +184,6 @@ def normalize(image: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
     raise ValueError(f"unknown normalisation {kind!r}; known: {', '.join(NORMALIZATION_KINDS)}")
 
 
-def normalizer_for(spec: Mapping[str, Any] | None) -> Callable[[np.ndarray], np.ndarray]:
+def normalizer_for(spec: Mapping[str, Any] | None) -> Normalizer:
     """``spec`` as a function of a raw block (None: a float32 copy, unnormalised)."""
     return functools.partial(normalize, spec=spec if spec is not None else {"kind": "none"})

@@ -20,7 +20,7 @@ from models.checkpoint import ModelCard
 from pipeline.engine.crf import CRFParams, band_stats, refine
 from pipeline.engine.slicewise import slice_align, slice_tile
 from pipeline.errors import InputError
-from pipeline.inputs.normalization import model_bands, normalizer_for, resolve_normalization
+from pipeline.inputs.normalization import Normalizer, model_bands, normalizer_for, resolve_normalization
 from pipeline.inputs.resampling import RESAMPLED_STORE, Resampling, resampling_for
 from pipeline.inputs.volume_geometry import VolumeGeometry, is_volume
 from pipeline.job.checks import CheckedInput, slice_axis_for
@@ -74,7 +74,7 @@ class Job:
             _refine, params=self.crf, spacing=crf_spacing(self.scene), timings=self.timings
         )
 
-    def normalizer(self) -> Callable[[np.ndarray], np.ndarray]:
+    def normalizer(self) -> Normalizer:
         """The card's normalisation as a function of a raw block."""
         return normalizer_for(self.normalization or self.card.normalization)
 

@@ -9,6 +9,7 @@ import torch
 from models import build
 from pipeline.engine.in_memory import predict_in_memory, segment_array
 from pipeline.engine.predictor import TilePredictor
+from pipeline.inputs.normalization import normalizer_for
 from pipeline.stores.labels import label_nodata
 from pipeline.tiling.blending import BlendWindow
 from pipeline.tiling.grid import TileGrid
@@ -27,7 +28,7 @@ def test_segment_array_equals_whole_scene_pass(blend):
     grid = TileGrid.create(image.shape[1:], 32, 0.25, align=model.downsampling)
     ref = predict_in_memory(
         image.copy(), valid, grid, BlendWindow(grid, blend), TilePredictor(model, torch.device("cpu")),
-        lambda x: x.astype(np.float32), 3,
+        normalizer_for(None), 3,
     )  # fmt: skip
     np.testing.assert_array_equal(out.labels, ref.labels)
     np.testing.assert_allclose(out.probabilities, ref.probabilities, atol=1e-5)

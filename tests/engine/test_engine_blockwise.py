@@ -13,14 +13,13 @@ from models.wrapper import SegmentationModel
 from pipeline.engine.block import infer_block
 from pipeline.engine.in_memory import predict_in_memory
 from pipeline.engine.predictor import TilePredictor
+from pipeline.inputs.normalization import normalizer_for
 from pipeline.stores.labels import label_nodata
 from pipeline.tiling.blending import BlendWindow
 from pipeline.tiling.blocks import BlockPlan
 from pipeline.tiling.grid import TileGrid
 
-
-def _identity(x: np.ndarray) -> np.ndarray:
-    return x.astype(np.float32)
+UNNORMALISED = normalizer_for(None)
 
 
 def _tiny_3d_model() -> SegmentationModel:
@@ -48,7 +47,7 @@ def _run_blockwise(image, valid, grid, window, predictor, block, chunk, classes)
         return image[(slice(None), *sl)], valid[sl]
 
     for block_ in reversed(list(plan)):  # order must not matter
-        out = infer_block(read, block_, grid, window, predictor, _identity, classes, True)
+        out = infer_block(read, block_, grid, window, predictor, UNNORMALISED, classes, True)
         sl = tuple(slice(a, b) for a, b in block_.region)
         labels[sl] = out.labels
         probs[(slice(None), *sl)] = out.probabilities
@@ -67,7 +66,7 @@ def test_2d_blockwise_equals_whole_scene_for_every_block_size(blend):
     grid = TileGrid.create((203, 171), 48, 0.3, align=model.downsampling)
     window = BlendWindow(grid, blend)
     predictor = TilePredictor(model, torch.device("cpu"), batch_size=3)
-    ref = predict_in_memory(image, valid, grid, window, predictor, _identity, 4)
+    ref = predict_in_memory(image, valid, grid, window, predictor, UNNORMALISED, 4)
     nodata = label_nodata(4)
     assert (ref.labels[~valid] == nodata).all() and (ref.labels[valid] != nodata).all()
     counts = set()
@@ -89,7 +88,7 @@ def test_3d_blockwise_equals_whole_volume():
     grid = TileGrid.create(shape, 16, 0.25, align=2)
     window = BlendWindow(grid, "gaussian")
     predictor = TilePredictor(model, torch.device("cpu"), batch_size=4)
-    ref = predict_in_memory(image, valid, grid, window, predictor, _identity, 3)
+    ref = predict_in_memory(image, valid, grid, window, predictor, UNNORMALISED, 3)
     for block in (16, 32):
         labels, probs, _ = _run_blockwise(image, valid, grid, window, predictor, block, 16, 3)
         np.testing.assert_array_equal(labels, ref.labels)
@@ -120,10 +119,10 @@ def test_nodata_pixels_do_not_pollute_their_neighbours():
     grid = TileGrid.create((64, 64), 32, 0.5, align=4)
     window = BlendWindow(grid, "gaussian")
     predictor = TilePredictor(model, torch.device("cpu"), batch_size=4)
-    a = predict_in_memory(image, valid, grid, window, predictor, _identity, 4)
+    a = predict_in_memory(image, valid, grid, window, predictor, UNNORMALISED, 4)
     garbage = image.copy()
     garbage[:, ~valid] = -99999.0
-    b = predict_in_memory(garbage, valid, grid, window, predictor, _identity, 4)
+    b = predict_in_memory(garbage, valid, grid, window, predictor, UNNORMALISED, 4)
     np.testing.assert_array_equal(a.labels, b.labels)
     np.testing.assert_array_equal(a.probabilities, b.probabilities)
 
@@ -150,7 +149,7 @@ def test_streamed_rows_equal_the_whole_context_bit_for_bit(batch_size, dims, nod
     grid = TileGrid.create(shape, tile, 0.3, align=model.downsampling)
     window = BlendWindow(grid, "gaussian")
     predictor = TilePredictor(model, torch.device("cpu"), batch_size=batch_size)
-    whole = predict_in_memory(image, valid, grid, window, predictor, _identity, classes)
+    whole = predict_in_memory(image, valid, grid, window, predictor, UNNORMALISED, classes)
     [block] = list(BlockPlan.create(grid, max(shape), 16))
 
     def read(region):
@@ -158,7 +157,7 @@ def test_streamed_rows_equal_the_whole_context_bit_for_bit(batch_size, dims, nod
         return image[(slice(None), *sl)], valid[sl]
 
     streamed = infer_block(
-        read, block, grid, window, predictor, _identity, classes, True, with_uncertainty=True
+        read, block, grid, window, predictor, UNNORMALISED, classes, True, with_uncertainty=True
     )
     assert streamed.probabilities.tobytes() == whole.probabilities.tobytes()
     assert streamed.labels.tobytes() == whole.labels.tobytes()

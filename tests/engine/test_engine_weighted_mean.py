@@ -18,12 +18,11 @@ from models import build
 from pipeline.engine.accumulation import blend_region
 from pipeline.engine.predictor import TilePredictor
 from pipeline.engine.tile_batches import Footprint
+from pipeline.inputs.normalization import normalizer_for
 from pipeline.tiling.blending import BlendWindow
 from pipeline.tiling.grid import TileGrid
 
-
-def _identity(x: np.ndarray) -> np.ndarray:
-    return x.astype(np.float32)
+UNNORMALISED = normalizer_for(None)
 
 
 def _tile_by_tile(model, image, valid, grid, window) -> np.ndarray:
@@ -67,7 +66,7 @@ def test_blend_equals_the_weighted_mean_of_each_tiles_softmax(
     scene = ((0, height), (0, width))
     predictor = TilePredictor(model, torch.device("cpu"), batch_size=batch_size, channels_last=channels_last)
 
-    result = blend_region(Footprint(image, valid, scene, _identity), scene, grid, window, predictor)
+    result = blend_region(Footprint(image, valid, scene, UNNORMALISED), scene, grid, window, predictor)
 
     assert result is not None
     expected = _tile_by_tile(model, image, valid, grid, window)
