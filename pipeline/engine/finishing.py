@@ -17,30 +17,61 @@ from pipeline.tiling.regions import Region
 def _top_class(probs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Top probability and its class (the first on ties, as argmax) over axis 0, as numpy arrays.
 
-    Few classes: a running maximum, uint8 labels and no int64 index array; on CPU
-    in numpy (single-threaded, as the blending: small torch ops wait for OpenMP
-    threads on a busy machine). Else ``torch.max`` over dim 0, which on CPU is many
-    times faster than ``argmax``.
+    Many classes: ``torch.max`` over dim 0, which on CPU is many times faster than
+    ``argmax``. Few classes on a GPU: a running maximum, uint8 labels and no int64
+    index array (on CPU, :class:`_SlabScratch` does the same in reused buffers).
     """
     if probs.shape[0] > 16:
         top, winner = torch.max(probs, dim=0)
         return top.cpu().numpy(), winner.cpu().numpy()
-    if probs.device.type != "cpu":
-        top = probs[0].clone()
-        winner = torch.zeros(probs.shape[1:], dtype=torch.uint8, device=probs.device)
+    top = probs[0].clone()
+    winner = torch.zeros(probs.shape[1:], dtype=torch.uint8, device=probs.device)
+    for c in range(1, probs.shape[0]):
+        winner.masked_fill_(probs[c] > top, c)
+        torch.maximum(top, probs[c], out=top)
+    return top.cpu().numpy(), winner.cpu().numpy()
+
+
+class _SlabScratch:
+    """The temporaries of one slab (top probability, masks), allocated once per block and reused.
+
+    On CPU with few classes the labels are written straight into the block's label
+    slab and the top probability kept by a running maximum, in numpy (single-threaded,
+    as the blending: small torch ops wait for OpenMP threads on a busy machine).
+    Reusing the buffers keeps a block's slabs from churning the heap between batches.
+    """
+
+    def __init__(self, pixels: int):
+        self.top = np.empty(pixels, np.float32)
+        self.masked = np.empty(pixels, np.float32)
+        self.better = np.empty(pixels, bool)
+
+    def _of(self, buffer: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        return buffer[: int(np.prod(shape))].reshape(shape)
+
+    def top_class_into(self, probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """``labels`` ← the top class of ``probs`` (first on ties); returns the top probability (a view)."""
+        top = self._of(self.top, probs.shape[1:])
+        better = self._of(self.better, probs.shape[1:])
+        np.copyto(top, probs[0])
+        labels.fill(0)
         for c in range(1, probs.shape[0]):
-            winner.masked_fill_(probs[c] > top, c)
-            torch.maximum(top, probs[c], out=top)
-        return top.cpu().numpy(), winner.cpu().numpy()
-    p = probs.numpy()
-    top = p[0].copy()
-    winner = np.zeros(p.shape[1:], dtype=np.uint8)
-    better = np.empty(p.shape[1:], dtype=bool)
-    for c in range(1, p.shape[0]):
-        np.greater(p[c], top, out=better)
-        np.putmask(winner, better, c)
-        np.maximum(top, p[c], out=top)
-    return top, winner
+            np.greater(probs[c], top, out=better)
+            np.putmask(labels, better, c)
+            np.maximum(top, probs[c], out=top)
+        return top
+
+    def add_label_stats(self, stats: np.ndarray, labels: np.ndarray, top: np.ndarray) -> None:
+        """Add pixels per label and the sum of their top probability to ``stats`` (every pixel counts)."""
+        # A comparison and a masked float32 (pairwise) sum per class over a cache-sized slab,
+        # accumulated across slabs in float64 — ~14× faster than a float64 ``where=`` reduction.
+        labels, top = labels.ravel(), top.ravel()
+        mask, masked = self.better[: labels.size], self.masked[: labels.size]
+        for c in range(stats.shape[0]):
+            np.equal(labels, c, out=mask)
+            stats[c, 0] += np.count_nonzero(mask)
+            np.multiply(top, mask, out=masked)
+            stats[c, 1] += float(masked.sum())
 
 
 SLAB_PIXELS = 1 << 20
@@ -84,6 +115,7 @@ class BlockFinisher:
         self.probabilities = np.empty((num_classes, *shape), np.float32) if with_probabilities else None
         self.confidence = np.empty(tuple(shape), np.float32) if with_uncertainty else None
         self.entropy = np.empty(tuple(shape), np.float32) if with_uncertainty else None
+        self.scratch: _SlabScratch | None = None
 
     def add(self, start: int, probs: torch.Tensor, covered: torch.Tensor | None) -> None:
         """Rows ``[start, start + probs.shape[1])`` of the block: ``(classes, rows, ...)`` and their mask.
@@ -93,16 +125,27 @@ class BlockFinisher:
         covered_np = None if covered is None else covered.cpu().numpy()
         everywhere = covered_np is None or bool(covered_np.all())
         rows_here = probs.shape[1]
-        step = max(1, SLAB_PIXELS // max(1, int(np.prod(probs.shape[2:]))))
+        across = int(np.prod(probs.shape[2:]))
+        step = max(1, SLAB_PIXELS // max(1, across))
+        in_place = probs.device.type == "cpu" and self.num_classes <= 16
         for first in range(0, rows_here, step):
             rows = slice(first, first + step)
-            top, winner = _top_class(probs[:, rows])
             slab = self.labels[start + first : start + min(first + step, rows_here)]
-            slab[...] = winner
             keep = None if everywhere or covered_np is None else covered_np[rows]
+            if in_place:
+                if self.scratch is None:
+                    self.scratch = _SlabScratch(step * across)
+                top = self.scratch.top_class_into(probs[:, rows].numpy(), slab)
+            else:
+                top, winner = _top_class(probs[:, rows])
+                slab[...] = winner
             if keep is not None:
                 slab[~keep] = label_nodata(self.num_classes)
-            _add_label_stats(self.stats, slab, top, keep)
+                _add_label_stats(self.stats, slab, top, keep)
+            elif self.scratch is not None:
+                self.scratch.add_label_stats(self.stats, slab, top)
+            else:
+                _add_label_stats(self.stats, slab, top, None)
         out = slice(start, start + rows_here)
         if self.probabilities is not None:
             part = self.probabilities[:, out]
