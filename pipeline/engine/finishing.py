@@ -54,10 +54,14 @@ class _SlabScratch:
         top = self._of(self.top, probs.shape[1:])
         better = self._of(self.better, probs.shape[1:])
         np.copyto(top, probs[0])
-        labels.fill(0)
+        if probs.shape[0] == 1:
+            labels.fill(0)
         for c in range(1, probs.shape[0]):
             np.greater(probs[c], top, out=better)
-            np.putmask(labels, better, c)
+            if c == 1:
+                np.copyto(labels, better, casting="unsafe")  # class 1 where it beats class 0, else 0
+            else:
+                np.putmask(labels, better, c)
             np.maximum(top, probs[c], out=top)
         return top
 
