@@ -80,3 +80,58 @@ def test_a_raster_run_does_not_load_the_volume_readers(tmp_path):
         [sys.executable, "-c", _IMPORT_PROBE, str(tmp_path)], capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == "none"
+
+
+_MAPPING_PROBE = """
+import sys
+import numpy as np
+from pipeline.execution.process_memory import _libc, bound_process_memory
+
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) // 1024
+
+if _libc("mallopt") is None:
+    print("no-glibc")
+    raise SystemExit
+if sys.argv[1] == "bounded":
+    bound_process_memory()
+big = np.ones(30 << 17)  # 30 MiB, mapped and freed: glibc's own threshold would rise to it
+del big
+array = np.ones(20 << 17)  # 20 MiB, touched
+filled = rss()
+del array
+print(filled, rss())
+"""
+
+
+def _freed_mib(mode: str, **users: str) -> int | None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    env.update(users)
+    done = subprocess.run(
+        [sys.executable, "-c", _MAPPING_PROBE, mode], env=env, capture_output=True, text=True, check=True
+    )
+    if done.stdout.strip() == "no-glibc":
+        return None
+    filled, after = map(int, done.stdout.split())
+    return filled - after
+
+
+def test_a_large_array_goes_back_to_the_system_when_freed():
+    """After a larger array came and went, glibc's own rule keeps a freed 20 MiB array; ours does not."""
+    bounded, unbounded = _freed_mib("bounded"), _freed_mib("unbounded")
+    if bounded is None:
+        import pytest
+
+        pytest.skip("mallopt is glibc's")
+    assert bounded >= 18, bounded
+    assert unbounded is not None and unbounded < 5, unbounded  # the probe shows the case it guards
+
+
+def test_a_users_own_malloc_threshold_wins():
+    freed = _freed_mib("bounded", MALLOC_MMAP_THRESHOLD_=str(32 << 20), MALLOC_TRIM_THRESHOLD_=str(1 << 30))
+    if freed is None:
+        import pytest
+
+        pytest.skip("mallopt is glibc's")
+    assert freed < 5, freed  # under the user's thresholds 20 MiB is served from the heap and kept
