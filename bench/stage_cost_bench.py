@@ -10,7 +10,8 @@ codecs' included) is its own:
     softmax / layout, blend + finish (the rest of the block's compute), write → export
     (labels COG: staging with MODE overviews, then the COG copy; its sidecars, STAC)
 
-Each setting runs in its own child process (no GDAL block cache carried over), twice,
+Each setting runs in its own child process (no GDAL block cache carried over; GDAL's cache
+and glibc's thresholds set as a command sets them), twice,
 alternating; the faster run of each is kept. Side by side in the same run:
 
 - the scene read in place (a tiled GeoTIFF, the default) and copied (``--copy-input``);
@@ -171,7 +172,10 @@ def tile_copy(scene: str, out: Path) -> dict[str, float]:
 
 
 def child(kind: str, scene: str, ckpt: str, out: str) -> None:
-    """One measurement in this (fresh) process; prints its JSON."""
+    """One measurement in this (fresh) process, set up as a command sets itself up; prints its JSON."""
+    from pipeline.execution.process_memory import bound_process_memory
+
+    bound_process_memory()
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     if kind.startswith("staged"):
