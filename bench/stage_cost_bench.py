@@ -20,7 +20,12 @@ alternating; the faster run of each is kept. Side by side in the same run:
 - a plain tile copy of the same file (every tile read and written DEFLATE-compressed
   by GDAL, as a COG of it would be) — the Mpx/s a pure I/O job reaches here.
 
-Run: ``python -m bench.stage_cost_bench [--mpx 64] [--repeats 2]``. Results are printed
+With ``--baseline REV`` the in-place staged and segment rows also run with that
+revision's code (a temporary git worktree), interleaved with this code's runs, and
+the ratios are printed: the machine's state moves absolute figures by ±20% between
+runs, a ratio from one run does not.
+
+Run: ``python -m bench.stage_cost_bench [--mpx 64] [--repeats 2] [--baseline REV]``. Results are printed
 and written to the "Cost per pixel" section of ``bench/RESULTS.md``.
 """
 
@@ -187,10 +192,11 @@ def child(kind: str, scene: str, ckpt: str, out: str) -> None:
     print("RESULT " + json.dumps(result))
 
 
-def _in_child(kind: str, scene: Path, ckpt: Path, out: Path) -> dict:
+def _in_child(kind: str, scene: Path, ckpt: Path, out: Path, root: Path = ROOT) -> dict:
+    """One measurement in a fresh process, with the code of the checkout at ``root``."""
     proc = subprocess.run(
         [sys.executable, "-m", "bench.stage_cost_bench", "--child", kind, str(scene), str(ckpt), str(out)],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=root, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)},
     )  # fmt: skip
     if proc.returncode != 0:
         raise RuntimeError(f"{kind}: {proc.stderr[-3000:]}")
@@ -202,11 +208,35 @@ def _total(result: dict) -> float:
     return float(result["wall"] if isinstance(result["wall"], float) else sum(result["wall"].values()))
 
 
+BASELINE_KINDS = ("staged in place", "segment in place")
+"""The rows run again with the baseline's code (``--baseline``)."""
+
+
+@contextlib.contextmanager
+def _checkout(rev: str | None) -> Iterator[Path | None]:
+    """A temporary git worktree of ``rev`` (None: no baseline), removed afterwards."""
+    if rev is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="gigaseg-baseline-") as tmp:
+        where = Path(tmp) / "checkout"
+        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(where), rev], cwd=ROOT, check=True)
+        try:
+            yield where
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(where)], cwd=ROOT, check=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mpx", type=float, default=64.0, help="scene size in megapixels")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--no-record", action="store_true", help="print only; leave bench/RESULTS.md as it is")
+    p.add_argument(
+        "--baseline", metavar="REV",
+        help="also run the staged and segment rows (read in place) with this git revision's code, "
+        "interleaved, and print the ratios to it",
+    )  # fmt: skip
     p.add_argument("--child", nargs=4, metavar=("KIND", "SCENE", "CKPT", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -218,18 +248,22 @@ def main(argv: list[str] | None = None) -> int:
     mpx = side * side / 1e6
     kinds = ("staged in place", "staged copied", "segment in place", "segment copied", "tile copy")
     best: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="gigaseg-stage-cost-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="gigaseg-stage-cost-") as tmp, _checkout(args.baseline) as old:
         tmp_path = Path(tmp)
         scene = write_scene(tmp_path / "scene.tif", side)
         ckpt = make_checkpoint(case, tmp_path / "conv1x1.safetensors")
+        runs = [(kind, ROOT) for kind in kinds]
+        if old is not None:
+            runs += [(f"{kind} @baseline", old) for kind in BASELINE_KINDS]
         for r in range(args.repeats):
-            for kind in kinds:
-                out = tmp_path / f"{kind.replace(' ', '_')}_{r}"
-                result = _in_child(kind, scene, ckpt, out)
+            for name, root in runs:
+                kind = name.removesuffix(" @baseline")
+                out = tmp_path / f"{name.replace(' ', '_').replace('@', '')}_{r}"
+                result = _in_child(kind, scene, ckpt, out, root)
                 subprocess.run(["rm", "-rf", str(out)], check=True)
-                if kind not in best or _total(result) < _total(best[kind]):
-                    best[kind] = result
-                print(f"{kind} #{r + 1}: {_total(result):.2f} s", file=sys.stderr)
+                if name not in best or _total(result) < _total(best[name]):
+                    best[name] = result
+                print(f"{name} #{r + 1}: {_total(result):.2f} s", file=sys.stderr)
     load_end = os.getloadavg()[0]
     body = report(best, mpx, side, args, load_start, load_end)
     print(body)
@@ -276,6 +310,7 @@ def report(
         speed = mpx / r["wall"]
         lines.append(f"| {name} | {r['wall']:.2f} | {r['cpu']:.2f} | {speed:.2f} | {stages or '–'} |")
     ratio = (mpx / seg_in["wall"]) / (mpx / copy["wall"])
+    baseline = _baseline_lines(best, mpx, args.baseline)
     lines += [
         "",
         f"- CPU-seconds per Mpx outside the forward, read in place: **{outside[0] / mpx:.3f}** "
@@ -283,8 +318,27 @@ def report(
         f"- end-to-end Mpx/s ÷ the plain tile copy's: **{ratio:.2f}** (target ≥ {COPY_TARGET})",
         f"- reading in place instead of copying: segment {seg_copy['wall'] / seg_in['wall']:.2f}× faster "
         f"(ingest {seg_copy.get('ingest', 0):.2f} s → {seg_in.get('ingest', 0):.2f} s)",
+        *baseline,
     ]
     return "\n".join(lines)
+
+
+def _baseline_lines(best: dict[str, dict], mpx: float, rev: str | None) -> list[str]:
+    """Per stage and in all, this code's CPU against the baseline's, from the same run (interleaved)."""
+    if rev is None:
+        return []
+    new, old = best["staged in place"]["cpu"], best["staged in place @baseline"]["cpu"]
+    outside_new, outside_old = (sum(c.get(k, 0.0) for k in OUTSIDE) for c in (new, old))
+    stages = ", ".join(f"{k} {old.get(k, 0.0) / mpx:.4f} → {new.get(k, 0.0) / mpx:.4f}" for k in STAGES)
+    seg_new, seg_old = best["segment in place"], best["segment in place @baseline"]
+    return [
+        f"- against `{rev}` in the same run (read in place, interleaved): outside the forward "
+        f"{outside_old / mpx:.4f} → {outside_new / mpx:.4f} CPU-s/Mpx "
+        f"(**{outside_new / outside_old:.2f}×**); "
+        f"segment {seg_old['wall']:.2f} → {seg_new['wall']:.2f} s wall, {seg_old['cpu']:.2f} → "
+        f"{seg_new['cpu']:.2f} s CPU",
+        f"- per stage, CPU-s/Mpx `{rev}` → this code: {stages}",
+    ]
 
 
 if __name__ == "__main__":
