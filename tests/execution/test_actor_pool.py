@@ -63,9 +63,7 @@ def test_scenes_share_one_pool_load_the_model_once_and_a_corrupt_one_fails_alone
         with ThreadPoolExecutor(4) as threads:  # all four scenes in flight at once
             runs = [threads.submit(pool.run, job) for job in jobs]
             counts = [r.result() for r in runs[:3]]
-            with pytest.raises(
-                BlockFailedError, match=r"s3.tif: block \[\d, \d\] .* cannot be read"
-            ):
+            with pytest.raises(BlockFailedError, match=r"s3.tif: block \[\d, \d\] .* cannot be read"):
                 runs[3].result()
         later = prepare(_config(scenes[0], tiny_checkpoint, tmp_path / "later.tif"))
         assert pool.run(later) == (4, 0), "the pool goes on serving after a scene failed"
