@@ -11,7 +11,7 @@ codecs' included) is its own:
     (labels COG: staging with MODE overviews, then the COG copy; its sidecars, STAC)
 
 Each setting runs in its own child process (no GDAL block cache carried over; GDAL's cache
-and glibc's thresholds set as a command sets them), twice,
+bounded as a command bounds it), twice,
 alternating; the faster run of each is kept. Side by side in the same run:
 
 - the scene read in place (a tiled GeoTIFF, the default) and copied (``--copy-input``);
@@ -57,6 +57,11 @@ STAGES = (
 )  # fmt: skip
 OUTSIDE = tuple(s for s in STAGES if s not in ("forward", "check"))
 """The stages counted against the target: all but the model's own forward and the model load."""
+
+
+def _outside(cpu: dict[str, float]) -> float:
+    """CPU seconds of the stages counted against the target (:data:`OUTSIDE`)."""
+    return sum(cpu.get(k, 0.0) for k in OUTSIDE)
 
 
 class StageClock:
@@ -295,7 +300,7 @@ def report(
     for stage in STAGES:
         a, b = staged[0].get(stage, 0.0), staged[1].get(stage, 0.0)
         lines.append(f"| {stage} | {a:.2f} | {a / mpx:.4f} | {b:.2f} | {b / mpx:.4f} |")
-    outside = [sum(s.get(k, 0.0) for k in OUTSIDE) for s in staged]
+    outside = [_outside(s) for s in staged]
     lines.append(
         f"| **outside the forward** (all but check and forward) | {outside[0]:.2f} | "
         f"**{outside[0] / mpx:.4f}** | {outside[1]:.2f} | **{outside[1] / mpx:.4f}** |"
@@ -328,7 +333,7 @@ def _baseline_lines(best: dict[str, dict], mpx: float, rev: str | None) -> list[
     if rev is None:
         return []
     new, old = best["staged in place"]["cpu"], best["staged in place @baseline"]["cpu"]
-    outside_new, outside_old = (sum(c.get(k, 0.0) for k in OUTSIDE) for c in (new, old))
+    outside_new, outside_old = _outside(new), _outside(old)
     stages = ", ".join(f"{k} {old.get(k, 0.0) / mpx:.4f} → {new.get(k, 0.0) / mpx:.4f}" for k in STAGES)
     seg_new, seg_old = best["segment in place"], best["segment in place @baseline"]
     return [

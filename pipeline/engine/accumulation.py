@@ -97,10 +97,10 @@ def _shift_rows(acc: torch.Tensor, n: int, keep: int) -> None:
     array are disjoint (their bounds interleave across classes) and would copy the
     source to a temporary first.
     """
+    planes = acc.numpy() if acc.device.type == "cpu" else None
     for a in range(0, keep, n):
         b = min(a + n, keep)
-        if acc.device.type == "cpu":
-            planes = acc.numpy()
+        if planes is not None:
             for plane in planes:
                 np.copyto(plane[a:b], plane[n + a : n + b])
         else:
