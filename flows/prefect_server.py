@@ -87,7 +87,8 @@ def use_prefect_api() -> str | None:
     The user's ``PREFECT_API_URL`` (environment, profile or ``prefect.toml``) as is;
     else, by default, the shared local server (found or started, then leased until
     this process exits); ``None`` with ``GIGASEG_PREFECT_SERVER=ephemeral`` (Prefect
-    starts its own ephemeral API for this process).
+    starts its own ephemeral API for this process). On the servers gigaseg picks,
+    flow-run heartbeats are off unless the user set their frequency.
     """
     from prefect.settings import get_current_settings
 
@@ -95,16 +96,34 @@ def use_prefect_api() -> str | None:
     if given:
         return given
     mode = os.environ.get(MODE_ENV, "shared").strip().lower() or "shared"
-    if mode == "ephemeral":
-        return None
-    if mode != "shared":
+    if mode not in ("shared", "ephemeral"):
         raise InputError(f"{MODE_ENV}={mode!r}: expected 'shared' or 'ephemeral'")
-    url = acquire(server_folder(), idle_minutes())
-    os.environ["PREFECT_API_URL"] = url
     import prefect.context
 
-    prefect.context.refresh_global_settings_context()  # Prefect read its settings at import
+    url = None
+    if mode == "shared":
+        url = acquire(server_folder(), idle_minutes())
+        os.environ["PREFECT_API_URL"] = url
+        prefect.context.refresh_global_settings_context()  # Prefect read its settings at import
+    _heartbeats_only_if_asked()
     return url
+
+
+def _heartbeats_only_if_asked() -> None:
+    """Turn Prefect's flow-run heartbeats off on a server gigaseg chose, unless the user set them.
+
+    Heartbeats only matter to an automation that marks silent runs ``Crashed``, which
+    a self-hosted server has only if someone created it; the shared local server and
+    the ephemeral API have none. Each sync flow run still waits at its end for the
+    heartbeat thread's current one-second sleep (bench/RESULTS.md, "Prefect's
+    heartbeat wait"). A frequency the user set (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``,
+    a profile or ``prefect.toml``) is kept: ``set_defaults`` overrides only unset values.
+    """
+    from prefect import context
+
+    root = context.GLOBAL_SETTINGS_CONTEXT
+    settings = root.settings.copy_with_update(set_defaults={"flows.heartbeat_frequency": None})
+    context.GLOBAL_SETTINGS_CONTEXT = context.SettingsContext(profile=root.profile, settings=settings)
 
 
 def _lock(path: Path, mode: int) -> IO[str]:

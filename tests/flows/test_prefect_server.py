@@ -92,6 +92,25 @@ def test_the_users_api_and_the_ephemeral_opt_out_start_nothing(tmp_path: Path) -
     assert not list(tmp_path.iterdir()), "a server was started although the user chose the API"
 
 
+def test_heartbeats_are_off_on_a_server_gigaseg_picks_unless_the_user_set_them(tmp_path: Path) -> None:
+    probe = (
+        "from flows.prefect_server import use_prefect_api; use_prefect_api(); "
+        "from prefect.settings import get_current_settings as s; print(s().flows.heartbeat_frequency)"
+    )
+    ephemeral = {MODE_ENV: "ephemeral"}
+    cases = (
+        # gigaseg picked the API (nobody watches heartbeats there), then the user asked for them
+        (_env(tmp_path, **ephemeral), "None"),
+        (_env(tmp_path, **ephemeral, PREFECT_FLOWS_HEARTBEAT_FREQUENCY="60"), "60"),
+        # the user's own server: Prefect's default, untouched
+        (_env(tmp_path, PREFECT_API_URL="http://127.0.0.1:9/api"), "180"),
+    )
+    for env, expected in cases:
+        command = [sys.executable, "-c", probe]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
+        assert result.stdout.strip() == expected, result.stderr[-2000:]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="reads process states in /proc")
 def test_two_commands_share_one_server_that_outlives_them_and_stops_when_idle(state: Path, tmp_path: Path):
