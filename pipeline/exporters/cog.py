@@ -35,6 +35,7 @@ import rasterio.shutil
 import zarr
 from affine import Affine
 from rasterio.crs import CRS
+from zarr.storage import LocalStore
 
 from pipeline.exporters.overviews import ModePyramid, overview_shapes
 from pipeline.exporters.qgis_style import labels_qml, probabilities_qml
@@ -306,9 +307,10 @@ def _stream_strips(labels: zarr.Array, dst: rasterio.io.DatasetWriter, pyramid: 
     thread reads the next strip and writes the full resolution.
     """
     shape = labels.shape
-    # A sharded store (on object storage) is read a shard row at a time: one request per
-    # shard instead of one per chunk.
-    step = labels.shards[0] if labels.shards is not None else COG_BLOCK
+    # On object storage a shard row at a time (one request per shard instead of one per
+    # chunk); on disk a COG block row (a shard row would hold a block's height of rows).
+    remote = labels.shards is not None and not isinstance(labels.store, LocalStore)
+    step = labels.shards[0] if remote else COG_BLOCK
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gigaseg-overviews") as overviews:
         pushed: list[Future[None]] = []
         for start in range(0, shape[0], step):

@@ -79,8 +79,7 @@ class OutputStore:
                 pass
             remove_tree(path)
         group = zarr.open_group(str(path), mode="w", zarr_format=3)
-        sharded = isinstance(path, ObjectLocation)
-        _create_arrays(group, plan, num_classes, with_probabilities, with_uncertainty, sharded)
+        _create_arrays(group, plan, num_classes, with_probabilities, with_uncertainty)
         nodata = label_nodata(num_classes)
         group.attrs.update(
             {
@@ -159,19 +158,18 @@ def _create_arrays(
     num_classes: int,
     with_probabilities: bool,
     with_uncertainty: bool,
-    sharded: bool = False,
 ) -> None:
     """The store's arrays, empty: labels, the optional maps, per-block label statistics and done flags.
 
-    ``sharded`` (a store on object storage): the pixel arrays keep their chunks but
-    store a block's chunks in one object (a Zarr shard), so a block is a few PUTs
-    instead of one per chunk; a block writes its whole shard at once.
+    The pixel arrays keep their chunks but store a block's chunks in one file or
+    object (a Zarr shard), which a block writes whole: on object storage a block
+    is a few PUTs instead of one per chunk, and on disk one file per array instead
+    of one per chunk (half the write's CPU: bench/RESULTS.md, "Output store: a
+    shard per block"). Readers still read any chunk of a shard on its own.
     """
     shape = plan.grid.shape
     chunks = tuple(min(c, s) for c, s in zip(plan.chunk_shape, shape))
-    shards = (
-        tuple(min(b, -(-s // c) * c) for b, c, s in zip(plan.block_shape, chunks, shape)) if sharded else None
-    )
+    shards = tuple(min(b, -(-s // c) * c) for b, c, s in zip(plan.block_shape, chunks, shape))
     dims = tuple("zyx"[-len(shape) :])
     nodata = label_nodata(num_classes)
     group.create_array(
