@@ -308,7 +308,7 @@ def _stream_strips(labels: zarr.Array, dst: rasterio.io.DatasetWriter, pyramid: 
     """
     shape = labels.shape
     # On object storage a shard row at a time (one request per shard instead of one per
-    # chunk); on disk a COG block row (a shard row would hold a block's height of rows).
+    # chunk); on disk a COG block row, whole shards there (each holds one row of chunks).
     remote = labels.shards is not None and not isinstance(labels.store, LocalStore)
     step = labels.shards[0] if remote else COG_BLOCK
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gigaseg-overviews") as overviews:
