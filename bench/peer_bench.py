@@ -8,7 +8,9 @@ process, imports included):
   (``pipeline.job.steps.segment``, the library call under ``gigaseg segment --workers 0
   --no-track``: no Ray, no MLflow, no Prefect start-up);
 - ``gigaseg-cli``: the same through the ``gigaseg segment --workers 0 --no-track``
-  command (Prefect flow included), at the sizes given by ``--cli-sizes``;
+  command (Prefect flow included), at the sizes given by ``--cli-sizes``; the shared
+  Prefect server is started and runs one unmeasured command first, as a user's earlier
+  commands leave it;
 - ``gigaseg-ray``: the ``gigaseg`` row with 2 workers on a fresh local Ray cluster
   (start-up counted; RSS summed over the driver and the cluster's processes), at
   the sizes given by ``--ray-sizes``;
