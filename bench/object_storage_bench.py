@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 
 from bench.engine_bench import job_seconds, run_cli, write_scene
-from bench.results import command_line, table_head, write_section
+from bench.results import command_line, current_commit, table_head, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 1.3
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()[0]
     lines = [
         f"`{command_line('bench.object_storage_bench', argv if argv is not None else sys.argv[1:])}` — "
-        f"{dt.date.today()}, commit {_commit()}, load average {load:.1f} at the end.",
+        f"{dt.date.today()}, commit {current_commit()}, load average {load:.1f} at the end.",
         "",
         f"{mpx:.0f} Mpx single-band uint8 scene, `arch:conv1x1`, tile 512, batch 8, engine in process, "
         "untracked (`--workers 0 --no-track`).",
@@ -150,15 +150,6 @@ def _same_bytes(s3, bucket: str, tmp: Path) -> bool:
     got = tmp / "from_bucket.tif"
     s3.download_file(bucket, "results/out0.tif", str(got))
     return got.read_bytes() == (tmp / "local0.tif").read_bytes()
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        return "?"
 
 
 if __name__ == "__main__":

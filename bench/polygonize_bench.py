@@ -32,7 +32,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from bench.results import command_line, load_text, table_head, write_section
+from bench.results import command_line, current_commit, load_text, table_head, write_section
 
 NODATA = 255
 STRIP = 1024
@@ -156,7 +156,7 @@ def report(rows: list[dict[str, float]], args: list[str], load: str) -> str:
     """The results section."""
     lines = [
         f"Command: `{command_line('bench.polygonize_bench', args)}`  ",
-        f"Date: {time.strftime('%Y-%m-%d')}, commit {_commit()}  ",
+        f"Date: {time.strftime('%Y-%m-%d')}, commit {current_commit()}  ",
         f"Machine: {os.cpu_count()} CPU cores, {load}",
         "",
         *table_head(
@@ -183,19 +183,6 @@ def report(rows: list[dict[str, float]], args: list[str], load: str) -> str:
         "command runs with its defaults.",
     ]
     return "\n".join(lines)
-
-
-def _commit() -> str:
-    """The checkout's short commit (with ``+`` when it has uncommitted changes), or "unknown"."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=root).returncode != 0
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+" if dirty else "")
 
 
 def main(argv: list[str] | None = None) -> None:

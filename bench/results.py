@@ -4,6 +4,7 @@ section is written with (markdown table heads, the command as run)."""
 from __future__ import annotations
 
 import re
+import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -48,3 +49,16 @@ def load_text(start: float, end: float) -> str:
     'load average 1.2 at the start, 3.0 at the end'
     """
     return f"load average {start:.1f} at the start, {end:.1f} at the end"
+
+
+def current_commit() -> str:
+    """The checkout's short commit (with ``+`` when it has uncommitted changes), or "unknown"."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=root).returncode != 0
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+" if dirty else "")

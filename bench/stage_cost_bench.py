@@ -45,7 +45,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench.peers.fixtures import bench_cases, make_checkpoint, side_of, write_scene
-from bench.results import command_line, load_text, table_head, write_section
+from bench.results import command_line, current_commit, load_text, table_head, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.05
@@ -281,9 +281,7 @@ def report(
     best: dict[str, dict], mpx: float, side: int, args: argparse.Namespace, l0: float, l1: float
 ) -> str:
     """The section: CPU-s/Mpx per stage (in place, copied), then the end-to-end and copy rows."""
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
+    commit = current_commit()
     argv = [a for a in (sys.argv[1:] if sys.argv[1:] else [])]
     lines = [
         f"`{command_line('bench.stage_cost_bench', argv)}` — {dt.date.today()}, commit {commit}, "

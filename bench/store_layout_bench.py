@@ -20,19 +20,16 @@ import argparse
 import datetime as dt
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import zarr
 
-from bench.results import command_line, load_text, table_head, write_section
+from bench.results import command_line, current_commit, load_text, table_head, write_section
 from pipeline.stores.output import COMPRESSORS
 
-ROOT = Path(__file__).resolve().parents[1]
 BLOCK, CHUNK, STRIP = 4096, 512, 512
 LAYOUTS = {
     "chunks": None,
@@ -96,9 +93,7 @@ def report(
     l1: float,
 ) -> str:
     """The section: CPU and wall seconds per layout and operation, each layout's CPU against ``chunks``."""
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
+    commit = current_commit()
     mpx = side * side / 1e6
     lines = [
         f"`{command_line('bench.store_layout_bench', argv)}` — {dt.date.today()}, commit {commit}, "
