@@ -8,8 +8,6 @@ again), so a noisy minute on a shared machine hits every row alike.
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +20,6 @@ from bench.peers.rows import REFERENCES, ROWS, RowSpec
 from bench.peers.seams import border_band, reference_for, seam_error
 
 OVERLAP = 0.25
-ROOT = Path(__file__).resolve().parents[2]
 WARMUP_SIDE = 512
 
 
@@ -152,24 +149,20 @@ class CaseBench:
 
         A user's commands find the server running (it outlives them); without this the first
         timed run would pay its start (seconds) and its first, slower flow run. One unmeasured
-        ``gigaseg segment`` of a small scene, with this case's weights and tile.
+        run of the ``gigaseg-cli`` row itself on a small scene.
         """
         if self.settings.prefect_warm:
             return
-        scene = write_scene(self.settings.work / "prefect_warmup.tif", WARMUP_SIDE)
+        path = write_scene(self.settings.work / "prefect_warmup.tif", WARMUP_SIDE)
         out = self.settings.work / "prefect_warmup"
-        out.mkdir(exist_ok=True)
-        command = [sys.executable, "-m", "flows.cli", "segment", str(scene), "-m", str(self.ckpt),
-                   "-o", str(out / "labels.tif"), "--workers", "0", "--no-track", "--quiet",
-                   "--tile", str(self.case.tile), "--device", self.settings.device]  # fmt: skip
         try:
-            timeout = self.settings.timeout
-            done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-            if done.returncode != 0:
-                raise RuntimeError(f"the Prefect warm-up command failed: {done.stderr.strip()[-2000:]}")
+            scene = Scene(WARMUP_SIDE, path, seam=False)
+            result = self._run(self._spec(scene, "gigaseg-cli", amp=False, seam=False, out=out))
         finally:
-            scene.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             shutil.rmtree(out, ignore_errors=True)
+        if result.status != "ok":
+            raise RuntimeError(f"the Prefect warm-up run of gigaseg-cli failed: {result.status}")
         self.settings.prefect_warm = True
 
     def _run_rows(self, scene: Scene) -> list[Measured]:
