@@ -90,15 +90,15 @@ def main(argv: list[str] | None = None) -> int:
         s3.upload_file(str(scene), bucket, "scenes/gray.tif")
         warm = write_scene(tmp / "warm.tif", 1, 256)  # the shared Prefect server starts here, untimed
         run_cli(segment_args(str(warm), str(tmp / "warm_out.tif")))
-        times: dict[str, list[tuple[float, float]]] = {"local": [], "bucket": []}
+        times: dict[str, list[tuple[float, float, int]]] = {"local": [], "bucket": []}
         for k in range(args.repeats):
             out = tmp / f"local{k}.tif"
-            secs, _, err = run_cli(segment_args(str(scene), str(out)))
-            times["local"].append((secs, job_seconds(err)))
-            secs, _, err = run_cli(
+            secs, peak, err = run_cli(segment_args(str(scene), str(out)))
+            times["local"].append((secs, job_seconds(err), peak))
+            secs, peak, err = run_cli(
                 segment_args(f"s3://{bucket}/scenes/gray.tif", f"s3://{bucket}/results/out{k}.tif")
             )
-            times["bucket"].append((secs, job_seconds(err)))
+            times["bucket"].append((secs, job_seconds(err), peak))
         same = _same_bytes(s3, bucket, tmp)
         server_cpu = _cpu_seconds(server.pid)
     finally:
@@ -106,12 +106,16 @@ def main(argv: list[str] | None = None) -> int:
         server.wait()
     local, remote = (min(t[0] for t in times[s]) for s in ("local", "bucket"))
     local_job, remote_job = (min(t[1] for t in times[s]) for s in ("local", "bucket"))
+    local_peak, remote_peak = (max(t[2] for t in times[s]) / 2**20 for s in ("local", "bucket"))
     mpx = side * side / 1e6
-    rows = table_head("run", f"command s (best of {args.repeats})", "job s (ingest → COG)", "Mpx/s")
+    rows = table_head(
+        "run", f"command s (best of {args.repeats})", "job s (ingest → COG)", "Mpx/s", "peak RSS MiB"
+    )
     rows += [
-        f"| local disk: input, work folder, output | {local:.1f} | {local_job:.1f} | {mpx / local:.1f} |",
+        f"| local disk: input, work folder, output | {local:.1f} | {local_job:.1f} | {mpx / local:.1f} "
+        f"| {local_peak:.0f} |",
         f"| S3 bucket (moto on loopback): input, work folder, output | {remote:.1f} | {remote_job:.1f} "
-        f"| {mpx / remote:.1f} |",
+        f"| {mpx / remote:.1f} | {remote_peak:.0f} |",
     ]
     load = os.getloadavg()[0]
     lines = [
@@ -124,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         *rows,
         "",
         f"- bucket ÷ local, whole command: **{remote / local:.2f}×** (target ≤ {TARGET}); "
-        f"job only: {remote_job / local_job:.2f}×",
+        f"job only: {remote_job / local_job:.2f}×; peak RSS {remote_peak / local_peak:.2f}×",
         f"- the bucket's COG is byte-identical to the local one: **{'yes' if same else 'NO'}**",
         f"- the S3 server itself (moto, Python, on the same {os.cpu_count()} cores) used "
         f"{server_cpu:.1f} CPU-s over the whole bench ({args.repeats} bucket runs and the upload): "
