@@ -307,8 +307,10 @@ def _stream_strips(labels: zarr.Array, dst: rasterio.io.DatasetWriter, pyramid: 
     thread reads the next strip and writes the full resolution.
     """
     shape = labels.shape
-    # On object storage a shard row at a time (one request per shard instead of one per
-    # chunk); on disk a COG block row, whole shards there (each holds one row of chunks).
+    # On object storage a row of shards at a time (one request per shard instead of one
+    # per chunk); on disk a COG block row whatever the chunk (reading part of a shard
+    # file costs nothing there). A shard holds one row of a block's chunks, or a whole
+    # block's rows in stores written before that layout.
     remote = labels.shards is not None and not isinstance(labels.store, LocalStore)
     step = labels.shards[0] if remote else COG_BLOCK
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gigaseg-overviews") as overviews:

@@ -79,8 +79,7 @@ class OutputStore:
                 pass
             remove_tree(path)
         group = zarr.open_group(str(path), mode="w", zarr_format=3)
-        remote = isinstance(path, ObjectLocation)
-        _create_arrays(group, plan, num_classes, with_probabilities, with_uncertainty, remote)
+        _create_arrays(group, plan, num_classes, with_probabilities, with_uncertainty)
         nodata = label_nodata(num_classes)
         group.attrs.update(
             {
@@ -159,23 +158,20 @@ def _create_arrays(
     num_classes: int,
     with_probabilities: bool,
     with_uncertainty: bool,
-    remote: bool,
 ) -> None:
     """The store's arrays, empty: labels, the optional maps, per-block label statistics and done flags.
 
     The pixel arrays keep their chunks but store them in Zarr shards that a block
-    writes whole: on object storage (``remote``) one object per block and array, so
-    a block is a few PUTs instead of one per chunk; on disk one file per row of a
-    block's chunks, so a block writes a few files instead of one per chunk (half the
-    write's CPU) and a strip of chunk rows (what the COG export reads) is whole
-    files, which Zarr reads in one go instead of chunk by chunk (bench/RESULTS.md,
-    "Output store: shards").
+    writes whole, one per row of the block's chunks: a block writes a few files or
+    objects instead of one per chunk (half the write's CPU on disk, a few PUTs on
+    object storage), and a strip of chunk rows (what the COG export reads) is whole
+    shards, which Zarr reads in one request instead of chunk by chunk
+    (bench/RESULTS.md, "Output store: shards" and "Object storage").
     """
     shape = plan.grid.shape
     chunks = tuple(min(c, s) for c, s in zip(plan.chunk_shape, shape))
-    shards = tuple(min(b, -(-s // c) * c) for b, c, s in zip(plan.block_shape, chunks, shape))
-    if not remote:
-        shards = (chunks[0], *shards[1:])
+    blocks = tuple(min(b, -(-s // c) * c) for b, c, s in zip(plan.block_shape, chunks, shape))
+    shards = (chunks[0], *blocks[1:])
     dims = tuple("zyx"[-len(shape) :])
     nodata = label_nodata(num_classes)
     group.create_array(
