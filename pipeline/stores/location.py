@@ -211,8 +211,12 @@ def _filesystem(protocol: str) -> fsspec.AbstractFileSystem:
 def remove_tree(where: Where) -> None:
     """Remove a folder (or prefix) and everything in it; a missing one is fine."""
     if isinstance(where, ObjectLocation):
+        # One listing and one bulk delete; fsspec's recursive rm of a prefix with nothing
+        # under it (a fresh work folder) costs five requests, each a round trip.
         with contextlib.suppress(FileNotFoundError):
-            where.fs.rm(where.url, recursive=True)
+            keys = where.fs.find(where.url)
+            if keys:
+                where.fs.rm(keys)
     else:
         shutil.rmtree(where, ignore_errors=True)
 
