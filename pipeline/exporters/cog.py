@@ -40,6 +40,7 @@ from zarr.storage import LocalStore
 from pipeline.exporters.overviews import ModePyramid, overview_shapes
 from pipeline.exporters.qgis_style import labels_qml, probabilities_qml
 from pipeline.stores.transfer import write_text_atomically
+from pipeline.stores.zarr_groups import open_group
 
 COG_BLOCK = 512
 WRITE_WINDOW = (COG_BLOCK, 8192)
@@ -226,7 +227,7 @@ def export_labels_cog(
     levels as they are instead of resampling the full raster per level.
     """
     output = Path(output)
-    group = zarr.open_group(str(store_path), mode="r")
+    group = open_group(store_path, mode="r")
     labels = group["labels"]
     nodata = int(group.attrs["nodata"])
     grid = _LabelGrid(labels.shape, str(labels.dtype), nodata, geo)
@@ -338,7 +339,7 @@ def export_probabilities_cog(
     probability as a ramp to that class's colour (any band can be picked in QGIS).
     """
     output = Path(output)
-    group = zarr.open_group(str(store_path), mode="r")
+    group = open_group(store_path, mode="r")
     probs = group["probabilities"]
     shape = probs.shape[1:]
     with _temporary_sibling(output, ".staging.tif") as staging, _temporary_sibling(output, ".cog.tif") as cog:

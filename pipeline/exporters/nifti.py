@@ -25,6 +25,7 @@ import zarr
 
 from pipeline.exporters.cog import _temporary_sibling
 from pipeline.inputs.volume_geometry import VolumeGeometry, reverse_axes_affine
+from pipeline.stores.zarr_groups import open_group
 
 
 def nifti_header(
@@ -95,7 +96,7 @@ def export_labels_nifti(
 ) -> Path:
     """Write the store's labels as a NIfTI with the scene's shape and affine."""
     output = Path(output)
-    group = zarr.open_group(str(store_path), mode="r")
+    group = open_group(store_path, mode="r")
     labels = group["labels"]
     geometry = VolumeGeometry.from_attrs(scene_attrs)
     dtype = np.dtype(labels.dtype)
@@ -112,7 +113,7 @@ def export_probabilities_nifti(
 ) -> Path:
     """Write per-class probabilities as a 4D float32 NIfTI ``(i, j, k, class)``, NaN where nodata."""
     output = Path(output)
-    group = zarr.open_group(str(store_path), mode="r")
+    group = open_group(store_path, mode="r")
     probs = group["probabilities"]
     geometry = VolumeGeometry.from_attrs(scene_attrs)
     classes = probs.shape[0]

@@ -30,6 +30,7 @@ import zarr
 
 from pipeline.inputs.volume_geometry import VolumeGeometry, is_volume
 from pipeline.stores.scene import COMPRESSORS, SceneStore
+from pipeline.stores.zarr_groups import open_group
 
 NGFF_VERSION = "0.5"
 MAX_LEVELS = 5
@@ -142,7 +143,7 @@ def export_ome_zarr(
 ) -> Path:
     """Write the scene image (optional) and its label map as one OME-Zarr image with labels."""
     output = Path(output)
-    out_group = zarr.open_group(str(store_path), mode="r")
+    out_group = open_group(store_path, mode="r")
     scene = SceneStore.open(scene_path)
     labels = out_group["labels"]
     attrs = dict(scene.attrs)
@@ -152,7 +153,7 @@ def export_ome_zarr(
     extra = {"gigaseg": {k: attrs[k] for k in ("affine", "crs", "transform", "source") if k in attrs}}
     tmp = output.with_name(f".{output.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
     try:
-        root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        root = open_group(tmp, mode="w", zarr_format=3)
         if with_image:
             rest = tuple((0, n) for n in scene.spatial_shape[1:])
             _write_pyramid(
@@ -164,7 +165,7 @@ def export_ome_zarr(
                 shapes,
                 fill=0,
             )
-        root.attrs.update(
+        root.update_attributes(
             {
                 "ome": {
                     "version": NGFF_VERSION,
@@ -182,7 +183,7 @@ def export_ome_zarr(
         seg = label_root.create_group("segmentation")
         nodata = int(out_group.attrs["nodata"])
         _write_pyramid(seg, lambda a, b: labels[a:b], (), labels.dtype, labels.chunks, shapes, fill=nodata)
-        seg.attrs.update(
+        seg.update_attributes(
             {
                 "ome": {
                     "version": NGFF_VERSION,
@@ -219,14 +220,14 @@ def export_probabilities_ome_zarr(
 ) -> Path:
     """Per-class probabilities as a multiscale OME-Zarr image with one channel per class."""
     output = Path(output)
-    probs = zarr.open_group(str(store_path), mode="r")["probabilities"]
-    attrs = zarr.open_group(str(scene_path), mode="r").attrs.asdict()
+    probs = open_group(store_path, mode="r")["probabilities"]
+    attrs = open_group(scene_path, mode="r").attrs.asdict()
     shapes = level_shapes(probs.shape[1:])
     scale, translation = _spatial_transform(attrs, probs.ndim - 1)
     unit = "millimeter" if is_volume(attrs) else None
     tmp = output.with_name(f".{output.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
     try:
-        root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        root = open_group(tmp, mode="w", zarr_format=3)
         _write_pyramid(
             root,
             lambda a, b: probs[:, a:b],
@@ -236,7 +237,7 @@ def export_probabilities_ome_zarr(
             shapes,
             fill=np.nan,
         )
-        root.attrs.update(
+        root.update_attributes(
             {
                 "ome": {
                     "version": NGFF_VERSION,

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
 
 from pipeline.errors import InputError
 from pipeline.inputs.volume import Slab, VolumeSource
 from pipeline.inputs.volume_geometry import UNIT_TO_MM, VolumeGeometry, scale_translation_affine
+from pipeline.stores.zarr_groups import open_group
 
 
 def _ngff(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -33,7 +33,7 @@ def is_ome_zarr(path: Path) -> bool:
     if not path.is_dir() or not ((path / "zarr.json").exists() or (path / ".zattrs").exists()):
         return False
     try:
-        return "multiscales" in _ngff(zarr.open_group(str(path), mode="r").attrs.asdict())
+        return "multiscales" in _ngff(open_group(path, mode="r").attrs.asdict())
     except (ValueError, FileNotFoundError, KeyError, TypeError):
         return False
 
@@ -95,7 +95,7 @@ def open_ome_zarr(path: str | Path) -> VolumeSource:
     """Describe the full-resolution level of an OME-Zarr image as a volume source."""
     path = Path(path)
     try:
-        group = zarr.open_group(str(path), mode="r")
+        group = open_group(path, mode="r")
         meta = _ngff(group.attrs.asdict())
         ms = meta["multiscales"][0]
         axes = [a if isinstance(a, dict) else {"name": a} for a in ms["axes"]]

@@ -34,6 +34,7 @@ from pipeline.stores.block_output import BlockOutput
 from pipeline.stores.labels import label_dtype, label_nodata
 from pipeline.stores.location import ObjectLocation, Where, location, remove_tree
 from pipeline.stores.scene import COMPRESSORS
+from pipeline.stores.zarr_groups import create_group, open_group
 from pipeline.tiling import regions
 from pipeline.tiling.blocks import Block, BlockPlan
 
@@ -50,11 +51,13 @@ class OutputStore:
     def __init__(self, path: Where, group: zarr.Group):
         self.path = path
         self.group = group
-        self.labels = group["labels"]
-        self.probabilities = group.get("probabilities", None)
-        self.confidence = group.get("confidence", None)
-        self.entropy = group.get("entropy", None)
-        self.done = group["done"]
+        arrays = dict(group.arrays())  # one listing, the members' metadata read together
+        self.labels = arrays["labels"]
+        self.probabilities = arrays.get("probabilities")
+        self.confidence = arrays.get("confidence")
+        self.entropy = arrays.get("entropy")
+        self.done = arrays["done"]
+        self.stats = arrays.get("label_stats")
         self.nodata = int(group.attrs["nodata"])
 
     @classmethod
@@ -72,16 +75,16 @@ class OutputStore:
         path = location(path)
         if path.exists():
             try:
-                group = zarr.open_group(str(path), mode="r+")
+                group = open_group(path, mode="r+")
                 if group.attrs.get("fingerprint") == fingerprint:
                     return cls(path, group)
             except (FileNotFoundError, ValueError, KeyError):
                 pass
             remove_tree(path)
-        group = zarr.open_group(str(path), mode="w", zarr_format=3)
+        group = create_group(path)
         _create_arrays(group, plan, num_classes, with_probabilities, with_uncertainty)
         nodata = label_nodata(num_classes)
-        group.attrs.update(
+        group.update_attributes(
             {
                 **(attrs or {}),
                 "fingerprint": fingerprint,
@@ -96,7 +99,7 @@ class OutputStore:
     def open_existing(cls, path: str | os.PathLike[str] | ObjectLocation, fingerprint: str) -> OutputStore:
         """Open a store another process created; it must carry ``fingerprint`` (never wiped here)."""
         path = location(path)
-        group = zarr.open_group(str(path), mode="r+")
+        group = open_group(path, mode="r+")
         if group.attrs.get("fingerprint") != fingerprint:
             raise ValueError(f"{path}: output store was made with other settings (fingerprint differs)")
         return cls(path, group)
@@ -123,10 +126,8 @@ class OutputStore:
                 raise ValueError("this store keeps confidence and entropy: the block must carry them")
             self.confidence[sl] = output.confidence.astype(np.float16)
             self.entropy[sl] = output.entropy.astype(np.float16)
-        if output.label_stats is not None and "label_stats" in self.group:
-            self.group["label_stats"][regions.unit(block.index)] = output.label_stats[
-                (None,) * len(block.index)
-            ]
+        if output.label_stats is not None and self.stats is not None:
+            self.stats[regions.unit(block.index)] = output.label_stats[(None,) * len(block.index)]
         if output.polygons is not None:
             pieces = self.path / "polygons"
             pieces.mkdir(parents=True, exist_ok=True)
@@ -140,7 +141,9 @@ class OutputStore:
 
     def label_stats(self) -> np.ndarray:
         """``(classes, 2)``: voxels per label and the sum of their winning probability, over all blocks."""
-        stats = np.asarray(self.group["label_stats"][...])
+        if self.stats is None:
+            raise ValueError(f"{self.path}: this store keeps no label statistics")
+        stats = np.asarray(self.stats[...])
         return stats.reshape(-1, *stats.shape[-2:]).sum(axis=0)
 
     def is_complete(self) -> bool:
@@ -226,6 +229,6 @@ def read_labels(
     path: str | os.PathLike[str] | ObjectLocation, region: Sequence[tuple[int, int]] | None = None
 ) -> np.ndarray:
     """Labels of a finished store (whole, or one region)."""
-    group = zarr.open_group(str(path), mode="r")
+    group = open_group(path, mode="r")
     arr = group["labels"]
     return arr[regions.slices(region)] if region is not None else arr[...]

@@ -33,6 +33,7 @@ from zarr.codecs import BloscCodec
 
 from pipeline.inputs.tiled_source import TiledSource
 from pipeline.stores.location import ObjectLocation, Where, location, remove_tree
+from pipeline.stores.zarr_groups import create_group, open_group
 from pipeline.tiling import regions
 from pipeline.tiling.regions import Region
 
@@ -50,7 +51,7 @@ class SceneStore:
     def open(cls, path: str | os.PathLike[str] | ObjectLocation) -> SceneStore:
         """Open a complete store."""
         path = location(path)
-        group = zarr.open_group(str(path), mode="r")
+        group = open_group(path, mode="r")
         if not group.attrs.get("complete"):
             raise ValueError(f"{path}: scene store is incomplete (ingest did not finish)")
         return cls(path, group)
@@ -170,12 +171,12 @@ class SceneStoreWriter:
         in_place = isinstance(self.path, ObjectLocation)
         self.tmp_path: Where = self.path if in_place else self.path.with_name(self.path.name + ".partial")
         remove_tree(self.tmp_path)
-        self.group = zarr.open_group(str(self.tmp_path), mode="w", zarr_format=3)
+        self.group = create_group(self.tmp_path)
         spatial_shape = tuple(int(s) for s in spatial_shape)
         chunk = tuple(min(int(c), s) for c, s in zip(chunk, spatial_shape))
         if source is not None:
             self.image = self.valid = None
-            self.group.attrs.update(
+            self.group.update_attributes(
                 {
                     **attrs,
                     "tiled_source": source.attrs(),
@@ -208,7 +209,7 @@ class SceneStoreWriter:
             if with_mask
             else None
         )
-        self.group.attrs.update({**attrs, "complete": False})
+        self.group.update_attributes({**attrs, "complete": False})
 
     def write(self, region: Region, image: np.ndarray, valid: np.ndarray | None) -> None:
         """Write one chunk-aligned region."""
@@ -223,7 +224,7 @@ class SceneStoreWriter:
 
     def commit(self, extra_attrs: Mapping[str, Any] | None = None) -> SceneStore:
         """Mark complete and move into place (replacing any older store)."""
-        self.group.attrs.update({**(extra_attrs or {}), "complete": True})
+        self.group.update_attributes({**(extra_attrs or {}), "complete": True})
         if self.tmp_path != self.path:
             remove_tree(self.path)
             os.replace(self.tmp_path, self.path)
