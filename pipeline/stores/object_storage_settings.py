@@ -27,10 +27,10 @@ def gdal_object_storage_options() -> dict[str, str]:
     ``AWS_VIRTUAL_HOSTING``, not boto's ``AWS_ENDPOINT_URL``; a setting the user
     made for GDAL is kept. Empty without a custom endpoint (AWS itself).
 
-    >>> os.environ["AWS_ENDPOINT_URL"] = "http://127.0.0.1:9000"
-    >>> sorted(gdal_object_storage_options().items())
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000"}):
+    ...     sorted(gdal_object_storage_options().items())
     [('AWS_HTTPS', 'NO'), ('AWS_S3_ENDPOINT', '127.0.0.1:9000'), ('AWS_VIRTUAL_HOSTING', 'FALSE')]
-    >>> del os.environ["AWS_ENDPOINT_URL"]
     """
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     users_own = os.environ.get("AWS_S3_ENDPOINT") not in (None, _configured.get("AWS_S3_ENDPOINT"))
