@@ -34,7 +34,7 @@ from pipeline.stores.block_output import BlockOutput
 from pipeline.stores.labels import label_dtype, label_nodata
 from pipeline.stores.location import ObjectLocation, Where, location, remove_tree
 from pipeline.stores.scene import COMPRESSORS
-from pipeline.stores.zarr_groups import create_group, open_group
+from pipeline.stores.zarr_groups import create_arrays, create_group, open_group
 from pipeline.tiling import regions
 from pipeline.tiling.blocks import Block, BlockPlan
 
@@ -48,10 +48,11 @@ def fingerprint(parts: Mapping[str, Any]) -> str:
 class OutputStore:
     """Opened output store; create with :meth:`open_or_create`."""
 
-    def __init__(self, path: Where, group: zarr.Group):
+    def __init__(self, path: Where, group: zarr.Group, arrays: Mapping[str, zarr.Array] | None = None):
         self.path = path
         self.group = group
-        arrays = dict(group.arrays())  # one listing, the members' metadata read together
+        if arrays is None:  # an existing store: one listing, the members' metadata read together
+            arrays = dict(group.arrays())
         self.labels = arrays["labels"]
         self.probabilities = arrays.get("probabilities")
         self.confidence = arrays.get("confidence")
@@ -82,7 +83,7 @@ class OutputStore:
                 pass
             remove_tree(path)
         group = create_group(path)
-        _create_arrays(group, plan, num_classes, with_probabilities, with_uncertainty)
+        arrays = _create_arrays(group, plan, num_classes, with_probabilities, with_uncertainty)
         nodata = label_nodata(num_classes)
         group.update_attributes(
             {
@@ -93,7 +94,7 @@ class OutputStore:
                 "block_shape": list(plan.block_shape),
             }
         )
-        return cls(path, group)
+        return cls(path, group, arrays)
 
     @classmethod
     def open_existing(cls, path: str | os.PathLike[str] | ObjectLocation, fingerprint: str) -> OutputStore:
@@ -161,7 +162,7 @@ def _create_arrays(
     num_classes: int,
     with_probabilities: bool,
     with_uncertainty: bool,
-) -> None:
+) -> dict[str, zarr.Array]:
     """The store's arrays, empty: labels, the optional maps, per-block label statistics and done flags.
 
     The pixel arrays keep their chunks but store them in Zarr shards that a block
@@ -176,53 +177,27 @@ def _create_arrays(
     blocks = tuple(min(b, -(-s // c) * c) for b, c, s in zip(plan.block_shape, chunks, shape))
     shards = (chunks[0], *blocks[1:])
     dims = tuple("zyx"[-len(shape) :])
-    nodata = label_nodata(num_classes)
-    group.create_array(
-        "labels",
-        shape=shape,
-        chunks=chunks,
-        shards=shards,
-        dtype=label_dtype(num_classes),
-        fill_value=nodata,
-        compressors=COMPRESSORS,
-        dimension_names=dims,
-    )
+    pixels = {"shards": shards, "compressors": COMPRESSORS, "dimension_names": dims}
+    specs: dict[str, dict[str, Any]] = {
+        "labels": {
+            "shape": shape, "chunks": chunks, "dtype": label_dtype(num_classes),
+            "fill_value": label_nodata(num_classes), **pixels,
+        },
+        "label_stats": {
+            "shape": (*plan.counts, num_classes, 2), "chunks": (*(1,) * len(shape), num_classes, 2),
+            "dtype": "float64", "fill_value": 0.0,
+        },
+        "done": {"shape": plan.counts, "chunks": (1,) * len(shape), "dtype": "uint8", "fill_value": 0},
+    }  # fmt: skip
     if with_probabilities:
-        group.create_array(
-            "probabilities",
-            shape=(num_classes, *shape),
-            chunks=(num_classes, *chunks),
-            shards=None if shards is None else (num_classes, *shards),
-            dtype="float32",
-            fill_value=np.nan,
-            compressors=COMPRESSORS,
-            dimension_names=("class", *dims),
-        )
+        specs["probabilities"] = {
+            "shape": (num_classes, *shape), "chunks": (num_classes, *chunks), "dtype": "float32",
+            "fill_value": np.nan, **pixels, "shards": (num_classes, *shards),
+            "dimension_names": ("class", *dims),
+        }  # fmt: skip
     for name in ("confidence", "entropy") if with_uncertainty else ():
-        group.create_array(
-            name,
-            shape=shape,
-            chunks=chunks,
-            shards=shards,
-            dtype="float16",
-            fill_value=np.nan,
-            compressors=COMPRESSORS,
-            dimension_names=dims,
-        )
-    group.create_array(
-        "label_stats",
-        shape=(*plan.counts, num_classes, 2),
-        chunks=(*(1,) * len(shape), num_classes, 2),
-        dtype="float64",
-        fill_value=0.0,
-    )
-    group.create_array(
-        "done",
-        shape=plan.counts,
-        chunks=(1,) * len(shape),
-        dtype="uint8",
-        fill_value=0,
-    )
+        specs[name] = {"shape": shape, "chunks": chunks, "dtype": "float16", "fill_value": np.nan, **pixels}
+    return create_arrays(group, specs)
 
 
 def read_labels(
