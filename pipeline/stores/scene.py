@@ -33,7 +33,7 @@ from zarr.codecs import BloscCodec
 
 from pipeline.inputs.tiled_source import TiledSource
 from pipeline.stores.location import ObjectLocation, Where, location, remove_tree
-from pipeline.stores.zarr_groups import create_group, open_group
+from pipeline.stores.zarr_groups import create_arrays, create_group, open_group
 from pipeline.tiling import regions
 from pipeline.tiling.regions import Region
 
@@ -187,28 +187,21 @@ class SceneStoreWriter:
                 }
             )
             return
-        self.image = self.group.create_array(
-            "image",
-            shape=(num_bands, *spatial_shape),
-            chunks=(num_bands, *chunk),
-            dtype=dtype,
-            compressors=COMPRESSORS,
-            fill_value=0,
-            dimension_names=("band", *("zyx"[-len(spatial_shape) :])),
-        )
-        self.valid = (
-            self.group.create_array(
-                "valid",
-                shape=spatial_shape,
-                chunks=chunk,
-                dtype=bool,
-                compressors=COMPRESSORS,
-                fill_value=False,
-                dimension_names=tuple("zyx"[-len(spatial_shape) :]),
-            )
-            if with_mask
-            else None
-        )
+        dims = tuple("zyx"[-len(spatial_shape) :])
+        specs: dict[str, dict[str, Any]] = {
+            "image": {
+                "shape": (num_bands, *spatial_shape), "chunks": (num_bands, *chunk), "dtype": dtype,
+                "compressors": COMPRESSORS, "fill_value": 0, "dimension_names": ("band", *dims),
+            },
+        }  # fmt: skip
+        if with_mask:
+            specs["valid"] = {
+                "shape": spatial_shape, "chunks": chunk, "dtype": bool, "compressors": COMPRESSORS,
+                "fill_value": False, "dimension_names": dims,
+            }  # fmt: skip
+        arrays = create_arrays(self.group, specs)
+        self.image = arrays["image"]
+        self.valid = arrays.get("valid")
         self.group.update_attributes({**attrs, "complete": False})
 
     def write(self, region: Region, image: np.ndarray, valid: np.ndarray | None) -> None:
