@@ -192,7 +192,7 @@ def _create_arrays(
     if with_probabilities:
         specs["probabilities"] = {
             "shape": (num_classes, *shape), "chunks": (num_classes, *chunks), "dtype": "float32",
-            "fill_value": np.nan, **pixels, "shards": (num_classes, *shards),
+            "fill_value": np.nan, "shards": (num_classes, *shards), "compressors": COMPRESSORS,
             "dimension_names": ("class", *dims),
         }  # fmt: skip
     for name in ("confidence", "entropy") if with_uncertainty else ():
