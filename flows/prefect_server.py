@@ -32,7 +32,6 @@ import fcntl
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -246,9 +245,9 @@ def _alive(pid: object) -> bool:
 
 def serve(folder: Path, idle: float) -> int:
     """The server process: Prefect's API + UI on a free loopback port until idle or told to stop."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    from flows.prefect_server_app import listening_socket
+
+    sock = listening_socket()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/api"
     os.environ.update(
         {
