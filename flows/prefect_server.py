@@ -245,7 +245,7 @@ def _alive(pid: object) -> bool:
 
 def serve(folder: Path, idle: float) -> int:
     """The server process: Prefect's API + UI on a free loopback port until idle or told to stop."""
-    from flows.prefect_server_app import listening_socket
+    from flows.prefect_server_app import create_app, listening_socket
 
     sock = listening_socket()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/api"
@@ -259,9 +259,7 @@ def serve(folder: Path, idle: float) -> int:
     )
     import uvicorn
 
-    server = uvicorn.Server(
-        uvicorn.Config("prefect.server.api.server:create_app", factory=True, log_level="error", lifespan="on")
-    )
+    server = uvicorn.Server(uvicorn.Config(create_app, factory=True, log_level="error", lifespan="on"))
     watcher = threading.Thread(target=_watch, args=(server, folder, url, idle * 60.0), daemon=True)
     watcher.start()
     try:
