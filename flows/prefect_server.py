@@ -97,31 +97,33 @@ def use_prefect_api() -> str | None:
     mode = os.environ.get(MODE_ENV, "shared").strip().lower() or "shared"
     if mode not in ("shared", "ephemeral"):
         raise InputError(f"{MODE_ENV}={mode!r}: expected 'shared' or 'ephemeral'")
-    import prefect.context
-
     url = None
     if mode == "shared":
         url = acquire(server_folder(), idle_minutes())
-        os.environ["PREFECT_API_URL"] = url
-        prefect.context.refresh_global_settings_context()  # Prefect read its settings at import
-    _heartbeats_only_if_asked()
+        os.environ["PREFECT_API_URL"] = url  # for the processes this one starts
+    _settle_settings(url)
     return url
 
 
-def _heartbeats_only_if_asked() -> None:
-    """Turn Prefect's flow-run heartbeats off on a server gigaseg chose, unless the user set them.
+def _settle_settings(url: str | None) -> None:
+    """Prefect read its settings at import: give them ``url`` and turn heartbeats off unless asked.
 
-    Heartbeats only matter to an automation that marks silent runs ``Crashed``, which
-    a self-hosted server has only if someone created it; the shared local server and
-    the ephemeral API have none. Each sync flow run still waits at its end for the
-    heartbeat thread's current one-second sleep (bench/RESULTS.md, "Prefect's
-    heartbeat wait"). A frequency the user set (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``,
-    a profile or ``prefect.toml``) is kept: ``set_defaults`` overrides only unset values.
+    Flow-run heartbeats only matter to an automation that marks silent runs ``Crashed``,
+    which a self-hosted server has only if someone created it; the shared local server
+    and the ephemeral API have none. Each sync flow run still waits at its end for the
+    heartbeat thread's current one-second sleep (bench/RESULTS.md, "Prefect's heartbeat
+    wait"). A frequency the user set (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``, a profile or
+    ``prefect.toml``) is kept: ``set_defaults`` overrides only unset values.
+
+    One copy of the settings Prefect holds, not a reload of the environment and
+    profiles, which parses every setting twice.
     """
     from prefect import context
 
     root = context.GLOBAL_SETTINGS_CONTEXT
-    settings = root.settings.copy_with_update(set_defaults={"flows.heartbeat_frequency": None})
+    settings = root.settings.copy_with_update(
+        updates={"api.url": url} if url else None, set_defaults={"flows.heartbeat_frequency": None}
+    )
     context.GLOBAL_SETTINGS_CONTEXT = context.SettingsContext(profile=root.profile, settings=settings)
 
 
