@@ -44,6 +44,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
+from bench.baseline import checkout
 from bench.peers.fixtures import bench_cases, make_checkpoint, side_of, write_scene
 from bench.results import command_line, current_commit, load_text, table_head, write_section
 
@@ -217,21 +218,6 @@ BASELINE_KINDS = ("staged in place", "segment in place")
 """The rows run again with the baseline's code (``--baseline``)."""
 
 
-@contextlib.contextmanager
-def _checkout(rev: str | None) -> Iterator[Path | None]:
-    """A temporary git worktree of ``rev`` (None: no baseline), removed afterwards."""
-    if rev is None:
-        yield None
-        return
-    with tempfile.TemporaryDirectory(prefix="gigaseg-baseline-") as tmp:
-        where = Path(tmp) / "checkout"
-        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(where), rev], cwd=ROOT, check=True)
-        try:
-            yield where
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(where)], cwd=ROOT, check=False)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mpx", type=float, default=64.0, help="scene size in megapixels")
@@ -253,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     mpx = side * side / 1e6
     kinds = ("staged in place", "staged copied", "segment in place", "segment copied", "tile copy")
     best: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="gigaseg-stage-cost-") as tmp, _checkout(args.baseline) as old:
+    with tempfile.TemporaryDirectory(prefix="gigaseg-stage-cost-") as tmp, checkout(args.baseline) as old:
         tmp_path = Path(tmp)
         scene = write_scene(tmp_path / "scene.tif", side)
         ckpt = make_checkpoint(case, tmp_path / "conv1x1.safetensors")
