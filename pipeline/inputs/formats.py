@@ -121,4 +121,11 @@ def ingest_input(
     """
     if description.volume is not None:
         return ingest_volume(description.volume, store_path, chunk)
-    return ingest_raster(description.path, store_path, chunk=chunk, copy=copy, local_readers=local_readers)
+    return ingest_raster(
+        description.path,
+        store_path,
+        chunk=chunk,
+        copy=copy,
+        local_readers=local_readers,
+        info=description.raster,
+    )

@@ -107,13 +107,15 @@ def ingest_raster(
     on_progress: Callable[[int], None] | None = None,
     copy: bool = False,
     local_readers: bool = True,
+    info: RasterInfo | None = None,
 ) -> SceneStore:
     """A scene store for a GDAL-readable raster: read in place (a tiled GeoTIFF), or a copy.
 
     An identical store already there is reused. ``copy``: copy even a tiled file;
-    ``local_readers``: see :func:`tiled_source_for`.
+    ``local_readers``: see :func:`tiled_source_for`; ``info``: the raster as this run
+    already inspected it (its header is not read again: on object storage, requests).
     """
-    info = inspect_raster(path)
+    info = info or inspect_raster(path)
     store_path = location(store_path)
     source_id = content_id(info.path)
     chunks = (chunk, chunk)
