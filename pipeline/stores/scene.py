@@ -171,22 +171,21 @@ class SceneStoreWriter:
         in_place = isinstance(self.path, ObjectLocation)
         self.tmp_path: Where = self.path if in_place else self.path.with_name(self.path.name + ".partial")
         remove_tree(self.tmp_path)
-        self.group = create_group(self.tmp_path)
         spatial_shape = tuple(int(s) for s in spatial_shape)
         chunk = tuple(min(int(c), s) for c, s in zip(chunk, spatial_shape))
         if source is not None:
             self.image = self.valid = None
-            self.group.update_attributes(
-                {
-                    **attrs,
-                    "tiled_source": source.attrs(),
-                    "image_shape": [num_bands, *spatial_shape],
-                    "image_chunks": [num_bands, *chunk],
-                    "image_dtype": np.dtype(dtype).name,
-                    "complete": False,
-                }
-            )
+            in_place = {
+                **attrs,
+                "tiled_source": source.attrs(),
+                "image_shape": [num_bands, *spatial_shape],
+                "image_chunks": [num_bands, *chunk],
+                "image_dtype": np.dtype(dtype).name,
+                "complete": False,
+            }
+            self.group = create_group(self.tmp_path, attributes=in_place)
             return
+        self.group = create_group(self.tmp_path, attributes={**attrs, "complete": False})
         dims = tuple("zyx"[-len(spatial_shape) :])
         specs: dict[str, dict[str, Any]] = {
             "image": {
@@ -202,7 +201,6 @@ class SceneStoreWriter:
         arrays = create_arrays(self.group, specs)
         self.image = arrays["image"]
         self.valid = arrays.get("valid")
-        self.group.update_attributes({**attrs, "complete": False})
 
     def write(self, region: Region, image: np.ndarray, valid: np.ndarray | None) -> None:
         """Write one chunk-aligned region."""
