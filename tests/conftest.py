@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -15,6 +16,9 @@ from rasterio.crs import CRS
 
 import flows  # noqa: F401  (applies the embedded Prefect defaults before Prefect is imported)
 from models.checkpoint import ModelCard, save_checkpoint
+
+if TYPE_CHECKING:
+    from bench.latency_proxy import LatencyProxy
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -170,6 +174,35 @@ def bucket(s3_endpoint: str):
     name = f"gigaseg-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
     return ObjectLocation(f"s3://{name}")
+
+
+def _fresh_s3_clients() -> None:
+    """Forget the S3 clients made so far: the next ones read the endpoint from the environment again."""
+    import s3fs
+
+    import pipeline.stores.location as locations
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    locations._filesystems.clear()
+
+
+@pytest.fixture
+def counted(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[LatencyProxy]:
+    """Every S3 request of the test passes through a proxy that counts them (no delay added)."""
+    from bench.latency_proxy import LatencyProxy
+
+    with LatencyProxy(int(s3_endpoint.rsplit(":", 1)[1]), rtt=0.0) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        _fresh_s3_clients()
+        yield proxy
+    _fresh_s3_clients()
+
+
+def count_requests(proxy: LatencyProxy, action: Callable[[], object]) -> int:
+    """The S3 requests ``action`` makes, counted by the ``counted`` fixture's proxy."""
+    before = proxy.requests
+    action()
+    return proxy.requests - before
 
 
 @pytest.fixture(scope="session")

@@ -2,48 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-
 import numpy as np
-import pytest
-import s3fs
 
-import pipeline.stores.location as locations
 from bench.latency_proxy import LatencyProxy
 from pipeline.stores.location import ObjectLocation, remove_tree
 from pipeline.stores.output import OutputStore
 from pipeline.stores.zarr_groups import create_group, open_group
 from pipeline.tiling.blocks import BlockPlan
 from pipeline.tiling.grid import TileGrid
-
-
-def _fresh_clients() -> None:
-    """Forget the S3 clients made so far: the next ones read the endpoint from the environment again."""
-    s3fs.S3FileSystem.clear_instance_cache()
-    locations._filesystems.clear()
-
-
-@pytest.fixture
-def counted(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[LatencyProxy]:
-    """Every S3 request of the test passes through a proxy that counts them (no delay added)."""
-    with LatencyProxy(int(s3_endpoint.rsplit(":", 1)[1]), rtt=0.0) as proxy:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-        _fresh_clients()
-        yield proxy
-    _fresh_clients()
-
-
-def _requests(proxy: LatencyProxy, action: Callable[[], object]) -> int:
-    before = proxy.requests
-    action()
-    return proxy.requests - before
+from tests.conftest import count_requests
 
 
 def test_reading_a_stored_object_is_one_request(bucket: ObjectLocation, counted: LatencyProxy) -> None:
     group = create_group(bucket / "a.zarr")
     group.create_array("x", shape=(4,), chunks=(4,), dtype="uint8")[:] = np.arange(4, dtype=np.uint8)
     array = open_group(bucket / "a.zarr", mode="r")["x"]
-    assert _requests(counted, lambda: np.asarray(array[:])) == 1  # no HEAD for the size first
+    assert count_requests(counted, lambda: np.asarray(array[:])) == 1  # no HEAD for the size first
 
 
 def test_a_fresh_output_store_on_a_bucket_takes_a_few_requests_and_reads_back(
@@ -59,7 +33,7 @@ def test_a_fresh_output_store_on_a_bucket_takes_a_few_requests_and_reads_back(
     # group's attributes once: 21 with zarr 3.1 and s3fs 2026.9 (60 with Zarr clearing the
     # prefix itself, checking each array in turn, an attribute write per key and a HEAD
     # before every read)
-    assert _requests(counted, create) <= 23
+    assert count_requests(counted, create) <= 23
     again = OutputStore.open_or_create(bucket / "o.zarr", plan, 3, True, "fingerprint")
     assert again.probabilities is not None and again.stats is not None and again.confidence is None
     assert not again.done_mask().any()
@@ -70,6 +44,6 @@ def test_removing_a_prefix_is_one_listing_and_one_bulk_delete(
 ) -> None:
     for k in range(5):
         (bucket / "work" / f"part{k}").write_bytes(b"x")
-    assert _requests(counted, lambda: remove_tree(bucket / "work")) == 2
+    assert count_requests(counted, lambda: remove_tree(bucket / "work")) == 2
     assert not (bucket / "work").exists()
-    assert _requests(counted, lambda: remove_tree(bucket / "nothing-here")) <= 3
+    assert count_requests(counted, lambda: remove_tree(bucket / "nothing-here")) <= 3
