@@ -72,6 +72,8 @@ class RasterInfo:
 def check_readable_file(path: str | os.PathLike[str] | ObjectLocation) -> Where:
     """Fail with a clear message for a missing, non-regular or empty file (local or a URL)."""
     path = location(path)
+    if isinstance(path, ObjectLocation):
+        return _check_object_file(path)
     check_readable(path)
     try:
         if path.is_dir():
@@ -84,6 +86,22 @@ def check_readable_file(path: str | os.PathLike[str] | ObjectLocation) -> Where:
     if size == 0:
         raise InputError(f"{path}: file is empty")
     return path
+
+
+def _check_object_file(where: ObjectLocation) -> ObjectLocation:
+    """:func:`check_readable_file` at a URL in one request: what is there (object or prefix) and its size."""
+    try:
+        info = where.fs.info(where.url)
+    except FileNotFoundError:
+        check_readable(where)  # the bucket's or the server's own reason, when there is one
+        raise InputError(f"{where}: no such file") from None
+    except Exception as exc:
+        raise storage_error(where, exc) from None
+    if info.get("type") == "directory":
+        raise InputError(f"{where}: is a folder, expected a raster file")
+    if info.get("size") == 0:
+        raise InputError(f"{where}: file is empty")
+    return where
 
 
 def gdal_reason(exc: BaseException) -> str:
