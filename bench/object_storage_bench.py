@@ -18,50 +18,19 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 from bench.engine_bench import job_seconds, run_cli, write_scene
 from bench.latency_proxy import LatencyProxy
+from bench.loopback import start_s3_server
 from bench.results import command_line, current_commit, table_head, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 1.3
 """Bucket run ÷ local run, wall time: the issue's bound."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_s3_server() -> tuple[subprocess.Popen, dict[str, str]]:
-    """moto's S3 server on a free loopback port, and the environment that names it."""
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    env = {
-        "AWS_ACCESS_KEY_ID": "bench",
-        "AWS_SECRET_ACCESS_KEY": "bench",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-    }
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    return server, env
 
 
 def segment_args(source: str, output: str) -> list[str]:
@@ -86,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     side = 2048 if args.quick else 8192
     tmp = Path(tempfile.mkdtemp(prefix="gigaseg-bench-s3-"))
     scene = write_scene(tmp / "gray.tif", 1, side)
-    server, env = start_s3_server()
+    server, env = start_s3_server(key="bench")
     os.environ.update(env)
     proxy = LatencyProxy(int(env["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]), args.rtt_ms / 1000)
     try:
@@ -108,10 +77,27 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.terminate()
         server.wait()
+    requests = proxy.requests / args.repeats
+    text = _report(args, argv, side * side / 1e6, times, requests, same, server_cpu)
+    print(text)
+    if not args.no_record and not args.quick:
+        write_section("Object storage", text)
+    return 0
+
+
+def _report(
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    mpx: float,
+    times: dict[str, list[tuple[float, float, int]]],
+    requests: float,
+    same: bool,
+    server_cpu: float,
+) -> str:
+    """The section: each side's best command and job seconds, peak RSS, and the ratios to local disk."""
     best = {s: min(t[0] for t in times[s]) for s in SIDES}
     job = {s: min(t[1] for t in times[s]) for s in SIDES}
     peak = {s: max(t[2] for t in times[s]) / 2**20 for s in SIDES}
-    mpx = side * side / 1e6
     rows = table_head(
         "run", f"command s (best of {args.repeats})", "job s (ingest → COG)", "Mpx/s", "peak RSS MiB"
     )
@@ -136,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- bucket ÷ local, whole command: **{best['bucket'] / best['local']:.2f}×** (target ≤ {TARGET}); "
         f"job only: {job['bucket'] / job['local']:.2f}×; peak RSS {peak['bucket'] / peak['local']:.2f}×",
         f"- {args.rtt_ms:g} ms away ÷ local, whole command: **{best['distant'] / best['local']:.2f}×**; "
-        f"job only: {job['distant'] / job['local']:.2f}×; {proxy.requests / args.repeats:.0f} requests "
-        f"per run, so {proxy.requests / args.repeats * args.rtt_ms / 1000:.1f} s of round trips if each "
+        f"job only: {job['distant'] / job['local']:.2f}×; {requests:.0f} requests "
+        f"per run, so {requests * args.rtt_ms / 1000:.1f} s of round trips if each "
         "waited for the one before",
         f"- both bucket runs' COGs are byte-identical to the local one: **{'yes' if same else 'NO'}**",
         f"- the S3 server itself (moto, Python, on the same {os.cpu_count()} cores) used "
@@ -145,11 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         f"about {server_cpu / (2 * args.repeats):.1f} CPU-s per bucket run (the upload shared among them) "
         "that a remote store would not take from this machine",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_record and not args.quick:
-        write_section("Object storage", text)
-    return 0
+    return "\n".join(lines)
 
 
 def _run_side(

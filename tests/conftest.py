@@ -112,41 +112,16 @@ def _mlflow_store(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """An S3-protocol server on loopback (moto's standalone server), named by the standard variables.
+    """An S3-protocol server on loopback (`bench.loopback.start_s3_server`), named by the standard variables.
 
-    The server runs in a process of its own, as a real store would: GDAL holds the
-    GIL while it opens a file, so a server thread inside the test process could never
-    answer that open. ``AWS_ENDPOINT_URL`` and test credentials are exported for the
-    session, so boto3, s3fs, GDAL (through :mod:`pipeline.stores.object_storage_settings`)
-    and subprocesses all reach it.
+    ``AWS_ENDPOINT_URL`` and test credentials are exported for the session, so boto3,
+    s3fs, GDAL (through :mod:`pipeline.stores.object_storage_settings`) and
+    subprocesses all reach it.
     """
-    import socket
-    import subprocess
-    import sys
-    import time
+    from bench.loopback import start_s3_server
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     log = open(tmp_path_factory.mktemp("moto") / "server.log", "w")  # noqa: SIM115 (closed below)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log
-    )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"moto's S3 server did not start (see {log.name})") from None
-            time.sleep(0.2)
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-    }
+    server, env = start_s3_server(log)
     previous = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

@@ -18,7 +18,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ import numpy as np
 import pytest
 import rasterio
 
+from bench.loopback import free_port
 from pipeline.demos.sample_scene import write_sample_scene
 from tests._volume_cases import write_dicom_series, write_nifti
 
@@ -192,12 +192,6 @@ def check_table(commands: list[list[str]]) -> None:
 # --- running it -------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _tail(text: str, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
@@ -268,7 +262,7 @@ def _serve(argv: list[str], words: list[str], port: int, tmp: Path, env: dict[st
 
 
 def _run(words: list[str], step: Step, tmp: Path, env: dict[str, str]) -> None:
-    port = _free_port()
+    port = free_port()
     words = [*words, *(w.format(port=port) for w in step.small)]
     argv = [sys.executable, *PROGRAMS[words[0]], *words[1:]]
     if step.server:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 import rasterio
 import yaml
 
+from bench.loopback import free_port
 from tests.conftest import write_raster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,12 +71,6 @@ def test_deployed_watch_options_are_segment_config_engine_options() -> None:
     assert options
     for given in options:
         assert set(given) <= set(ENGINE_OPTIONS), set(given) - set(ENGINE_OPTIONS)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, seconds: float) -> None:
@@ -138,7 +132,7 @@ def test_served_watch_deployment_runs_when_triggered_through_the_api(
     rng = np.random.default_rng(0)
     write_raster(inbox / "scene.tif", (rng.random((3, 160, 200)) * 3000 + 100).astype(np.uint16), nodata=0)
 
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(

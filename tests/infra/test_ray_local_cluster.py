@@ -29,6 +29,7 @@ import pytest
 import rasterio
 import yaml
 
+from bench.loopback import free_port
 from pipeline.job.config import SegmentConfig
 from pipeline.job.steps import segment
 from tests._varying_models import label_spread
@@ -57,12 +58,6 @@ def _missing_tools() -> str | None:
     if probe.returncode != 0:
         return f"cannot create namespaces here: {probe.stderr.decode().strip()}"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -150,7 +145,7 @@ def test_ray_up_submit_segment_scene_down_gives_the_in_process_result(sshd, tiny
     data[:, :40, :30] = 0  # a nodata corner
     scene = write_raster(tmp_path / "scene.tif", data, nodata=0)
     out = tmp_path / "classes.tif"
-    port = _free_port()
+    port = free_port()
     ray_tmp = tempfile.mkdtemp(prefix="gsr", dir="/tmp")  # short: Ray's socket paths have a length limit
     cluster = _cluster_config(tmp_path, sshd, port, ray_tmp)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}

@@ -15,6 +15,7 @@ import mlflow
 import pytest
 from safetensors.torch import load_file
 
+from bench.loopback import free_port
 from models.checkpoint import load_checkpoint
 from pipeline.errors import InputError
 from pipeline.job.config import SegmentConfig
@@ -22,7 +23,7 @@ from pipeline.stores.location import ObjectLocation
 from pipeline.tracking import model_versions
 from pipeline.tracking import runs as tracking
 from pipeline.tracking.segment_run import track_segment_run
-from tests.tracking.test_mlflow_registry_flows import _free_port, _stop
+from tests.tracking.test_mlflow_registry_flows import _stop
 
 
 def keys(where: ObjectLocation) -> list[str]:
@@ -102,7 +103,7 @@ def test_missing_artifact_bucket_is_one_line_before_any_work(
 @pytest.fixture
 def server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, bucket: ObjectLocation, s3_endpoint: str):
     """A real ``mlflow server`` (SQLite backend) proxying artifacts to ``bucket/server``."""
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "server.log", "w")  # noqa: SIM115 (held by the server process)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_S3_ENDPOINT_URL"}  # AWS_ENDPOINT_URL alone
     proc = subprocess.Popen(

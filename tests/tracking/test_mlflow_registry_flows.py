@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import mlflow
 import pytest
 import rasterio
 
+from bench.loopback import free_port
 from flows.cli import main
 from flows.promote_model import promote_model
 from flows.train_model import train_model
@@ -25,12 +25,6 @@ from pipeline.training.settings import TrainSettings
 
 TINY = {"width": 6, "depth": 2, "padding": "same", "batch_norm": True}
 GOOD_FLOOR_MIOU = 0.45  # 3 × 10 steps of a 6-wide U-Net on the sample scene; v1 (2 steps) stays far below
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -53,7 +47,7 @@ def backend(request, tmp_path_factory: pytest.TempPathFactory):
     if request.param == "sqlite":
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
     else:
-        port = _free_port()
+        port = free_port()
         log = open(folder / "server.log", "w")  # noqa: SIM115 (held by the server process)
         proc = subprocess.Popen(
             [
