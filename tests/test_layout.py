@@ -5,12 +5,11 @@ from __future__ import annotations
 import ast
 import doctest
 import importlib
+import os
 import pkgutil
 from pathlib import Path
 
 import pytest
-
-import pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_MODULE_LINES = 400
@@ -82,11 +81,30 @@ def test_imports_point_one_way(folder, forbidden):
     assert not offenders, offenders
 
 
-def test_docstring_examples_run():
-    failed = []
-    for info in pkgutil.walk_packages(pipeline.__path__, "pipeline."):
-        module = importlib.import_module(info.name)
+DOCTESTED = ("pipeline", "models", "flows")
+"""Packages whose docstring examples run here (with the bench helpers the tests share)."""
+
+
+def _doctested_modules() -> list[str]:
+    names = ["bench.loopback", "bench.results"]
+    for package in DOCTESTED:
+        root = importlib.import_module(package)
+        names += [info.name for info in pkgutil.walk_packages(root.__path__, f"{package}.")]
+    return names
+
+
+def test_docstring_examples_run_and_keep_the_variables_they_found(monkeypatch):
+    """An example may configure what the code configures (GDAL's settings for an endpoint), but a
+    variable the session had must be there after it, unchanged: later tests in the worker need it."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")  # as under the session's S3 server
+    failed, changed = [], []
+    for name in _doctested_modules():
+        module = importlib.import_module(name)
+        before = dict(os.environ)
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
         if result.failed:
-            failed.append(info.name)
+            failed.append(name)
+        if any(os.environ.get(key) != value for key, value in before.items()):
+            changed.append(name)
     assert not failed, failed
+    assert not changed, changed
