@@ -9,15 +9,41 @@ from collections.abc import Iterable
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
-TITLE = "# Benchmark results\n\nEach section is rewritten by the command it names.\n"
+TITLE = (
+    "# Benchmark results\n\nEach section is rewritten by the command it names; its reading by hand, "
+    "below a `by hand` marker, is kept.\n"
+)
+
+
+BY_HAND = "<!-- by hand: kept when the bench rewrites this section -->"
+"""Marks where a section's hand-written reading starts: :func:`write_section` keeps it (and all after)."""
 
 
 def write_section(name: str, body: str, path: Path = RESULTS) -> None:
-    """Replace (or append) the ``## name`` section of the results file."""
+    r"""Replace (or append) the ``## name`` section of the results file with ``body``.
+
+    What the old section held from a :data:`BY_HAND` line on (the readings, earlier runs
+    written up by hand) is kept under the new body.
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "RESULTS.md"
+    >>> write_section("Speed", "2.0 s", path)
+    >>> _ = path.write_text(path.read_text() + f"\n{BY_HAND}\nWhy: the cache.\n")
+    >>> write_section("Speed", "1.5 s", path)
+    >>> print(path.read_text().split("## Speed", 1)[1].strip())
+    1.5 s
+    <BLANKLINE>
+    <!-- by hand: kept when the bench rewrites this section -->
+    Why: the cache.
+    """
     text = path.read_text() if path.exists() else TITLE
-    section = f"## {name}\n\n{body.rstrip()}\n"
     pattern = re.compile(rf"^## {re.escape(name)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
+    found = pattern.search(text)
+    kept = ""
+    if found and BY_HAND in found.group(0):
+        kept = "\n" + found.group(0)[found.group(0).index(BY_HAND) :].rstrip() + "\n"
+    section = f"## {name}\n\n{body.rstrip()}\n{kept}"
+    if found:
         text = pattern.sub(lambda _: section + "\n", text).rstrip() + "\n"
     else:
         text = text.rstrip() + "\n\n" + section
