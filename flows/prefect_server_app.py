@@ -5,9 +5,8 @@ needs and Prefect's own ``prefect server start`` does not give it here:
 
 - a listening socket that asyncio gives ``TCP_NODELAY``: asyncio sets it only on
   sockets created with ``IPPROTO_TCP`` named, and without it every answer after the
-  first on a kept-alive connection waits out the client's delayed ACK (~40 ms on
-  Linux, on each of the ~8 requests a flow run makes; bench/RESULTS.md, "Prefect's
-  API round trips");
+  first on a kept-alive connection waits out the client's delayed ACK
+  (bench/RESULTS.md, "Prefect's API round trips");
 - requests that SQLite turned away retried inside the server after short waits
   (:class:`RetryWhenBusy`), not by the client after 2 s.
 """
@@ -49,8 +48,8 @@ class RetryWhenBusy:
     that happens when a flow run starts while the server is still storing the events
     of one that just ended: the new run's transaction read before the other write
     committed, so SQLite refuses its write at once (``SQLITE_BUSY_SNAPSHOT``; waiting
-    for the lock cannot help it). Prefect's client retries a 503 after 2 s, then 4 s:
-    every back-to-back flow run in one process (a batch of scenes, a watch) paid ~2 s.
+    for the lock cannot help it). Prefect's client retries a 503 after 2 s, then 4 s,
+    which back-to-back flow runs in one process (a batch of scenes, a watch) paid.
     Here the request runs again after :data:`BUSY_WAITS`; only after the last does the
     503 reach the client, whose own back-off then takes over.
 
