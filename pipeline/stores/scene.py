@@ -175,7 +175,7 @@ class SceneStoreWriter:
         chunk = tuple(min(int(c), s) for c, s in zip(chunk, spatial_shape))
         if source is not None:
             self.image = self.valid = None
-            in_place = {
+            attributes = {
                 **attrs,
                 "tiled_source": source.attrs(),
                 "image_shape": [num_bands, *spatial_shape],
@@ -183,7 +183,7 @@ class SceneStoreWriter:
                 "image_dtype": np.dtype(dtype).name,
                 "complete": False,
             }
-            self.group = create_group(self.tmp_path, attributes=in_place)
+            self.group = create_group(self.tmp_path, attributes=attributes)
             return
         self.group = create_group(self.tmp_path, attributes={**attrs, "complete": False})
         dims = tuple("zyx"[-len(spatial_shape) :])
