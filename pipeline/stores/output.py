@@ -85,6 +85,7 @@ class OutputStore:
         group = create_group(path)
         arrays = _create_arrays(group, plan, num_classes, with_probabilities, with_uncertainty)
         nodata = label_nodata(num_classes)
+        # Last, not with the group: a store whose fingerprint matches has all its arrays.
         group.update_attributes(
             {
                 **(attrs or {}),
