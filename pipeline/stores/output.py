@@ -34,7 +34,7 @@ from pipeline.stores.block_output import BlockOutput
 from pipeline.stores.labels import label_dtype, label_nodata
 from pipeline.stores.location import ObjectLocation, Where, location, remove_tree
 from pipeline.stores.scene import COMPRESSORS
-from pipeline.stores.zarr_groups import create_arrays, create_group, open_group
+from pipeline.stores.zarr_groups import create_arrays, create_group, open_group, writing_every_chunk
 from pipeline.tiling import regions
 from pipeline.tiling.blocks import Block, BlockPlan
 
@@ -52,7 +52,7 @@ class OutputStore:
         self.path = path
         self.group = group
         if arrays is None:  # an existing store: one listing, the members' metadata read together
-            arrays = dict(group.arrays())
+            arrays = {name: writing_every_chunk(array) for name, array in group.arrays()}
         self.labels = arrays["labels"]
         self.probabilities = arrays.get("probabilities")
         self.confidence = arrays.get("confidence")

@@ -61,13 +61,28 @@ def create_group(where: str | os.PathLike[str] | ObjectLocation, **kwargs: Any) 
     return zarr.create_group(store=zarr_store(where, "w"), zarr_format=3, **kwargs)
 
 
+def writing_every_chunk(array: zarr.Array) -> zarr.Array:
+    """``array`` set to store every chunk written to it, chunks of its fill value included.
+
+    By default Zarr compares each chunk with the fill value before encoding it, to
+    skip chunks that hold nothing else. That comparison (``np.array_equal`` against
+    the broadcast fill value) costs more CPU than encoding the chunk, and a chunk of
+    one value compresses to a few bytes (bench/RESULTS.md, "Cost per pixel"). A store
+    read back gives the same values either way.
+    """
+    return array.with_config({"write_empty_chunks": True})
+
+
 def create_arrays(group: zarr.Group, specs: Mapping[str, Mapping[str, Any]]) -> dict[str, zarr.Array]:
     """New arrays in ``group``, by name (each spec: ``create_array``'s arguments), made in one round.
 
     ``group.create_array`` checks the name and the group before writing, one request
     after another: four round trips per array on object storage. Here each array's
     metadata is made by Zarr in memory and all of it written together (Zarr's
-    ``create_hierarchy``: one round of checks, one of writes).
+    ``create_hierarchy``: one round of checks, one of writes). The arrays come back
+    :func:`writing_every_chunk`.
     """
     metadata = {name: zarr.create_array(MemoryStore(), **spec).metadata for name, spec in specs.items()}
-    return {path.rsplit("/", 1)[-1]: node for path, node in group.create_hierarchy(metadata)}
+    return {
+        path.rsplit("/", 1)[-1]: writing_every_chunk(node) for path, node in group.create_hierarchy(metadata)
+    }

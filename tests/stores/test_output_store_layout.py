@@ -39,3 +39,20 @@ def test_a_block_writes_one_file_per_row_of_its_chunks_and_reads_back_by_any_reg
     odd = tuple((s // 5, s - s // 7) for s in shape)
     assert np.array_equal(read_labels(tmp_path / "o.zarr", odd), truth[regions.slices(odd)])
     assert np.array_equal(np.asarray(store.probabilities[...]), probs)
+
+
+@pytest.mark.parametrize("reopened", [False, True])
+def test_a_block_of_nodata_is_stored_like_any_other_and_reads_back_as_nodata(
+    tmp_path: Path, reopened: bool
+) -> None:
+    plan = BlockPlan.create(TileGrid.create((256, 256), 32, 0.0), 128, 64)
+    store = OutputStore.open_or_create(tmp_path / "o.zarr", plan, 3, False, "fingerprint")
+    if reopened:  # as a resumed run or a Ray worker opens it
+        store = OutputStore.open_existing(tmp_path / "o.zarr", "fingerprint")
+    block = next(iter(plan))
+    nodata = np.full(regions.shape(block.region), store.nodata, np.uint8)
+    store.write_block(block, BlockOutput(nodata, None))
+
+    # Zarr's check for chunks of the fill value is skipped (it costs more than encoding them)
+    assert len([p for p in (tmp_path / "o.zarr" / "labels" / "c").rglob("*") if p.is_file()]) == 2
+    assert np.array_equal(read_labels(tmp_path / "o.zarr", block.region), nodata)
