@@ -184,8 +184,10 @@ def tile_copy(scene: str, out: Path) -> dict[str, float]:
 
 def child(kind: str, scene: str, ckpt: str, out: str) -> None:
     """One measurement in this (fresh) process, set up as a command sets itself up; prints its JSON."""
+    from pipeline.execution.openmp_spinning import bound_openmp_spinning
     from pipeline.execution.process_memory import bound_process_memory
 
+    bound_openmp_spinning()  # before torch loads, as importing ``flows`` does for the command
     bound_process_memory()
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.peers.rows import RowSpec
+from pipeline.execution.openmp_spinning import openmp_environment
 
 if TYPE_CHECKING:
     import psutil
@@ -119,13 +120,17 @@ def _read_result(proc: subprocess.Popen, out: Path, peak: int) -> RowResult:
 def run_row(spec: RowSpec, timeout: float, cap_bytes: int) -> RowResult:
     """Run one row in a fresh process, killing it past ``timeout`` or ``cap_bytes`` of RSS.
 
-    The cap applies to the RSS summed over the child and all its descendants (Ray's
+    gigaseg's rows start with the OpenMP setting the ``gigaseg`` command makes before torch
+    loads (:mod:`pipeline.execution.openmp_spinning`); the child has torch loaded before
+    any row's code runs. The cap applies to the RSS summed over the child and all its descendants (Ray's
     raylet, GCS and workers for the Ray row), sampled every 0.1 s.
     """
     out = Path(spec.out)
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "bench.peer_bench", "--child", spec.to_json()]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if spec.row.startswith("gigaseg"):  # as the gigaseg command sets its process up; peers keep the defaults
+        env.update(openmp_environment())
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak, why = _watch(proc, timeout, cap_bytes)
     if why:

@@ -1,1 +1,1 @@
-"""Where blocks run: the Ray actor pool, progress reporting, process-wide memory settings."""
+"""Where blocks run: the Ray actor pool, progress reporting, process-wide memory and OpenMP settings."""

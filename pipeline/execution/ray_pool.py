@@ -44,6 +44,7 @@ import ray
 
 from pipeline.execution.block_queue import MAX_ATTEMPTS, BlockIndex
 from pipeline.execution.block_worker import BlockReport, BlockWorker
+from pipeline.execution.openmp_spinning import openmp_environment
 from pipeline.execution.pool_dispatch import Dispatcher, SceneRun
 from pipeline.execution.pool_plan import PoolPlan, plan_pool
 from pipeline.execution.progress import Progress
@@ -106,7 +107,7 @@ class ActorPool:
             max_task_retries=0,  # a lost block is handed out again by the driver, visibly
             max_concurrency=in_flight_per_actor,
             scheduling_strategy="SPREAD",
-            runtime_env={"env_vars": object_storage_environment()},
+            runtime_env={"env_vars": {**object_storage_environment(), **openmp_environment()}},
         )
         self.handles = [actor_class.remote(device, plan.threads) for _ in range(plan.actors)]
         self.dispatcher = Dispatcher(self.handles, in_flight_per_actor, stall_timeout_s, on_block)

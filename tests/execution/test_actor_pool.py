@@ -47,7 +47,7 @@ def _config(scene: Path, model: Path, out: Path) -> SegmentConfig:
 
 
 def test_scenes_share_one_pool_load_the_model_once_and_a_corrupt_one_fails_alone(
-    private_ray, tiny_checkpoint, tmp_path
+    private_ray, tiny_checkpoint, tmp_path, monkeypatch
 ):
     scenes = [_scene(tmp_path / f"s{i}.tif", i) for i in range(4)]
     references = []
@@ -58,6 +58,8 @@ def test_scenes_share_one_pool_load_the_model_once_and_a_corrupt_one_fails_alone
     assert jobs[3].scene.source is not None  # read in place from its GeoTIFF
     os.truncate(scenes[3], scenes[3].stat().st_size // 2)  # the fourth scene cannot be read
 
+    # set after Ray started, so only what the pool hands its workers can carry it there
+    monkeypatch.setenv("GOMP_SPINCOUNT", "1234")
     pool = ActorPool(plan_pool(ray.cluster_resources(), 2, "cpu", 1), "cpu")
     try:
         with ThreadPoolExecutor(4) as threads:  # all four scenes in flight at once
@@ -79,3 +81,4 @@ def test_scenes_share_one_pool_load_the_model_once_and_a_corrupt_one_fails_alone
     # each actor loads the model once, at its first block (one may take every block of a small scene)
     assert all(a["models_loaded"] == (1 if a["scenes_attached"] else 0) for a in actors)
     assert sum(a["scenes_attached"] for a in actors) >= 5, "each actor served several scenes"
+    assert all(a["openmp_waiting"] == {"GOMP_SPINCOUNT": "1234"} for a in actors), "the driver's setting"
