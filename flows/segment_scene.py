@@ -39,6 +39,7 @@ from pipeline.errors import InputError, expected_failure
 from pipeline.execution.placement import place_blocks
 from pipeline.execution.scene_batch import BatchReport, SceneBatch, active_batch
 from pipeline.exporters.formats import ExportedOutputs
+from pipeline.inputs.resampling import resampling_for
 from pipeline.job.checks import CheckedInput, check_inputs
 from pipeline.job.config import SegmentConfig
 from pipeline.job.map_back import map_back
@@ -175,11 +176,15 @@ def run_stages(
         checked = check_stage(config)
         t_ingest = time.perf_counter()
         scene = ingest_stage(config, checked)
-        model_scene = resample_stage(config, checked, scene)
+        # Resampling and mapping back are tasks only when the run is resampled: each
+        # task run is bookkeeping the Prefect server does on the job's cores.
+        resampled = resampling_for(checked.card, scene.attrs, config.native_resolution) is not None
+        model_scene = resample_stage(config, checked, scene) if resampled else scene
         job = plan_stage(config, checked, model_scene, scene)
         job.timings["ingest"] = time.perf_counter() - t_ingest
         counts = infer_stage(job)
-        job = map_back_stage(job)
+        if job.resampling is not None:
+            job = map_back_stage(job)
         exported = export_stage(job, staged)
         summary = metrics_stage(job, exported, counts, time.perf_counter() - t0, on_finished)
     except BaseException:

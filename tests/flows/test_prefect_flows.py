@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -16,6 +17,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from flows.cli import main
 from flows.segment_scene import segment_scene_flow
 from flows.watch_imagery import process_new_imagery
+from models.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.job.config import SegmentConfig
 from pipeline.job.steps import segment
 from pipeline.watch.ledger import LEDGER_NAME, SceneLedger
@@ -99,6 +101,27 @@ def test_input_error_fails_the_named_stage_once_without_retry(tiny_checkpoint: P
     assert "infer" not in tasks and "export" not in tasks
     assert "cut.tif" in state.message
     assert not (tmp_path / "o.tif").exists() and not (tmp_path / "o.tif.gigaseg-work").exists()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_resample_and_map_back_run_as_tasks_only_when_the_scene_is_resampled(
+    tiny_checkpoint: Path, tmp_path: Path, native: bool
+) -> None:
+    model, card = load_checkpoint(tiny_checkpoint)
+    at_20m = save_checkpoint(tmp_path / "20m.safetensors", model, dataclasses.replace(card, gsd=20.0))
+    config = SegmentConfig(  # the scene is at 10 m/px
+        input=_scene(tmp_path / "s.tif", 1, (128, 128)), model=str(at_20m), output=tmp_path / "o.tif",
+        native_resolution=native, **ENGINE,
+    )  # fmt: skip
+    state = segment_scene_flow(config, track=False, return_state=True)
+    assert state.is_completed()
+
+    tasks = _task_runs(state.state_details.flow_run_id)
+    stages = ["check", "ingest", "plan", "infer", "export", "metrics", "publish"]
+    if not native:
+        stages += ["resample", "map-back"]
+    assert sorted(tasks) == sorted(stages)
+    assert all(states == ["COMPLETED"] for states in tasks.values())
 
 
 def test_watch_segments_new_scenes_once_and_isolates_a_corrupt_one(
