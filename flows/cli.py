@@ -16,36 +16,46 @@ from pathlib import Path
 
 from flows import model_commands
 from flows.prefect_server import use_prefect_api
-from flows.script import prepare_process, quiet_when_the_reader_goes, run_command, say
+from flows.script import (
+    loading_without_collecting,
+    prepare_process,
+    quiet_when_the_reader_goes,
+    run_command,
+    say,
+)
 from pipeline.errors import InputError
 from pipeline.tracking.recorder import discard_helper, start_helper
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from flows import commands, segment_scene
+    with loading_without_collecting():
+        from flows import commands, segment_scene
 
     return commands.segment(args, segment_scene)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
     use_prefect_api()
-    from flows import commands, watch_imagery
+    with loading_without_collecting():
+        from flows import commands, watch_imagery
 
     return commands.watch(args, watch_imagery)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     use_prefect_api()
-    from flows import commands
-    from flows.train_model import train_model
+    with loading_without_collecting():
+        from flows import commands
+        from flows.train_model import train_model
 
     return commands.train(args, train_model)
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
     use_prefect_api()
-    from flows import commands
-    from flows.promote_model import promote_model
+    with loading_without_collecting():
+        from flows import commands
+        from flows.promote_model import promote_model
 
     return commands.promote(args, promote_model)
 
@@ -62,8 +72,9 @@ def cmd_sample_scene(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job end to end on generated scenes (:mod:`flows.demo`), each stage timed."""
-    from flows.demo import FULL, QUICK, run_demo, with_overrides
-    from pipeline.tracking.runs import tracking_uri
+    with loading_without_collecting():
+        from flows.demo import FULL, QUICK, run_demo, with_overrides
+        from pipeline.tracking.runs import tracking_uri
 
     use_prefect_api()
     settings = with_overrides(
@@ -95,7 +106,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_demo_volume(args: argparse.Namespace) -> int:
     """Train a small 3D U-Net on MNI152 (one hemisphere held out), segment it, print Dice per class."""
-    from pipeline.demos.volume_demo import run_demo
+    with loading_without_collecting():
+        from pipeline.demos.volume_demo import run_demo
 
     if args.steps <= 0:
         raise InputError(f"--steps must be positive, got {args.steps}")
@@ -279,8 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     start_early(argv)
     try:
         with quiet_when_the_reader_goes():
-            prepare_process()
-            args = build_parser().parse_args(argv)
+            with loading_without_collecting():
+                prepare_process()
+                args = build_parser().parse_args(argv)
             return run_command(args.func, args)
     finally:
         discard_helper()
