@@ -14,8 +14,11 @@ user's is touched:
 Each command is split into interpreter start, imports, finding/starting the
 Prefect API, the flow (Prefect and MLflow bookkeeping, and Ray when used) and the
 model work (the stages' seconds, check → export, from the summary line); the fixed
-cost is the wall time minus the model work. Run: ``python -m bench.fixed_cost_bench
-[--warm N]``; it prints its section and writes it to bench/RESULTS.md (``--no-record``: not).
+cost is the wall time minus the model work. With ``--baseline REV`` it then times warm
+commands of this code and of revision REV (a temporary git worktree) in alternation, on
+the same server and scene, and prints their ratio. Run: ``python -m bench.fixed_cost_bench
+[--warm N] [--baseline REV]``; it prints its section and writes it to bench/RESULTS.md
+(``--no-record``: not).
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.results import table_head, write_section
+from bench.baseline import checkout
+from bench.results import current_commit, table_head, write_section
 
 TARGET_S = 5.0
 """Issue 21: the fixed cost of one command on a 1 Mpx scene with the embedded defaults."""
@@ -64,7 +68,8 @@ def child(marks_path: str, argv: list[str]) -> int:
     import flows.cli
 
     flows.cli.start_early(argv)  # what main() starts first, before the imports below
-    import flows.segment_scene  # what `gigaseg segment` imports before its flow
+    with flows.cli.loading_without_collecting():  # as `gigaseg segment` loads its flow
+        import flows.segment_scene
 
     t_imports = time.time()
     from flows.prefect_server import use_prefect_api
@@ -78,9 +83,11 @@ def child(marks_path: str, argv: list[str]) -> int:
     return rc
 
 
-def _run(name: str, argv: list[str], env: dict[str, str], cwd: Path) -> Command:
+def _run(name: str, argv: list[str], env: dict[str, str], cwd: Path, code: Path = ROOT) -> Command:
+    """One command of the code at ``code`` (this checkout, or a baseline's worktree), timed."""
     marks_path = cwd / "marks.json"
     marks_path.unlink(missing_ok=True)
+    env = {**env, "PYTHONPATH": os.pathsep.join([str(code), *filter(None, [os.environ.get("PYTHONPATH")])])}
     t0 = time.time()
     result = subprocess.run(
         [sys.executable, "-m", "bench.fixed_cost_bench", "--child", str(marks_path), "--", *argv],
@@ -118,8 +125,8 @@ def _import_floor(env: dict[str, str]) -> float:
     return time.time() - t0
 
 
-def measure(tmp: Path, warm: int) -> tuple[list[Command], float]:
-    """Every variant once (warm ones ``warm`` times), in the order a user meets them."""
+def _setting(tmp: Path) -> tuple[list[str], dict[str, str]]:
+    """The scene's command line and an environment with a private state folder."""
     from pipeline.demos.sample_scene import write_sample_scene
 
     scene = write_sample_scene(tmp, 1024, seed=0).image
@@ -128,6 +135,12 @@ def measure(tmp: Path, warm: int) -> tuple[list[Command], float]:
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     env["GIGASEG_STATE_DIR"] = str(tmp / "state")
     run = ["segment", str(scene), "-m", "arch:conv1x1", "--num-classes", "3", "-o", "out.tif", "--overwrite"]
+    return run, env
+
+
+def measure(tmp: Path, warm: int) -> tuple[list[Command], float]:
+    """Every variant once (warm ones ``warm`` times), in the order a user meets them."""
+    run, env = _setting(tmp)
     runs = [_run("first ever (no server, no databases)", run, env, tmp)]
     _gigaseg(["server", "stop"], env, tmp)
     runs.append(_run("cold (server stopped, databases kept)", run, env, tmp))
@@ -156,7 +169,8 @@ def report(runs: list[Command], floor: float, warm: int) -> str:
     median_wall = sorted(c.wall for c in warm_runs)[len(warm_runs) // 2]
     ray_cost = next(c for c in runs if "Ray forced" in c.name).wall - median_wall
     return (
-        f"`python -m bench.fixed_cost_bench --warm {warm}` — {dt.date.today()}, {platform.machine()}, "
+        f"`python -m bench.fixed_cost_bench --warm {warm}` — {dt.date.today()}, commit {current_commit()}, "
+        f"{platform.machine()}, "
         f"{os.cpu_count()} cores shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end); "
         f"1024² 4-band scene, `arch:conv1x1`, embedded defaults (shared local Prefect server, "
         f"no Ray for a small scene, MLflow on SQLite). Columns: interpreter start, imports "
@@ -172,16 +186,84 @@ def report(runs: list[Command], floor: float, warm: int) -> str:
     )
 
 
+def compare(tmp: Path, baseline: Path, rounds: int) -> dict[str, list[Command]]:
+    """Warm commands of this code and of ``baseline`` in alternation (tracked, then ``--no-track``).
+
+    Both use the one shared server the first command starts (each side's flow is timed as
+    a client of the same server) and the same scene; a first command of each is not timed.
+    """
+    run, env = _setting(tmp)
+    sides = {"this code": ROOT, "baseline": baseline}
+    for code in sides.values():
+        _run("warm-up", run, env, tmp, code)
+    timed: dict[str, list[Command]] = {f"{side}{flag}": [] for side in sides for flag in ("", ", --no-track")}
+    for _ in range(rounds):
+        for flag, extra in (("", []), (", --no-track", ["--no-track"])):
+            for side, code in sides.items():
+                timed[f"{side}{flag}"].append(_run(f"{side}{flag}", [*run, *extra], env, tmp, code))
+    _gigaseg(["server", "stop", "--force"], env, tmp)
+    return timed
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
+def report_comparison(timed: dict[str, list[Command]], rev: str, rounds: int) -> str:
+    """Medians per side and column, and this code's ÷ the baseline's."""
+    rows = table_head("warm command", "wall s", "imports", "flow", "model work", "fixed s")
+    for name, commands in timed.items():
+        label = name.replace("baseline", f"`{rev}`")
+        rows.append(
+            f"| {label} | {_median([c.wall for c in commands]):.2f} "
+            f"| {_median([c.imports for c in commands]):.2f} | {_median([c.flow for c in commands]):.2f} "
+            f"| {_median([c.work for c in commands]):.2f} | **{_median([c.fixed for c in commands]):.2f}** |"
+        )
+    lines = []
+    for flag in ("", ", --no-track"):
+        ours, theirs = timed[f"this code{flag}"], timed[f"baseline{flag}"]
+        ratio = {
+            column: _median([getattr(c, column) for c in ours])
+            / _median([getattr(c, column) for c in theirs])
+            for column in ("fixed", "imports", "flow")
+        }
+        lines.append(
+            f"- against `{rev}`{flag or ' (tracked)'}: fixed cost **{ratio['fixed']:.2f}×**, imports "
+            f"{ratio['imports']:.2f}×, flow {ratio['flow']:.2f}×"
+        )
+    return (
+        f"Against `{rev}` in the same run: {rounds} rounds of warm commands, the two revisions in "
+        f"alternation on one shared server (medians):\n\n"
+        + "\n".join(rows)
+        + "\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+
+
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         sys.exit(child(sys.argv[2], sys.argv[4:]))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warm", type=int, default=3, help="warm commands to time")
     parser.add_argument("--no-record", action="store_true", help="do not update bench/RESULTS.md")
+    parser.add_argument("--baseline", help="a git revision to time warm commands against, alternately")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds against --baseline")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fixed-cost-") as tmp_name:
         runs, floor = measure(Path(tmp_name), args.warm)
     text = report(runs, floor, args.warm)
+    if args.baseline:
+        with checkout(args.baseline) as code, tempfile.TemporaryDirectory(prefix="fixed-cost-") as tmp_name:
+            assert code is not None
+            timed = compare(Path(tmp_name), code, args.rounds)
+        text += "\n" + report_comparison(timed, args.baseline, args.rounds)
+        text = text.replace(
+            f"--warm {args.warm}`",
+            f"--warm {args.warm} --baseline {args.baseline} --rounds {args.rounds}`",
+            1,
+        )
     print(text)
     if not args.no_record:
         write_section("Fixed cost of one command", text)
