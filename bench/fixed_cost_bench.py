@@ -179,8 +179,8 @@ def report(runs: list[Command], floor: float, warm: int) -> str:
         f"export).\n\n" + "\n".join(rows) + "\n\n"
         f"- fixed cost, warm: **{median:.1f} s** median (best {best:.1f} s), target ≤ {TARGET_S:.0f} s; "
         f"cold {cold.fixed:.1f} s\n"
-        f'- a bare `python -c "import torch, prefect"` takes {floor:.1f} s here: the floor of any '
-        f"command that runs a Prefect flow over torch\n"
+        f'- a bare `python -c "import torch, prefect"` takes {floor:.1f} s here, its garbage collector '
+        f"on: what any command that runs a Prefect flow over torch loads\n"
         f"- a local Ray adds {ray_cost:.1f} s to a warm command (its start, the actors' start and model "
         f"load: inside the model-work column of the Ray rows)\n"
     )
