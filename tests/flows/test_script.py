@@ -74,7 +74,10 @@ def test_the_segment_command_loads_torch_and_prefect_without_a_full_collection(t
         f"""
         import gc, sys
         full = []
-        gc.callbacks.append(lambda phase, info: phase == "start" and info["generation"] == 2 and full.append(1))
+        def full_pass(phase, info):
+            if phase == "start" and info["generation"] == 2:
+                full.append(1)
+        gc.callbacks.append(full_pass)
         from flows.cli import main
         status = main(["segment", {str(tmp_path / "missing.tif")!r}, "-m", "arch:conv1x1", "-o",
                        {str(tmp_path / "out.tif")!r}, "--no-track", "--workers", "0"])
