@@ -20,6 +20,7 @@ from flows.script import (
     loading_without_collecting,
     prepare_process,
     quiet_when_the_reader_goes,
+    restart_on_chosen_allocator,
     run_command,
     say,
 )
@@ -286,7 +287,9 @@ def start_early(argv: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``gigaseg`` console script."""
+    """Entry point of the ``gigaseg`` console script (``argv``: called from Python, in this process)."""
+    if argv is None:
+        restart_on_chosen_allocator()
     argv = sys.argv[1:] if argv is None else list(argv)
     start_early(argv)
     try:

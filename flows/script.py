@@ -22,11 +22,15 @@ from collections.abc import Callable, Iterator, Sequence
 
 from flows.prefect_server import use_prefect_api
 from pipeline.errors import expected_failure
+from pipeline.execution.heap_allocator import allocator_environment, allocator_in_use
 from pipeline.execution.process_memory import bound_process_memory
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 EXIT_READER_GONE = 1
+
+RESTARTED = "GIGASEG_RESTARTED_ON_ALLOCATOR"
+"""Set in a command started over on its allocator, so it never starts over twice."""
 
 Command = Callable[[argparse.Namespace], "int | None"]
 
@@ -56,6 +60,30 @@ def _exit_without_collecting() -> None:
     more before the process may end; what a command wrote is closed by then.
     """
     atexit.register(gc.freeze)
+
+
+def restart_on_chosen_allocator() -> None:
+    """Start this command over, once, on TCMalloc where installed (:mod:`pipeline.execution.heap_allocator`).
+
+    Called first by the ``gigaseg`` command when it is the process's own entry point,
+    before its heavy imports: the same interpreter, arguments, process id and open
+    files, with ``LD_PRELOAD`` set. Nothing happens where TCMalloc is missing, already
+    loaded, or turned off (``GIGASEG_ALLOCATOR=system``), or when the exec fails. A bad
+    ``GIGASEG_ALLOCATOR`` ends the command with one line and status 2.
+    """
+    if os.environ.get(RESTARTED) or allocator_in_use() == "tcmalloc":
+        return
+    try:
+        environment = allocator_environment()
+    except ValueError as exc:
+        print(f"gigaseg: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    if not environment:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with contextlib.suppress(OSError):
+        os.execve(sys.executable, list(sys.orig_argv), {**os.environ, **environment, RESTARTED: "1"})
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ import torch
 from pipeline.engine.device import select_device
 from pipeline.engine.predictor import TilePredictor
 from pipeline.execution.block_queue import BlockFailedError, BlockIndex
+from pipeline.execution.heap_allocator import allocator_in_use
 from pipeline.execution.openmp_spinning import USER_SETTINGS
 from pipeline.job.config import SegmentConfig
 from pipeline.job.model_source import ModelCache
@@ -83,7 +84,8 @@ class BlockWorker:
         self._compute = threading.Lock()
 
     def describe(self) -> dict[str, Any]:
-        """Where this actor runs (node, pid, GPUs, device, threads, OpenMP waiting) and what it has loaded."""
+        """Where this actor runs (node, pid, GPUs, device, threads, OpenMP waiting, heap allocator) and what
+        it has loaded."""
         ctx = ray.get_runtime_context()
         return {
             "node_id": ctx.get_node_id(),
@@ -93,6 +95,7 @@ class BlockWorker:
             "device": str(self.device),
             "threads": torch.get_num_threads(),
             "openmp_waiting": {k: os.environ[k] for k in USER_SETTINGS if k in os.environ},
+            "allocator": allocator_in_use(),
             "models_loaded": self.models.loads,
             "scenes_attached": self.scenes_attached,
         }

@@ -44,6 +44,7 @@ import ray
 
 from pipeline.execution.block_queue import MAX_ATTEMPTS, BlockIndex
 from pipeline.execution.block_worker import BlockReport, BlockWorker
+from pipeline.execution.heap_allocator import allocator_environment
 from pipeline.execution.openmp_spinning import openmp_environment
 from pipeline.execution.pool_dispatch import Dispatcher, SceneRun
 from pipeline.execution.pool_plan import PoolPlan, plan_pool
@@ -81,6 +82,12 @@ def connect(address: str | None = None) -> None:
         ray.init(address="local", include_dashboard=False, **quiet)
 
 
+def worker_environment() -> dict[str, str]:
+    """What each block worker's process starts with, on any node: the object-storage settings,
+    how its OpenMP threads wait, and its heap allocator (each module says why)."""
+    return {**object_storage_environment(), **openmp_environment(), **allocator_environment()}
+
+
 class ActorPool:
     """Long-lived actors serving the blocks of every scene submitted to them, until closed.
 
@@ -107,7 +114,7 @@ class ActorPool:
             max_task_retries=0,  # a lost block is handed out again by the driver, visibly
             max_concurrency=in_flight_per_actor,
             scheduling_strategy="SPREAD",
-            runtime_env={"env_vars": {**object_storage_environment(), **openmp_environment()}},
+            runtime_env={"env_vars": worker_environment()},
         )
         self.handles = [actor_class.remote(device, plan.threads) for _ in range(plan.actors)]
         self.dispatcher = Dispatcher(self.handles, in_flight_per_actor, stall_timeout_s, on_block)

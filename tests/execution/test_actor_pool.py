@@ -14,6 +14,7 @@ import pytest
 import ray
 
 from pipeline.execution.block_queue import BlockFailedError
+from pipeline.execution.heap_allocator import tcmalloc_library
 from pipeline.execution.pool_plan import plan_pool
 from pipeline.execution.ray_pool import ActorPool
 from pipeline.job.config import SegmentConfig
@@ -82,3 +83,7 @@ def test_scenes_share_one_pool_load_the_model_once_and_a_corrupt_one_fails_alone
     assert all(a["models_loaded"] == (1 if a["scenes_attached"] else 0) for a in actors)
     assert sum(a["scenes_attached"] for a in actors) >= 5, "each actor served several scenes"
     assert all(a["openmp_waiting"] == {"GOMP_SPINCOUNT": "1234"} for a in actors), "the driver's setting"
+    # the test's own process (and the Ray it started) runs on the system allocator: the workers'
+    # TCMalloc comes from the pool's runtime environment alone
+    expected = "tcmalloc" if tcmalloc_library() else "system"
+    assert [a["allocator"] for a in actors] == [expected] * len(actors)
