@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.peers.rows import RowSpec
+from pipeline.execution.heap_allocator import allocator_environment
 from pipeline.execution.openmp_spinning import openmp_environment
 
 if TYPE_CHECKING:
@@ -130,7 +131,7 @@ def run_row(spec: RowSpec, timeout: float, cap_bytes: int) -> RowResult:
     cmd = [sys.executable, "-m", "bench.peer_bench", "--child", spec.to_json()]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if spec.row.startswith("gigaseg"):  # as the gigaseg command sets its process up; peers keep the defaults
-        env.update(openmp_environment())
+        env.update({**openmp_environment(), **allocator_environment()})
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak, why = _watch(proc, timeout, cap_bytes)
     if why:
