@@ -47,6 +47,7 @@ from pathlib import Path
 from bench.baseline import checkout
 from bench.peers.fixtures import bench_cases, make_checkpoint, side_of, write_scene
 from bench.results import command_line, current_commit, load_text, table_head, write_section
+from pipeline.execution.heap_allocator import allocator_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.05
@@ -201,10 +202,17 @@ def child(kind: str, scene: str, ckpt: str, out: str) -> None:
 
 
 def _in_child(kind: str, scene: Path, ckpt: Path, out: Path, root: Path = ROOT) -> dict:
-    """One measurement in a fresh process, with the code of the checkout at ``root``."""
+    """One measurement in a fresh process, with the code of the checkout at ``root``.
+
+    gigaseg's runs start on the heap allocator the command picks (TCMalloc where installed,
+    :mod:`pipeline.execution.heap_allocator`); the plain tile copy on the system's, as a user's.
+    """
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    if kind != "tile copy":
+        env.update(allocator_environment())
     proc = subprocess.run(
         [sys.executable, "-m", "bench.stage_cost_bench", "--child", kind, str(scene), str(ckpt), str(out)],
-        cwd=root, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)},
+        cwd=root, capture_output=True, text=True, env=env,
     )  # fmt: skip
     if proc.returncode != 0:
         raise RuntimeError(f"{kind}: {proc.stderr[-3000:]}")
@@ -270,6 +278,7 @@ def report(
 ) -> str:
     """The section: CPU-s/Mpx per stage (in place, copied), then the end-to-end and copy rows."""
     commit = current_commit()
+    allocator = "TCMalloc" if allocator_environment() else "the system's"
     argv = [a for a in (sys.argv[1:] if sys.argv[1:] else [])]
     lines = [
         f"`{command_line('bench.stage_cost_bench', argv)}` — {dt.date.today()}, commit {commit}, "
@@ -278,7 +287,8 @@ def report(
         f"{mpx:.0f} Mpx ({side}²) single-band uint8 tiled DEFLATE GeoTIFF, the peer bench's 1×1 conv "
         "(2 classes, seeded weights), tile 512, overlap 0.25, gaussian, batch 8. Stages run one after "
         "another in a fresh process; CPU: process CPU time (all threads); fastest of "
-        f"{args.repeats} runs per setting.",
+        f"{args.repeats} runs per setting. Heap allocator of gigaseg's runs: {allocator}"
+        " (the command's choice); of the tile copy: the system's.",
         "",
         *table_head("stage", "in place: CPU s", "CPU s / Mpx", "copied: CPU s", "CPU s / Mpx"),
     ]
