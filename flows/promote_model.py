@@ -9,6 +9,10 @@ import os
 import sys
 
 from flows.prefect_runtime import configure_prefect
+from flows.script import restart_on_chosen_allocator
+
+if __name__ == "__main__":  # run as a script: start over on TCMalloc before torch and Prefect load
+    restart_on_chosen_allocator()
 
 # Before Prefect is imported: run as a script (`ray submit … flows/promote_model.py`) the
 # `flows` package has not been imported yet to set the embedded defaults.

@@ -65,11 +65,12 @@ def _exit_without_collecting() -> None:
 def restart_on_chosen_allocator() -> None:
     """Start this command over, once, on TCMalloc where installed (:mod:`pipeline.execution.heap_allocator`).
 
-    Called first by the ``gigaseg`` command when it is the process's own entry point,
-    before its heavy imports: the same interpreter, arguments, process id and open
-    files, with ``LD_PRELOAD`` set. Nothing happens where TCMalloc is missing, already
-    loaded, or turned off (``GIGASEG_ALLOCATOR=system``), or when the exec fails. A bad
-    ``GIGASEG_ALLOCATOR`` ends the command with one line and status 2.
+    Called first by the ``gigaseg`` command when it is the process's own entry point, and
+    by each flow script run as one, before their heavy imports: the same interpreter,
+    arguments, process id and open files, with ``LD_PRELOAD`` set. Nothing happens where
+    TCMalloc is missing, already loaded, or turned off (``GIGASEG_ALLOCATOR=system``), or
+    when the exec fails. A bad ``GIGASEG_ALLOCATOR`` ends the command with one line and
+    status 2.
     """
     if os.environ.get(RESTARTED) or allocator_in_use() == "tcmalloc":
         return

@@ -25,6 +25,10 @@ from collections.abc import Callable, Sequence
 
 from flows.prefect_runtime import configure_prefect
 from flows.prefect_server import use_prefect_api
+from flows.script import restart_on_chosen_allocator
+
+if __name__ == "__main__":  # run as a script: start over on TCMalloc before torch and Prefect load
+    restart_on_chosen_allocator()
 
 # Before Prefect is imported: run as a script (`ray submit … flows/segment_scene.py`) the
 # `flows` package has not been imported yet to set the embedded defaults.

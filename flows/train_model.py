@@ -14,6 +14,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from flows.prefect_runtime import configure_prefect
+from flows.script import restart_on_chosen_allocator
+
+if __name__ == "__main__":  # run as a script: start over on TCMalloc before torch and Prefect load
+    restart_on_chosen_allocator()
 
 # Before Prefect is imported: run as a script (`ray submit … flows/train_model.py`) the
 # `flows` package has not been imported yet to set the embedded defaults.

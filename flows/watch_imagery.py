@@ -23,6 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from flows.prefect_runtime import configure_prefect
+from flows.script import restart_on_chosen_allocator
+
+if __name__ == "__main__":  # run as a script: start over on TCMalloc before torch and Prefect load
+    restart_on_chosen_allocator()
 
 # Before Prefect is imported: run as a script (`ray submit … flows/watch_imagery.py`) the
 # `flows` package has not been imported yet to set the embedded defaults.

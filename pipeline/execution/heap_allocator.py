@@ -7,14 +7,13 @@ memory by size class: the same runs take less time and less peak memory there
 (bench/RESULTS.md, "Heap allocator").
 
 An allocator is chosen when a process starts (``LD_PRELOAD``), never later. So the
-``gigaseg`` command starts over once on TCMalloc before its heavy imports
-(:func:`flows.script.restart_on_chosen_allocator`); the processes it starts (a local
+``gigaseg`` command and the flow scripts (``python flows/segment_scene.py``, what
+``ray submit`` runs) start over once on TCMalloc before their heavy imports
+(:func:`flows.script.restart_on_chosen_allocator`); the processes they start (a local
 Ray, the Prefect server, MLflow's helper) inherit it; and Ray's block workers get
 :func:`allocator_environment` in their runtime environment, for a cluster the command
-did not start. ``GIGASEG_ALLOCATOR=system`` keeps the system's allocator. A flow
-script's process (``python flows/segment_scene.py``, what ``ray submit`` runs: it has
-imported everything before it could start over) and a library user's own process keep
-what they started with; their Ray workers still get TCMalloc.
+did not start. ``GIGASEG_ALLOCATOR=system`` keeps the system's allocator. A library
+user's own process keeps what it started with; its Ray workers still get TCMalloc.
 
 Linux only: elsewhere, or where no TCMalloc is installed (Debian / Ubuntu package
 ``libtcmalloc-minimal4``), everything runs on the system's allocator as before.

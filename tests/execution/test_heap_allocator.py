@@ -64,6 +64,30 @@ def test_the_command_starts_over_once_on_tcmalloc_in_the_same_process(tcmalloc: 
     assert lines[-1] == f"END {starts[0]} tcmalloc 0"
 
 
+def test_a_flow_script_starts_over_once_on_tcmalloc(tcmalloc: str) -> None:
+    """``python flows/promote_model.py …`` (what ``ray submit`` runs), here through runpy with ``--help``."""
+    code = textwrap.dedent(
+        """
+        import atexit, os, runpy, sys
+        print("START", os.getpid(), flush=True)
+        from pipeline.execution.heap_allocator import allocator_in_use
+        atexit.register(lambda: print("END", os.getpid(), allocator_in_use(), flush=True))
+        sys.argv = ["flows/promote_model.py", "--help"]
+        runpy.run_path("flows/promote_model.py", run_name="__main__")
+        """
+    )
+    environment = {k: v for k, v in os.environ.items() if k not in (SETTING, "LD_PRELOAD")}
+    environment["PYTHONPATH"] = str(ROOT)
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    starts = [line.split()[1] for line in run.stdout.splitlines() if line.startswith("START")]
+    assert len(starts) == 2 and starts[0] == starts[1], "one exec, same process id"
+    assert "usage: gigaseg promote" in run.stdout
+    assert run.stdout.splitlines()[-1] == f"END {starts[0]} tcmalloc"
+
+
 def test_gigaseg_allocator_system_keeps_the_system_allocator(tcmalloc: str) -> None:
     run = _probe("entry", **{SETTING: "system"})
     assert run.returncode == 0, run.stderr[-3000:]
