@@ -24,7 +24,6 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-import dask
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import DatasetReader
 
@@ -158,6 +157,8 @@ def copy_raster(
     ``open_source``: opens the dataset each task reads (default: the file itself; the
     resampling step passes GDAL's warper over it). Nodata and masks are read the same way.
     """
+    import dask  # here: a tiled input read in place never copies, and its command never loads dask
+
     step = chunk * CHUNKS_PER_TASK
     windows = [
         ((r, min(r + step, info.height)), (c, min(c + step, info.width)))
