@@ -91,9 +91,11 @@ def allocator_environment() -> dict[str, str]:
     returned where TCMalloc is not installed, is turned off, or where the user
     already preloads an allocator of their own (one named ``*malloc*``).
     """
+    if chosen_allocator() != "tcmalloc":
+        return {}
     library = tcmalloc_library()
     preloaded = os.environ.get("LD_PRELOAD", "")
-    if library is None or chosen_allocator() != "tcmalloc":
+    if library is None:
         return {}
     if "malloc" in preloaded and library not in preloaded:
         return {}

@@ -108,6 +108,17 @@ def test_a_bad_gigaseg_allocator_is_one_line_and_status_2() -> None:
     assert run.stderr.strip() == "gigaseg: GIGASEG_ALLOCATOR='jemalloc': expected one of tcmalloc, system"
 
 
+def test_a_bad_gigaseg_allocator_is_refused_where_no_tcmalloc_is_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pipeline.execution import heap_allocator
+
+    monkeypatch.setattr(heap_allocator, "tcmalloc_library", lambda: None)
+    monkeypatch.setenv(SETTING, "jemalloc")
+    with pytest.raises(ValueError, match=r"^GIGASEG_ALLOCATOR='jemalloc': expected one of tcmalloc, system$"):
+        allocator_environment()
+
+
 def test_a_preloaded_library_is_kept_after_tcmalloc(tcmalloc: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(SETTING, raising=False)
     monkeypatch.setenv("LD_PRELOAD", "/opt/x/libtrace.so:/opt/y/libz.so")
