@@ -20,6 +20,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,20 +43,24 @@ class Run:
 
 
 def run_command(argv: list[str], allocator: str, cwd: Path) -> Run:
-    """``python -m flows.cli ARGV`` on ``allocator``, timed, its peak RSS read when it ends."""
-    import time
+    """``python -m flows.cli ARGV`` on ``allocator``, timed, its peak RSS read when it ends.
 
+    Its stderr goes to a file, so a chatty command cannot fill a pipe nobody reads while
+    ``wait4`` waits for it.
+    """
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", SETTING)}
     env.update({"PYTHONPATH": str(ROOT), SETTING: allocator})
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", *argv], cwd=cwd, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    stderr = proc.stderr.read() if proc.stderr else ""
+    with tempfile.TemporaryFile("w+") as log:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", *argv], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+            stderr=log, text=True,
+        )  # fmt: skip
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        log.seek(0)
+        stderr = log.read()
     if proc.returncode != 0:
         raise RuntimeError(
             f"gigaseg {' '.join(argv)} on {allocator}: exit {proc.returncode}\n{stderr[-3000:]}"

@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -164,9 +165,9 @@ def report(runs: list[Command], floor: float, warm: int) -> str:
         )
     warm_runs = [c for c in runs if c.name.startswith("warm #")]
     best = min(c.fixed for c in warm_runs)
-    median = sorted(c.fixed for c in warm_runs)[len(warm_runs) // 2]
+    median = statistics.median_high(c.fixed for c in warm_runs)
     cold = next(c for c in runs if c.name.startswith("cold"))
-    median_wall = sorted(c.wall for c in warm_runs)[len(warm_runs) // 2]
+    median_wall = statistics.median_high(c.wall for c in warm_runs)
     ray_cost = next(c for c in runs if "Ray forced" in c.name).wall - median_wall
     return (
         f"`python -m bench.fixed_cost_bench --warm {warm}` — {dt.date.today()}, commit {current_commit()}, "
@@ -205,29 +206,22 @@ def compare(tmp: Path, baseline: Path, rounds: int) -> dict[str, list[Command]]:
     return timed
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[len(ordered) // 2]
-
-
 def report_comparison(timed: dict[str, list[Command]], rev: str, rounds: int) -> str:
     """Medians per side and column, and this code's ÷ the baseline's."""
     rows = table_head("warm command", "wall s", "imports", "flow", "model work", "fixed s")
+
+    def median(commands: list[Command], column: str) -> float:
+        return statistics.median_high(getattr(c, column) for c in commands)
+
+    columns = ("wall", "imports", "flow", "work", "fixed")
     for name, commands in timed.items():
-        label = name.replace("baseline", f"`{rev}`")
-        rows.append(
-            f"| {label} | {_median([c.wall for c in commands]):.2f} "
-            f"| {_median([c.imports for c in commands]):.2f} | {_median([c.flow for c in commands]):.2f} "
-            f"| {_median([c.work for c in commands]):.2f} | **{_median([c.fixed for c in commands]):.2f}** |"
-        )
+        cells = [f"{median(commands, column):.2f}" for column in columns]
+        cells[-1] = f"**{cells[-1]}**"
+        rows.append(f"| {name.replace('baseline', f'`{rev}`')} | " + " | ".join(cells) + " |")
     lines = []
     for flag in ("", ", --no-track"):
         ours, theirs = timed[f"this code{flag}"], timed[f"baseline{flag}"]
-        ratio = {
-            column: _median([getattr(c, column) for c in ours])
-            / _median([getattr(c, column) for c in theirs])
-            for column in ("fixed", "imports", "flow")
-        }
+        ratio = {c: median(ours, c) / median(theirs, c) for c in ("fixed", "imports", "flow")}
         lines.append(
             f"- against `{rev}`{flag or ' (tracked)'}: fixed cost **{ratio['fixed']:.2f}×**, imports "
             f"{ratio['imports']:.2f}×, flow {ratio['flow']:.2f}×"
