@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def python_path(code: Path = ROOT, environ: dict[str, str] | None = None) -> str:
+    """``PYTHONPATH`` for a child running the code at ``code``: that code first, then the environment's.
+
+    The environment's entries stay (a machine's carried packages, say), after the code.
+
+    >>> python_path(Path("/code"), {"PYTHONPATH": "/site"})
+    '/code:/site'
+    >>> python_path(Path("/code"), {})
+    '/code'
+    """
+    given = (os.environ if environ is None else environ).get("PYTHONPATH")
+    return os.pathsep.join([str(code), *filter(None, [given])])
 
 
 @contextlib.contextmanager

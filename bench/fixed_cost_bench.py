@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.baseline import checkout
+from bench.baseline import checkout, python_path
 from bench.results import current_commit, table_head, write_section
 
 TARGET_S = 5.0
@@ -88,7 +88,7 @@ def _run(name: str, argv: list[str], env: dict[str, str], cwd: Path, code: Path 
     """One command of the code at ``code`` (this checkout, or a baseline's worktree), timed."""
     marks_path = cwd / "marks.json"
     marks_path.unlink(missing_ok=True)
-    env = {**env, "PYTHONPATH": os.pathsep.join([str(code), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = {**env, "PYTHONPATH": python_path(code)}
     t0 = time.time()
     result = subprocess.run(
         [sys.executable, "-m", "bench.fixed_cost_bench", "--child", str(marks_path), "--", *argv],
@@ -133,7 +133,7 @@ def _setting(tmp: Path) -> tuple[list[str], dict[str, str]]:
     scene = write_sample_scene(tmp, 1024, seed=0).image
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "GIGASEG_", "MLFLOW_"))}
     env.pop("RAY_ADDRESS", None)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    env["PYTHONPATH"] = python_path(ROOT, env)
     env["GIGASEG_STATE_DIR"] = str(tmp / "state")
     run = ["segment", str(scene), "-m", "arch:conv1x1", "--num-classes", "3", "-o", "out.tif", "--overwrite"]
     return run, env

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bench.baseline import python_path
 from bench.peers.rows import RowSpec
 from pipeline.execution.heap_allocator import allocator_environment
 from pipeline.execution.openmp_spinning import openmp_environment
@@ -129,7 +130,7 @@ def run_row(spec: RowSpec, timeout: float, cap_bytes: int) -> RowResult:
     out = Path(spec.out)
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "bench.peer_bench", "--child", spec.to_json()]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": python_path(ROOT)}
     if spec.row.startswith("gigaseg"):  # as the gigaseg command sets its process up; peers keep the defaults
         env.update({**openmp_environment(), **allocator_environment()})
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
