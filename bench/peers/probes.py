@@ -25,31 +25,70 @@ def peak_rss() -> int:
 
 
 class GpuSampler:
-    """Fraction of wall time the GPU is busy (``nvidia-smi`` utilisation, sampled); None off CUDA."""
+    """Fraction of wall time the GPU is busy (its utilisation, sampled every 0.1 s); None off CUDA.
+
+    NVML through ``torch.cuda.utilization`` (the ``nvidia-ml-py`` package) where it
+    answers: a library call, no process per sample. Else one ``nvidia-smi`` process
+    that prints a sample every 100 ms until it is stopped.
+    """
+
+    PERIOD_S = 0.1
 
     def __init__(self, device: str):
         self.samples: list[float] = []
-        self.on = device.startswith("cuda") and shutil.which("nvidia-smi") is not None
+        self.device = device
+        self.on = device.startswith("cuda")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._smi: subprocess.Popen[str] | None = None
+
+    def _nvml(self) -> bool:
+        """True when NVML answers for this device."""
+        import torch
+
+        try:
+            torch.cuda.utilization(self.device)
+        except Exception:  # no nvidia-ml-py, or no NVML behind it
+            return False
+        return True
 
     def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            out = subprocess.run(
-                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", "0"],
-                capture_output=True,
-                text=True,
-            )
-            if out.returncode == 0 and out.stdout.strip():
-                self.samples.append(float(out.stdout.split()[0]) / 100.0)
+        import torch
+
+        while not self._stop.wait(self.PERIOD_S):
+            self.samples.append(torch.cuda.utilization(self.device) / 100.0)
+
+    def _run_smi(self) -> None:
+        assert self._smi is not None and self._smi.stdout is not None
+        for line in self._smi.stdout:
+            if line.strip().isdigit():
+                self.samples.append(float(line) / 100.0)
 
     def __enter__(self) -> GpuSampler:
-        if self.on:
-            self._thread.start()
+        if not self.on:
+            return self
+        if not self._nvml():
+            smi = shutil.which("nvidia-smi")
+            if smi is None:
+                self.on = False
+                return self
+            index = self.device.partition(":")[2] or "0"
+            self._smi = subprocess.Popen(
+                [smi, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", index,
+                 "-lms", str(int(self.PERIOD_S * 1000))],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            )  # fmt: skip
+            self._thread = threading.Thread(target=self._run_smi, daemon=True)
+        self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        if self._smi is not None:
+            self._smi.terminate()
+            self._smi.wait()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
 
     @property
     def busy(self) -> float | None:
