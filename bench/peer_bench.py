@@ -109,7 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref-max-mpx", type=float, default=17, help="largest scene for the untiled reference")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per row before it is killed")
     p.add_argument("--mem-cap", type=float, default=14, help="GiB of RSS per row before it is killed")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (CUDA rows: untested so far)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu or cuda[:N]; CUDA runs are recorded in their own section (see bench/gpu_check.sh)",
+    )
     p.add_argument("--amp", action="store_true", help="also AMP rows (CUDA only)")
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     p.add_argument("--no-record", action="store_true", help="do not update bench/RESULTS.md")
@@ -142,6 +146,15 @@ def settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
+def section_name(device: str) -> str:
+    """The ``bench/RESULTS.md`` section a run on ``device`` writes: a GPU's rows never replace the CPU's.
+
+    >>> section_name("cpu"), section_name("cuda:0")
+    ('Peer tools', 'Peer tools on a GPU')
+    """
+    return "Peer tools on a GPU" if device.startswith("cuda") else "Peer tools"
+
+
 def _command(args: argparse.Namespace, argv: list[str] | None) -> str:
     """The command as run, ``--quick`` first (recorded in the results section)."""
     given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--quick"]
@@ -157,6 +170,13 @@ def main(argv: list[str] | None = None) -> int:
         return child_main(args.child)
     if args.repeat < 1:
         parser.error(f"--repeat must be ≥ 1, got {args.repeat}")
+    from pipeline.engine.device import select_device
+    from pipeline.errors import InputError
+
+    try:
+        select_device(args.device)
+    except InputError as e:
+        parser.error(str(e))
     sizes = [4, 16] if args.quick else _mpx_list(args.sizes)
     unet_sizes = [1] if args.quick else _mpx_list(args.unet_sizes)
     settings = settings_from(args)
@@ -176,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
         run = RunInfo(_command(args, argv), started, loads, args.device, args.timeout, args.mem_cap,
                       args.repeat, args.repeat_max_mpx)  # fmt: skip
-        write_section("Peer tools", results_section(run, report))
+        write_section(section_name(args.device), results_section(run, report))
     return 0
 
 

@@ -44,9 +44,9 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.baseline import checkout
+from bench.baseline import checkout, python_path
 from bench.peers.fixtures import bench_cases, make_checkpoint, side_of, write_scene
-from bench.results import command_line, current_commit, load_text, table_head, write_section
+from bench.results import command_line, current_commit, device_text, load_text, table_head, write_section
 from pipeline.execution.heap_allocator import allocator_environment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,18 +83,24 @@ class StageClock:
             self.wall[stage] += time.perf_counter() - w0
 
 
-def _config(scene: str, ckpt: str, out: Path, copy: bool):
+def _config(scene: str, ckpt: str, out: Path, copy: bool, device: str = "cpu"):
     from pipeline.job.config import SegmentConfig
 
     return SegmentConfig(
         input=Path(scene), model=ckpt, output=out / "labels.tif", work_dir=out / "work", tile=512,
         overlap=0.25, blend="gaussian", batch_size=8, channels_last=True, quiet=True, copy_input=copy,
-        threads=os.cpu_count(),
+        threads=os.cpu_count(), device=device,
     )  # fmt: skip
 
 
-def staged_run(scene: str, ckpt: str, out: Path, copy: bool) -> dict[str, dict[str, float]]:
-    """Every stage one after another, each under the clock (what :func:`child` runs for a ``staged`` row)."""
+def staged_run(
+    scene: str, ckpt: str, out: Path, copy: bool, device: str = "cpu"
+) -> dict[str, dict[str, float]]:
+    """Every stage one after another, each under the clock (what :func:`child` runs for a ``staged`` row).
+
+    On CUDA the forward waits for the device before and after, so its wall time is the
+    GPU's work on the batch and no later stage pays for it.
+    """
     import torch
 
     from pipeline.engine.predictor import TilePredictor
@@ -104,7 +110,7 @@ def staged_run(scene: str, ckpt: str, out: Path, copy: bool) -> dict[str, dict[s
     from pipeline.job.steps import export, ingest_scene
 
     clock = StageClock()
-    config = _config(scene, ckpt, out, copy)
+    config = _config(scene, ckpt, out, copy, device)
     torch.set_num_threads(os.cpu_count() or 1)
     with clock("check"):
         checked = check_inputs(config)
@@ -122,8 +128,14 @@ def staged_run(scene: str, ckpt: str, out: Path, copy: bool) -> dict[str, dict[s
             self.inner = model
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
+            on_cuda = x.device.type == "cuda"
+            if on_cuda:
+                torch.cuda.synchronize(x.device)  # the input's copy is the read's, not the forward's
             with clock("forward"):
-                return self.inner(x)
+                y = self.inner(x)
+                if on_cuda:
+                    torch.cuda.synchronize(x.device)
+                return y
 
     class TimedPredictor(TilePredictor):
         def __call__(self, tiles: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -158,12 +170,12 @@ def staged_run(scene: str, ckpt: str, out: Path, copy: bool) -> dict[str, dict[s
     return {"cpu": dict(clock.cpu), "wall": dict(clock.wall)}
 
 
-def segment_run(scene: str, ckpt: str, out: Path, copy: bool) -> dict[str, float]:
+def segment_run(scene: str, ckpt: str, out: Path, copy: bool, device: str = "cpu") -> dict[str, float]:
     """The job as the product runs it: wall and CPU seconds of :func:`pipeline.job.steps.segment`."""
     from pipeline.job.steps import segment
 
     c0, w0 = time.process_time(), time.perf_counter()
-    summary = segment(_config(scene, ckpt, out, copy))
+    summary = segment(_config(scene, ckpt, out, copy, device))
     return {
         "wall": time.perf_counter() - w0,
         "cpu": time.process_time() - c0,
@@ -183,7 +195,7 @@ def tile_copy(scene: str, out: Path) -> dict[str, float]:
     return {"wall": time.perf_counter() - w0, "cpu": time.process_time() - c0}
 
 
-def child(kind: str, scene: str, ckpt: str, out: str) -> None:
+def child(kind: str, scene: str, ckpt: str, out: str, device: str = "cpu") -> None:
     """One measurement in this (fresh) process, set up as a command sets itself up; prints its JSON."""
     from pipeline.execution.openmp_spinning import bound_openmp_spinning
     from pipeline.execution.process_memory import bound_process_memory
@@ -193,27 +205,27 @@ def child(kind: str, scene: str, ckpt: str, out: str) -> None:
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     if kind.startswith("staged"):
-        result = staged_run(scene, ckpt, folder, copy=kind.endswith("copied"))
+        result = staged_run(scene, ckpt, folder, copy=kind.endswith("copied"), device=device)
     elif kind.startswith("segment"):
-        result = segment_run(scene, ckpt, folder, copy=kind.endswith("copied"))
+        result = segment_run(scene, ckpt, folder, copy=kind.endswith("copied"), device=device)
     else:
         result = tile_copy(scene, folder)
     print("RESULT " + json.dumps(result))
 
 
-def _in_child(kind: str, scene: Path, ckpt: Path, out: Path, root: Path = ROOT) -> dict:
+def _in_child(kind: str, scene: Path, ckpt: Path, out: Path, root: Path = ROOT, device: str = "cpu") -> dict:
     """One measurement in a fresh process, with the code of the checkout at ``root``.
 
     gigaseg's runs start on the heap allocator the command picks (TCMalloc where installed,
     :mod:`pipeline.execution.heap_allocator`); the plain tile copy on the system's, as a user's.
     """
-    env = {**os.environ, "PYTHONPATH": str(root)}
+    env = {**os.environ, "PYTHONPATH": python_path(root)}
     if kind != "tile copy":
         env.update(allocator_environment())
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.stage_cost_bench", "--child", kind, str(scene), str(ckpt), str(out)],
-        cwd=root, capture_output=True, text=True, env=env,
-    )  # fmt: skip
+    cmd = [sys.executable, "-m", "bench.stage_cost_bench", "--child", kind, str(scene), str(ckpt), str(out)]
+    if device != "cpu":  # a baseline older than the option runs on the CPU only
+        cmd += ["--device", device]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{kind}: {proc.stderr[-3000:]}")
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
@@ -238,11 +250,22 @@ def main(argv: list[str] | None = None) -> int:
         help="also run the staged and segment rows (read in place) with this git revision's code, "
         "interleaved, and print the ratios to it",
     )  # fmt: skip
+    p.add_argument(
+        "--device", default="cpu",
+        help="cpu or cuda[:N] for gigaseg's runs (on CUDA the section is its own, with wall time per stage)",
+    )  # fmt: skip
     p.add_argument("--child", nargs=4, metavar=("KIND", "SCENE", "CKPT", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        child(*args.child)
+        child(*args.child, device=args.device)
         return 0
+    from pipeline.engine.device import select_device
+    from pipeline.errors import InputError
+
+    try:
+        select_device(args.device)
+    except InputError as e:
+        p.error(str(e))
     load_start = os.getloadavg()[0]
     case = next(c for c in bench_cases([args.mpx], []) if c.arch == "conv1x1")
     side = side_of(args.mpx)
@@ -260,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, root in runs:
                 kind = name.removesuffix(" @baseline")
                 out = tmp_path / f"{name.replace(' ', '_').replace('@', '')}_{r}"
-                result = _in_child(kind, scene, ckpt, out, root)
+                result = _in_child(kind, scene, ckpt, out, root, args.device)
                 subprocess.run(["rm", "-rf", str(out)], check=True)
                 if name not in best or _total(result) < _total(best[name]):
                     best[name] = result
@@ -269,8 +292,17 @@ def main(argv: list[str] | None = None) -> int:
     body = report(best, mpx, side, args, load_start, load_end)
     print(body)
     if not args.no_record:
-        write_section("Cost per pixel (issue 23)", body)
+        write_section(section_name(args.device), body)
     return 0
+
+
+def section_name(device: str) -> str:
+    """The ``bench/RESULTS.md`` section of a run on ``device``: a GPU's never replaces the CPU's.
+
+    >>> section_name("cpu"), section_name("cuda")
+    ('Cost per pixel (issue 23)', 'Cost per pixel on a GPU (issue 23)')
+    """
+    return "Cost per pixel on a GPU (issue 23)" if device.startswith("cuda") else "Cost per pixel (issue 23)"
 
 
 def report(
@@ -278,6 +310,7 @@ def report(
 ) -> str:
     """The section: CPU-s/Mpx per stage (in place, copied), then the end-to-end and copy rows."""
     commit = current_commit()
+    on_gpu = args.device.startswith("cuda")
     allocator = "TCMalloc" if allocator_environment() else "the system's"
     argv = [a for a in (sys.argv[1:] if sys.argv[1:] else [])]
     lines = [
@@ -288,18 +321,27 @@ def report(
         "(2 classes, seeded weights), tile 512, overlap 0.25, gaussian, batch 8. Stages run one after "
         "another in a fresh process; CPU: process CPU time (all threads); fastest of "
         f"{args.repeats} runs per setting. Heap allocator of gigaseg's runs: {allocator}"
-        " (the command's choice); of the tile copy: the system's.",
+        " (the command's choice); of the tile copy: the system's. gigaseg's model runs on "
+        f"{device_text(args.device)}"
+        + (
+            "; its forward waits for the GPU before and after (wall s: the stage's own wall time)."
+            if on_gpu else "."
+        ),
         "",
-        *table_head("stage", "in place: CPU s", "CPU s / Mpx", "copied: CPU s", "CPU s / Mpx"),
-    ]
+        *table_head("stage", "in place: CPU s", "CPU s / Mpx", *(["wall s"] if on_gpu else []),
+                    "copied: CPU s", "CPU s / Mpx"),
+    ]  # fmt: skip
     staged = best["staged in place"]["cpu"], best["staged copied"]["cpu"]
+    walls = best["staged in place"]["wall"]
     for stage in STAGES:
         a, b = staged[0].get(stage, 0.0), staged[1].get(stage, 0.0)
-        lines.append(f"| {stage} | {a:.2f} | {a / mpx:.4f} | {b:.2f} | {b / mpx:.4f} |")
+        wall = f" {walls.get(stage, 0.0):.2f} |" if on_gpu else ""
+        lines.append(f"| {stage} | {a:.2f} | {a / mpx:.4f} |{wall} {b:.2f} | {b / mpx:.4f} |")
     outside = [_outside(s) for s in staged]
+    wall = f" {_outside(walls):.2f} |" if on_gpu else ""
     lines.append(
         f"| **outside the forward** (all but check and forward) | {outside[0]:.2f} | "
-        f"**{outside[0] / mpx:.4f}** | {outside[1]:.2f} | **{outside[1] / mpx:.4f}** |"
+        f"**{outside[0] / mpx:.4f}** |{wall} {outside[1]:.2f} | **{outside[1] / mpx:.4f}** |"
     )
     seg_in, seg_copy, copy = best["segment in place"], best["segment copied"], best["tile copy"]
     lines += [

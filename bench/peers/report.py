@@ -14,7 +14,7 @@ from bench.peers.monai_window import monai_version
 from bench.peers.nnunet import nnunet_version
 from bench.peers.rows import RAY_WORKERS, ROW_TEXT
 from bench.peers.seams import BAND, FRAME
-from bench.results import load_text, table_head
+from bench.results import device_text, load_text, table_head
 
 TABLE_HEAD = table_head(
     "scene", "row", "seconds", "Mpx/s", "peak RSS", "read (peers)", "mean abs Δp", "p99 abs Δp",
@@ -233,7 +233,7 @@ def results_section(run: RunInfo, report: str) -> str:
         f"Command: `{run.command}`  \nDate: {run.started:%Y-%m-%d %H:%M}, "
         f"finished {dt.datetime.now():%H:%M}  \n"
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores "
-        f"({run.device}), torch {torch.__version__}, monai {monai_version()}, "
+        f"({device_text(run.device)}), torch {torch.__version__}, monai {monai_version()}, "
         f"nnU-Net {nnunet_version() or 'not installed'}; shared with other work: "
         f"{load_text(*run.loads)}  \n"
         f"Tile / overlap / batch as in each table; gaussian σ = 1/8 tile everywhere; per-row limits "
