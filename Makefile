@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench peer-tools clean
+.PHONY: setup demo test lint bench peer-tools gpu-kit clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,10 @@ bench: $(STAMP)
 # nnU-Net for the peer bench (bench/nnunet-requirements.txt says why it has a folder of its own).
 peer-tools: $(STAMP)
 	$(BIN)/python -m pip install -q --no-deps --upgrade --target $(VENV)/nnunet -r bench/nnunet-requirements.txt
+
+# The wheels a lent GPU machine lacks for bench/gpu_check.sh (docs/operations.md, "Measuring on a GPU machine").
+gpu-kit: $(STAMP)
+	$(BIN)/python -m bench.gpu_kit
 
 clean:
 	rm -rf demo .pytest_cache .ruff_cache

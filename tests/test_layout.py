@@ -86,7 +86,8 @@ DOCTESTED = ("pipeline", "models", "flows")
 
 
 def _doctested_modules() -> list[str]:
-    names = ["bench.loopback", "bench.results"]
+    names = ["bench.loopback", "bench.results", "bench.baseline", "bench.gpu_kit", "bench.peer_bench",
+             "bench.stage_cost_bench"]  # fmt: skip
     for package in DOCTESTED:
         root = importlib.import_module(package)
         names += [info.name for info in pkgutil.walk_packages(root.__path__, f"{package}.")]
