@@ -120,8 +120,9 @@ _BLEND_MEANING = (
 _WORKERS_MEANING = (
     "Ray actors; auto = in this process without Ray for a job on one machine with < 2 GPUs and "
     f"< {RAY_MIN_PIXELS / 1e6:.0f} Mpx pending (`pipeline/execution/placement.py`), else Ray with one "
-    "actor per GPU in the cluster, or one single-threaded CPU actor per core (each with cores ÷ actors "
-    "torch threads); `0` always runs the blocks in this process, N > 0 always on N Ray actors"
+    "actor per GPU in the cluster (`--workers-per-gpu` each), or one single-threaded CPU actor per core "
+    "(each with cores ÷ actors torch threads); `0` always runs the blocks in this process, N > 0 "
+    "always on N Ray actors"
 )
 
 #: The engine options by ``SegmentConfig`` field (shared by ``segment`` and ``watch``).
@@ -202,6 +203,14 @@ ENGINE_HELP: dict[str, Option] = {
         int,
         unset="`$GIGASEG_WORKERS`, else auto",
         meaning=_WORKERS_MEANING,
+    ),
+    "workers_per_gpu": Option(
+        "Ray actors sharing each GPU, each preparing tiles for it (default 1: one actor per GPU)",
+        int,
+        meaning="Ray actors per GPU: each asks Ray for 1/N of a GPU and fits its batches to 1/N of the "
+        "GPU's free memory, so N processes read, normalise and write for one device; for a GPU "
+        "machine whose one actor's CPU work leaves the GPU waiting (`--workers` caps the total). "
+        "With N ≥ 2 a job on a single GPU runs on Ray like one on several GPUs",
     ),
     "ray_address": Option(
         "Ray cluster to join (default: RAY_ADDRESS, else a private local Ray for this command)",

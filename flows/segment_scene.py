@@ -85,7 +85,10 @@ def block_runner(job: Job) -> BlockRunner | None:
     address = config.ray_address or os.environ.get("RAY_ADDRESS") or None
     pixels = sum(b.num_pixels for b in pending)
     gpus = torch.cuda.device_count() if config.device != "cpu" else 0
-    if not place_blocks(workers, address, gpus, pixels, len(pending), config.device).on_ray:
+    placement = place_blocks(
+        workers, address, gpus, pixels, len(pending), config.device, per_gpu=config.workers_per_gpu
+    )
+    if not placement.on_ray:
         return None
     from pipeline.execution.ray_pool import RayBlockRunner
 

@@ -32,7 +32,13 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def fit_batch_size(requested: int, bytes_per_tile: int, free_bytes: int, budget: float = 0.5) -> int:
+MEMORY_BUDGET = 0.5
+"""The part of a GPU's free memory one process's batches may take (the rest: blending, cached blocks)."""
+
+
+def fit_batch_size(
+    requested: int, bytes_per_tile: int, free_bytes: int, budget: float = MEMORY_BUDGET
+) -> int:
     """The largest batch ≤ ``requested`` whose tiles fit in ``budget`` × the free device memory.
 
     Never below 1: a single tile that does not fit is the model's problem, not the batch's.

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from models import SegmentationModel
-from pipeline.engine.device import autocast_dtype, fit_batch_size, free_memory
+from pipeline.engine.device import MEMORY_BUDGET, autocast_dtype, fit_batch_size, free_memory
 
 
 def channels_last_format(model: torch.nn.Module) -> torch.memory_format | None:
@@ -47,11 +47,13 @@ class TilePredictor:
         self.tta = tta
         self.tiles_run = 0
 
-    def fit_to_memory(self, tile_shape: Sequence[int]) -> int:
+    def fit_to_memory(self, tile_shape: Sequence[int], share: float = 1.0) -> int:
         """On CUDA, cap the batch so a batch's activations fit the free memory; returns the batch.
 
         Peak memory of one ``(1, *tile_shape)`` forward pass is measured, so the cap
-        follows the real model and AMP setting. A no-op on CPU.
+        follows the real model and AMP setting. ``share``: the part of the GPU this
+        process holds (several actors on one GPU each fit their batch to their part).
+        A no-op on CPU.
         """
         free = free_memory(self.device)
         if free is None:
@@ -62,7 +64,7 @@ class TilePredictor:
         self(torch.zeros((1, *tile_shape), device=self.device))
         self.tiles_run -= 1
         per_tile = torch.cuda.max_memory_allocated(self.device) - base
-        self.batch_size = fit_batch_size(self.batch_size, per_tile, free)
+        self.batch_size = fit_batch_size(self.batch_size, per_tile, free, budget=MEMORY_BUDGET * share)
         return self.batch_size
 
     def __call__(self, tiles: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

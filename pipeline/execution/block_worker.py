@@ -68,7 +68,7 @@ class BlockWorker:
     compute lock, the next one reads its footprint — that is the prefetch.
     """
 
-    def __init__(self, device: str, threads: int):
+    def __init__(self, device: str, threads: int, gpu_share: float = 1.0):
         from pipeline.execution.process_memory import bound_process_memory
 
         bound_process_memory()
@@ -77,6 +77,8 @@ class BlockWorker:
         # name means that one. "auto" checks torch.cuda.is_available(), so a GPU that
         # Ray only *advertises* (no CUDA on the machine) leaves the actor on CPU.
         self.device = select_device("cuda" if device.startswith("cuda") else device)
+        self.gpu_share = gpu_share
+        """The part of its GPU this actor holds (``1/--workers-per-gpu``): its batches fit that part."""
         self.models = ModelCache()
         self.scenes: OrderedDict[str, AttachedScene] = OrderedDict()
         self.scenes_attached = 0
@@ -84,8 +86,8 @@ class BlockWorker:
         self._compute = threading.Lock()
 
     def describe(self) -> dict[str, Any]:
-        """Where this actor runs (node, pid, GPUs, device, threads, OpenMP waiting, heap allocator) and what
-        it has loaded."""
+        """Where this actor runs (node, pid, GPUs and its share of them, device, threads, OpenMP waiting,
+        heap allocator) and what it has loaded."""
         ctx = ray.get_runtime_context()
         return {
             "node_id": ctx.get_node_id(),
@@ -93,6 +95,7 @@ class BlockWorker:
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "device": str(self.device),
+            "gpu_share": self.gpu_share,
             "threads": torch.get_num_threads(),
             "openmp_waiting": {k: os.environ[k] for k in USER_SETTINGS if k in os.environ},
             "allocator": allocator_in_use(),
@@ -112,7 +115,7 @@ class BlockWorker:
                 return self.scenes[key]
             job = attach(config, load=self.models.load)
             with self._compute:  # the shared model is moved / converted in place: not while it runs
-                predictor = predictor_for(job, self.device)
+                predictor = predictor_for(job, self.device, self.gpu_share)
             attached = AttachedScene(job, predictor, {b.index: b for b in job.plan})
             self.scenes[key] = attached
             self.scenes_attached += 1

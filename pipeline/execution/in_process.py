@@ -25,8 +25,8 @@ from pipeline.tiling.blocks import Block
 from pipeline.tiling.grid import Region
 
 
-def predictor_for(job: Job, device: torch.device | None = None) -> TilePredictor:
-    """A tile predictor for this job's model on the configured device."""
+def predictor_for(job: Job, device: torch.device | None = None, gpu_share: float = 1.0) -> TilePredictor:
+    """A tile predictor for this job's model on the configured device (``gpu_share``: of a shared GPU)."""
     device = device or select_device(job.config.device)
     model = job.model if job.slice_axis is None else SliceWiseModel(job.model, job.slice_axis)
     predictor = TilePredictor(
@@ -37,7 +37,7 @@ def predictor_for(job: Job, device: torch.device | None = None) -> TilePredictor
         tta=job.config.tta,
         channels_last=job.config.channels_last,
     )
-    predictor.fit_to_memory((len(job.bands), *job.grid.tile))
+    predictor.fit_to_memory((len(job.bands), *job.grid.tile), gpu_share)
     return predictor
 
 

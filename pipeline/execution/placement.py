@@ -41,12 +41,14 @@ def place_blocks(
     pending_blocks: int,
     device: str = "auto",
     min_pixels: int = RAY_MIN_PIXELS,
+    per_gpu: int = 1,
 ) -> Placement:
     """Whether a job's pending blocks run on Ray, from what the run was told and what it has.
 
     ``workers`` given decides alone (0: this process, N: N Ray actors). Otherwise a
     Ray address (``--ray-address`` / ``RAY_ADDRESS``) joins that cluster; several
-    GPUs usable by ``device`` take one actor each; a scene of at least
+    GPUs usable by ``device`` take one actor each (``per_gpu`` each: with 2 or more, one
+    GPU too); a scene of at least
     ``min_pixels`` pending pixels uses a local Ray; anything else — one block, a
     small scene, one GPU — runs here, with no Ray to start.
 
@@ -56,6 +58,8 @@ def place_blocks(
     True
     >>> place_blocks(None, None, gpus=2, pending_pixels=1_000_000, pending_blocks=4).reason
     '2 GPUs: one actor each'
+    >>> place_blocks(None, None, gpus=1, pending_pixels=1_000_000, pending_blocks=4, per_gpu=4).reason
+    '1 GPU(s) × 4 actors each'
     >>> place_blocks(None, "ray://head:10001", gpus=0, pending_pixels=1, pending_blocks=1).on_ray
     True
     >>> place_blocks(2, None, gpus=0, pending_pixels=1, pending_blocks=1).on_ray
@@ -71,6 +75,8 @@ def place_blocks(
         return Placement(True, f"Ray cluster at {address}")
     if pending_blocks < 2:
         return Placement(False, f"{pending_blocks} block pending: nothing to run side by side")
+    if per_gpu > 1 and gpus >= 1 and device in ("auto", "cuda"):
+        return Placement(True, f"{gpus} GPU(s) × {per_gpu} actors each")
     if gpus >= 2 and device in ("auto", "cuda"):
         return Placement(True, f"{gpus} GPUs: one actor each")
     mpx, limit = pending_pixels / 1e6, min_pixels / 1e6

@@ -116,7 +116,8 @@ class ActorPool:
             scheduling_strategy="SPREAD",
             runtime_env={"env_vars": worker_environment()},
         )
-        self.handles = [actor_class.remote(device, plan.threads) for _ in range(plan.actors)]
+        gpu_share = plan.num_gpus if plan.uses_gpus else 1.0
+        self.handles = [actor_class.remote(device, plan.threads, gpu_share) for _ in range(plan.actors)]
         self.dispatcher = Dispatcher(self.handles, in_flight_per_actor, stall_timeout_s, on_block)
         self._thread = threading.Thread(target=self.dispatcher.serve, name="gigaseg-pool", daemon=True)
         self._thread.start()
@@ -126,7 +127,9 @@ class ActorPool:
         """Join or start Ray (``config.ray_address``) and start a pool sized for it and ``config``."""
         connect(config.ray_address)
         workers = workers if workers is not None else config.workers
-        plan = plan_pool(ray.cluster_resources(), workers, config.device, config.threads)
+        plan = plan_pool(
+            ray.cluster_resources(), workers, config.device, config.threads, config.workers_per_gpu
+        )
         return cls(plan, config.device, **options)
 
     def run(self, job: Job, progress: Progress | None = None) -> tuple[int, int]:
@@ -190,7 +193,10 @@ class RayBlockRunner:
             return 0, job.plan.num_blocks
         connect(self.address or job.config.ray_address)
         workers = self.workers if self.workers is not None else job.config.workers
-        self.pool = plan_pool(ray.cluster_resources(), workers, job.config.device, job.config.threads)
+        config = job.config
+        self.pool = plan_pool(
+            ray.cluster_resources(), workers, config.device, config.threads, config.workers_per_gpu
+        )
         pool = ActorPool(
             self.pool,
             job.config.device,

@@ -86,6 +86,9 @@ class SegmentConfig:
     """Keep per-pixel confidence and entropy in the output store (for per-region metrics)."""
     workers: int | None = None
     """Ray actors: None = placement decides (small jobs run here); 0 = in this process; N = N actors."""
+    workers_per_gpu: int = 1
+    """Ray actors sharing each GPU (each asks Ray for 1/N of one): N processes read, cut and write
+    for one device, where one process's CPU work would leave it waiting."""
     ray_address: str | None = None
     """Ray cluster to join (else ``RAY_ADDRESS``); neither: a private local Ray, stopped when the run ends."""
     spacing: tuple[float, ...] | None = None
@@ -154,6 +157,8 @@ class SegmentConfig:
             raise InputError(f"--crf-bands must be band indices ≥ 0, got {self.crf_bands}")
         if self.workers is not None and self.workers < 0:
             raise InputError(f"--workers must be >= 0 (0: run in this process), got {self.workers}")
+        if self.workers_per_gpu < 1:
+            raise InputError(f"--workers-per-gpu must be ≥ 1, got {self.workers_per_gpu}")
         if self.chunk % 16:
             raise InputError(f"--chunk must be a multiple of 16, got {self.chunk}")
         if self.spacing is not None:

@@ -128,6 +128,22 @@ def test_actors_spread_over_nodes_with_distinct_gpus_and_match_in_process(
     assert _outputs(out) == reference
 
 
+def test_actors_share_each_gpu_when_asked_and_match_in_process(
+    cluster, scene, tiny_checkpoint, reference, tmp_path
+):
+    """``--workers-per-gpu 2``: two actors on each of the 3 GPUs, each asking Ray for half of one and
+    fitting its batches to half of its memory; the same bytes as in process."""
+    out = tmp_path / "shared.tif"
+    runner = RayBlockRunner()
+    run, skipped, _, _ = _run(_config(scene, tiny_checkpoint, out, workers_per_gpu=2), runner)
+    assert (run, skipped) == (16, 0)
+    assert runner.pool is not None and (runner.pool.actors, runner.pool.num_gpus) == (6, 0.5)
+    per_gpu = Counter((a["node_id"], tuple(a["gpu_ids"])) for a in runner.actors)
+    assert sorted(per_gpu.values()) == [2, 2, 2] and all(len(g) == 1 for _, g in per_gpu)
+    assert {a["gpu_share"] for a in runner.actors} == {0.5}
+    assert _outputs(out) == reference
+
+
 def test_killed_actor_is_replaced_its_block_redone_and_the_retry_reported(
     cluster, scene, tiny_checkpoint, reference, tmp_path
 ):

@@ -20,14 +20,16 @@ from pipeline.execution.pool_plan import CORES_PER_CPU_ACTOR, plan_pool
     gpus=st.integers(0, 16),
     workers=st.none() | st.integers(1, 64),
     threads=st.none() | st.integers(1, 8),
+    per_gpu=st.integers(1, 8),
 )
-def test_pool_never_oversubscribes_and_gives_each_actor_its_own_gpu(cpus, gpus, workers, threads):
-    plan = plan_pool({"CPU": float(cpus), "GPU": float(gpus)}, workers, "auto", threads)
+def test_pool_never_oversubscribes_and_shares_each_gpu_as_asked(cpus, gpus, workers, threads, per_gpu):
+    plan = plan_pool({"CPU": float(cpus), "GPU": float(gpus)}, workers, "auto", threads, per_gpu)
     assert plan.actors >= 1 and plan.threads >= 1
     assert plan.actors * plan.num_cpus <= cpus + 1e-9, "CPU reservations fit the cluster"
     if gpus:
-        assert plan.num_gpus == 1.0 and plan.actors <= gpus
-        assert plan.actors == min(workers or gpus, gpus)
+        assert plan.num_gpus == 1.0 / per_gpu
+        assert plan.actors * plan.num_gpus <= gpus + 1e-9, "GPU reservations fit the cluster"
+        assert plan.actors == min(workers or gpus * per_gpu, gpus * per_gpu)
     else:
         assert plan.num_gpus == 0.0
         assert plan.actors == (workers or max(1, cpus // CORES_PER_CPU_ACTOR))

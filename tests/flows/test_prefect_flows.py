@@ -177,6 +177,7 @@ def test_watch_segments_new_scenes_once_and_isolates_a_corrupt_one(
         (["-m", "arch:no-such-net"], "unknown architecture"),
         (["--tile", "0"], "--tile must be a positive number of pixels, got 0"),
         (["--overlap", "1"], "--overlap must be in [0, 1), got 1.0"),
+        (["--workers-per-gpu", "0"], "--workers-per-gpu must be ≥ 1, got 0"),
         (["--input-missing"], "no such file"),
     ],
 )
