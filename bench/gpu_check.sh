@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU rows of issue 23 in one call on a lent GPU machine (docs/operations.md,
 # "Measuring on a GPU machine"): the peer table on CUDA with AMP off and on (1×1 conv
-# and U-Net at 67 Mpx), the GPU's busy share over the 1 Gpx U-Net run, and the wall
-# time of each stage around the model on CUDA.
+# and U-Net at 67 Mpx), the GPU's busy share over the 1 Gpx U-Net run, the wall time of
+# each stage around the model on CUDA, and the 1 Gpx U-Net on Ray with 1 and 4 actors
+# sharing the GPU (--workers-per-gpu).
 #
 # Here, first:   python -m bench.gpu_kit          (the wheels the machine lacks → .gpu-kit/)
 # There:         bash bench/gpu_check.sh          (the device tool's run, carrying .gpu-kit)
@@ -38,9 +39,25 @@ step() {  # step NAME LIMIT_S COMMAND...: run it with its log under $out, then s
     tail -n 30 "$out/$name.log"
 }
 
-step peer "${PEER_LIMIT_S:-330}" "$python" -m bench.peer_bench --device cuda --amp \
-    --sizes 64 --unet-sizes 64,1024 --cli-sizes "" --ray-sizes "" \
-    --rows gigaseg,monai-gaussian,monai-user --large-mpx 300 --large-rows gigaseg \
-    --ref-max-mpx 0 --timeout 200 --mem-cap 48
-step stages "${STAGES_LIMIT_S:-150}" "$python" -m bench.stage_cost_bench --device cuda --mpx 64 --repeats 1
+# Steps (STEPS picks some, e.g. STEPS="stages feeders" for a second call); limits sum to 480 s.
+steps=" ${STEPS:-peer stages feeders} "
+if [[ $steps == *" peer "* ]]; then
+    step peer "${PEER_LIMIT_S:-240}" "$python" -m bench.peer_bench --device cuda --amp \
+        --sizes 64 --unet-sizes 64,1024 --cli-sizes "" --ray-sizes "" \
+        --rows gigaseg,monai-gaussian,monai-user --large-mpx 300 --large-rows gigaseg \
+        --ref-max-mpx 0 --timeout 150 --mem-cap 48
+fi
+if [[ $steps == *" stages "* ]]; then
+    step stages "${STAGES_LIMIT_S:-80}" "$python" -m bench.stage_cost_bench --device cuda --mpx 64 --repeats 1
+fi
+# What more CPU processes feeding the one GPU give: the 1 Gpx U-Net on Ray (AMP off), 1 and 4
+# actors on the GPU (--workers-per-gpu); printed only (the tables are in the logs), the sections above stay.
+if [[ $steps == *" feeders "* ]]; then
+    for n in 1 4; do
+        step "feeders$n" "${FEEDERS_LIMIT_S:-80}" "$python" -m bench.peer_bench --device cuda \
+            --sizes "" --unet-sizes 1024 --cli-sizes "" --ray-sizes 1024 --rows gigaseg-ray \
+            --large-mpx 300 --large-rows gigaseg-ray --ref-max-mpx 0 --timeout 75 --mem-cap 96 \
+            --workers-per-gpu "$n" --no-record
+    done
+fi
 cp bench/RESULTS.md "$out/RESULTS.md"

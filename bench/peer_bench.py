@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="cpu or cuda[:N]; CUDA runs are recorded in their own section (see bench/gpu_check.sh)",
     )
     p.add_argument("--amp", action="store_true", help="also AMP rows (CUDA only)")
+    p.add_argument(
+        "--workers-per-gpu", type=int, default=1, help="the Ray row on a GPU: actors sharing each GPU"
+    )
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     p.add_argument("--no-record", action="store_true", help="do not update bench/RESULTS.md")
     return p
@@ -143,6 +146,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         ref_max_mpx=args.ref_max_mpx,
         repeat=args.repeat,
         repeat_max_mpx=args.repeat_max_mpx,
+        workers_per_gpu=args.workers_per_gpu,
     )
 
 

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bench.peers.probes import GpuSampler, TreeRss, peak_rss
-from bench.peers.rows import RAY_WORKERS, RowSpec
+from bench.peers.rows import RowSpec
 
 if TYPE_CHECKING:
     from pipeline.execution.ray_pool import RayBlockRunner
 
 
-def start_ray() -> tuple[RayBlockRunner, float]:
+def start_ray(workers: int | None) -> tuple[RayBlockRunner, float]:
     """A fresh local Ray cluster (what ``segment`` starts when none runs) and a block runner on it.
 
     ``address="local"`` always starts a new cluster, with ``connect``'s options: it
@@ -35,7 +35,7 @@ def start_ray() -> tuple[RayBlockRunner, float]:
 
     t0 = time.perf_counter()
     ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    return RayBlockRunner(workers=RAY_WORKERS), time.perf_counter() - t0
+    return RayBlockRunner(workers=workers), time.perf_counter() - t0
 
 
 def _segment_in_process(spec: RowSpec, cog: Path) -> dict[str, float]:
@@ -47,9 +47,10 @@ def _segment_in_process(spec: RowSpec, cog: Path) -> dict[str, float]:
     stages: dict[str, float] = {}
     runner = None
     if on_ray:
-        runner, stages["ray_start"] = start_ray()
+        runner, stages["ray_start"] = start_ray(spec.ray_workers)
     config = SegmentConfig(
-        input=Path(spec.scene), model=spec.ckpt, output=cog, workers=RAY_WORKERS if on_ray else 0,
+        input=Path(spec.scene), model=spec.ckpt, output=cog, workers=spec.ray_workers if on_ray else 0,
+        workers_per_gpu=spec.workers_per_gpu,
         device=spec.device, work_dir=Path(spec.out) / "work", channels_last=True, tile=spec.tile,
         overlap=spec.overlap, blend="gaussian", batch_size=spec.batch, quiet=True, amp=spec.amp,
     )  # fmt: skip

@@ -32,7 +32,8 @@ ROW_TEXT = {
     "reference-cl": "untiled pass, channels-last (reference-cl; Δp: vs the reference)",
     "gigaseg": "gigaseg end to end (GeoTIFF → COG, in process, untracked)",
     "gigaseg-cli": "`gigaseg segment --workers 0 --no-track` (whole command, Prefect flow)",
-    "gigaseg-ray": f"gigaseg end to end on a local Ray cluster, {RAY_WORKERS} workers (RSS summed)",
+    "gigaseg-ray": f"gigaseg end to end on a local Ray cluster, {RAY_WORKERS} workers (on a GPU: "
+    "`--workers-per-gpu` per GPU; RSS summed)",
     "gigaseg-array": "gigaseg engine on an in-memory array (`segment_array`)",
     "gigaseg-array-crop": "gigaseg engine on an in-memory array, crop blending (`--blend crop`)",
     "monai-constant": "MONAI `sliding_window_inference`, constant",
@@ -88,6 +89,13 @@ class RowSpec:
     """Also save labels (and probabilities) for the seam error, after the clock."""
     out: str
     """Folder for the row's outputs."""
+    workers_per_gpu: int = 1
+    """The Ray row on a GPU: actors sharing each GPU."""
+
+    @property
+    def ray_workers(self) -> int | None:
+        """The Ray row's actors: :data:`RAY_WORKERS` on the CPU; on a GPU as the pool sizes itself (None)."""
+        return None if self.device.startswith("cuda") else RAY_WORKERS
 
     @property
     def tiling(self) -> Tiling:

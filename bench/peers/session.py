@@ -44,6 +44,8 @@ class Settings:
     ref_max_mpx: float
     repeat: int
     repeat_max_mpx: float
+    workers_per_gpu: int = 1
+    """The Ray row on a GPU: actors sharing each GPU (``--workers-per-gpu``)."""
     prefect_warm: bool = False
     """The shared Prefect server is up and has run a flow (:meth:`CaseBench._warm_prefect`)."""
 
@@ -105,6 +107,7 @@ class CaseBench:
         return RowSpec(
             row=row, scene=str(scene.path), ckpt=str(self.ckpt), tile=case.tile, overlap=OVERLAP,
             batch=case.batch, device=self.settings.device, amp=amp, seam=seam, out=str(out),
+            workers_per_gpu=self.settings.workers_per_gpu,
         )  # fmt: skip
 
     def _run(self, spec: RowSpec) -> RowResult:
