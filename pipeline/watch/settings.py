@@ -32,7 +32,7 @@ RESERVED = frozenset({"input", "model", "output", "probabilities", "overwrite", 
 
 EXECUTION_ONLY = frozenset(
     {
-        "batch_size", "device", "channels_last", "threads", "workers", "ray_address",
+        "batch_size", "device", "channels_last", "threads", "workers", "workers_per_gpu", "ray_address",
         "copy_input", "keep_work", "block", "chunk", "volume_block", "volume_chunk",
     }
 )  # fmt: skip

@@ -63,7 +63,14 @@ def test_the_settings_id_follows_the_weights_and_the_options_that_shape_the_labe
 ) -> None:
     model = str(tiny_checkpoint)
     base = settings_id(model, {})
-    for same in ({"tile": None}, {"workers": 0}, {"batch_size": 16}, {"block": 1024}, {"device": "cpu"}):
+    for same in (
+        {"tile": None},
+        {"workers": 0},
+        {"workers_per_gpu": 4},
+        {"batch_size": 16},
+        {"block": 1024},
+        {"device": "cpu"},
+    ):
         assert settings_id(model, same) == base, same
     changed = [
         {"tile": 128},
