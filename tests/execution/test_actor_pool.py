@@ -31,7 +31,9 @@ pytestmark = pytest.mark.slow
 def private_ray():
     if ray.is_initialized():  # a Ray an earlier test in this worker left connected is not this one
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    # "local": a new cluster even when another test worker's Ray runs on this machine (a bare
+    # ray.init() would join that one, and refuses num_cpus when it does).
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield
     ray.shutdown()
 
