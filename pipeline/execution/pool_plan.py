@@ -7,7 +7,8 @@ torch threads.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pipeline.errors import InputError
@@ -15,6 +16,10 @@ from pipeline.errors import InputError
 CORES_PER_CPU_ACTOR = 1
 """Default CPU pool: one actor per this many cores, each with that many torch threads (why one:
 the Ray rows of bench/RESULTS.md)."""
+
+
+RESOURCE_UNIT = 1e-4
+"""Ray counts fractional resources in units of 1/10,000: a reservation is rounded down to one."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ def plan_pool(
     device: str = "auto",
     threads: int | None = None,
     per_gpu: int = 1,
+    nodes: Sequence[Mapping[str, float]] | None = None,
 ) -> PoolPlan:
     """The actor pool for a cluster with ``resources`` (``ray.cluster_resources()``).
 
@@ -49,12 +55,18 @@ def plan_pool(
     ``threads`` each (default cores // actors) and a matching CPU reservation so actors
     never oversubscribe a node.
 
+    ``nodes``: each live node's resources (``ray.nodes()``). The CPU reservation is then
+    lowered where the cluster's share per actor would leave an actor with no node to
+    start on (nodes of unequal size), so that every planned actor starts.
+
     >>> plan_pool({"CPU": 8.0, "GPU": 2.0}, None)
     PoolPlan(actors=2, num_cpus=1.0, num_gpus=1.0, threads=1)
     >>> plan_pool({"CPU": 16.0, "GPU": 1.0}, None, per_gpu=4)
     PoolPlan(actors=4, num_cpus=1.0, num_gpus=0.25, threads=1)
     >>> plan_pool({"CPU": 4.0}, 2)
     PoolPlan(actors=2, num_cpus=2.0, num_gpus=0.0, threads=2)
+    >>> plan_pool({"CPU": 3.0}, 4, nodes=[{"CPU": 2.0}, {"CPU": 1.0}])  # 0.75 each: 3 would start
+    PoolPlan(actors=4, num_cpus=0.6666, num_gpus=0.0, threads=1)
     """
     gpus = int(resources.get("GPU", 0))
     cpus = max(1.0, float(resources.get("CPU", 1)))
@@ -65,9 +77,43 @@ def plan_pool(
     if gpus and device != "cpu":
         slots = gpus * per_gpu
         count = min(workers or slots, slots)
-        return PoolPlan(count, num_cpus=min(1.0, cpus / count), num_gpus=1.0 / per_gpu, threads=threads or 1)
+        hosts = [(n.get("CPU", 0.0), int(n.get("GPU", 0)) * per_gpu) for n in nodes or [resources]]
+        num_cpus = fitting_cpus([h for h in hosts if h[1] > 0], count, min(1.0, cpus / count))
+        return PoolPlan(count, num_cpus=num_cpus, num_gpus=1.0 / per_gpu, threads=threads or 1)
     if device.startswith("cuda"):
         raise InputError(f"--device {device}: the Ray cluster has no GPUs")
     count = workers or max(1, int(cpus) // CORES_PER_CPU_ACTOR)
     per_actor = threads or max(1, int(cpus) // count)
-    return PoolPlan(count, num_cpus=min(float(per_actor), cpus / count), num_gpus=0.0, threads=per_actor)
+    hosts = [(n.get("CPU", 0.0), None) for n in nodes or [{"CPU": cpus}]]
+    num_cpus = fitting_cpus(hosts, count, min(float(per_actor), cpus / count))
+    return PoolPlan(count, num_cpus=num_cpus, num_gpus=0.0, threads=per_actor)
+
+
+def actors_held(hosts: Sequence[tuple[float, int | None]], num_cpus: float) -> int:
+    """How many actors reserving ``num_cpus`` each the nodes hold: (CPUs, at most so many actors or None).
+
+    >>> actors_held([(2.0, None), (1.0, None)], 0.75), actors_held([(8.0, 2)], 1.0)
+    (3, 2)
+    """
+    held = 0
+    for cpus, slots in hosts:
+        fit = int(cpus / num_cpus + 1e-9) if num_cpus > 0 else (slots or 0)
+        held += fit if slots is None else min(fit, slots)
+    return held
+
+
+def fitting_cpus(hosts: Sequence[tuple[float, int | None]], count: int, cap: float) -> float:
+    """The largest CPU reservation ≤ ``cap``, in Ray's units, with which ``count`` actors fit on ``hosts``.
+
+    The cap itself where it fits, or where nothing does (then Ray queues what cannot start).
+
+    >>> fitting_cpus([(2.0, None), (1.0, None)], 4, 0.75)
+    0.6666
+    """
+    candidates = {cap, *(cpus / k for cpus, _ in hosts for k in range(1, count + 1))}
+    for value in sorted(candidates, reverse=True):
+        units = math.floor(value / RESOURCE_UNIT + 1e-6)
+        reservation = round(units * RESOURCE_UNIT, 4)
+        if units >= 1 and reservation <= cap and actors_held(hosts, reservation) >= count:
+            return reservation
+    return cap

@@ -127,9 +127,7 @@ class ActorPool:
         """Join or start Ray (``config.ray_address``) and start a pool sized for it and ``config``."""
         connect(config.ray_address)
         workers = workers if workers is not None else config.workers
-        plan = plan_pool(
-            ray.cluster_resources(), workers, config.device, config.threads, config.workers_per_gpu
-        )
+        plan = pool_plan_for(config, workers)
         return cls(plan, config.device, **options)
 
     def run(self, job: Job, progress: Progress | None = None) -> tuple[int, int]:
@@ -193,10 +191,7 @@ class RayBlockRunner:
             return 0, job.plan.num_blocks
         connect(self.address or job.config.ray_address)
         workers = self.workers if self.workers is not None else job.config.workers
-        config = job.config
-        self.pool = plan_pool(
-            ray.cluster_resources(), workers, config.device, config.threads, config.workers_per_gpu
-        )
+        self.pool = pool_plan_for(job.config, workers)
         pool = ActorPool(
             self.pool,
             job.config.device,
@@ -216,6 +211,14 @@ class RayBlockRunner:
         self.block_nodes[report.index] = report.node_id
         if self.on_block is not None:
             self.on_block(report)
+
+
+def pool_plan_for(config: SegmentConfig, workers: int | None) -> PoolPlan:
+    """The pool for ``config`` on the connected cluster, its reservations fitted to the live nodes."""
+    nodes = [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
+    return plan_pool(
+        ray.cluster_resources(), workers, config.device, config.threads, config.workers_per_gpu, nodes
+    )
 
 
 def _every_actor(pool: ActorPool) -> list[dict[str, Any]]:

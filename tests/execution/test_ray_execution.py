@@ -144,6 +144,21 @@ def test_actors_share_each_gpu_when_asked_and_match_in_process(
     assert _outputs(out) == reference
 
 
+def test_cpu_actors_fit_nodes_of_unequal_size_and_all_start(
+    cluster, scene, tiny_checkpoint, reference, tmp_path
+):
+    """4 CPU actors over a 2-CPU and a 1-CPU node: the cluster's share (0.75 CPU each) fits only 3, and
+    the fourth would wait for ever (and the run for its description). Each reserves 2/3 CPU instead."""
+    out = tmp_path / "uneven.tif"
+    runner = RayBlockRunner(workers=4)
+    run, skipped, _, _ = _run(_config(scene, tiny_checkpoint, out, device="cpu"), runner)
+    assert (run, skipped) == (16, 0)
+    assert runner.pool is not None and (runner.pool.actors, runner.pool.num_cpus) == (4, 0.6666)
+    assert len(runner.actors) == 4, "every actor started and answered"
+    assert all(a["device"] == "cpu" for a in runner.actors)
+    assert _outputs(out) == reference
+
+
 def test_killed_actor_is_replaced_its_block_redone_and_the_retry_reported(
     cluster, scene, tiny_checkpoint, reference, tmp_path
 ):

@@ -37,6 +37,30 @@ def test_pool_never_oversubscribes_and_shares_each_gpu_as_asked(cpus, gpus, work
             assert plan.actors * plan.threads <= max(cpus, plan.actors), "torch threads share the cores"
 
 
+@given(
+    nodes=st.lists(st.tuples(st.integers(1, 16), st.integers(0, 4)), min_size=1, max_size=5),
+    workers=st.none() | st.integers(1, 40),
+    threads=st.none() | st.integers(1, 4),
+    per_gpu=st.integers(1, 4),
+    device=st.sampled_from(["auto", "cpu"]),
+)
+def test_every_planned_actor_has_a_node_to_start_on(nodes, workers, threads, per_gpu, device):
+    """Nodes of unequal size: the cluster's share per actor may fit on none of them (an actor then
+    waits for ever); the reservation is lowered until each actor fits on some node, never raised."""
+    resources = {"CPU": float(sum(c for c, _ in nodes)), "GPU": float(sum(g for _, g in nodes))}
+    described = [{"CPU": float(c), **({"GPU": float(g)} if g else {})} for c, g in nodes]
+    whole = plan_pool(resources, workers, device, threads, per_gpu)
+    plan = plan_pool(resources, workers, device, threads, per_gpu, described)
+    assert (plan.actors, plan.num_gpus, plan.threads) == (whole.actors, whole.num_gpus, whole.threads)
+    assert 0 < plan.num_cpus <= whole.num_cpus
+    assert round(plan.num_cpus, 4) == plan.num_cpus, "in Ray's units of 1/10,000"
+    if plan.uses_gpus:
+        room = sum(min(int(c / plan.num_cpus + 1e-9), g * per_gpu) for c, g in nodes if g)
+    else:
+        room = sum(int(c / plan.num_cpus + 1e-9) for c, _ in nodes)
+    assert room >= plan.actors
+
+
 def test_cpu_pool_on_two_cores():
     assert plan_pool({"CPU": 2.0}, 2).threads == 1
     one = plan_pool({"CPU": 2.0}, 1)
