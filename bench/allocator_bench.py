@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.baseline import python_path
 from bench.peers.fixtures import bench_cases, make_checkpoint, write_scene
 from bench.results import command_line, current_commit, load_text, table_head, write_section
 from pipeline.execution.heap_allocator import SETTING, tcmalloc_library
@@ -49,7 +50,7 @@ def run_command(argv: list[str], allocator: str, cwd: Path) -> Run:
     ``wait4`` waits for it.
     """
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", SETTING)}
-    env.update({"PYTHONPATH": str(ROOT), SETTING: allocator})
+    env.update({"PYTHONPATH": python_path(ROOT), SETTING: allocator})
     with tempfile.TemporaryFile("w+") as log:
         t0 = time.perf_counter()
         proc = subprocess.Popen(

@@ -31,6 +31,7 @@ import torch
 from affine import Affine
 from rasterio.crs import CRS
 
+from bench.baseline import python_path
 from bench.results import table_head, write_section
 from models import build
 from pipeline.job.config import SegmentConfig
@@ -90,7 +91,7 @@ def run_cli(args: list[str]) -> tuple[float, int, str]:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": python_path(ROOT)},
     )
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr)

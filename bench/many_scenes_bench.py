@@ -30,6 +30,7 @@ import rasterio
 import torch
 from affine import Affine
 
+from bench.baseline import python_path
 from bench.results import table_head, write_section
 from flows.prefect_server import MODE_ENV
 from models import build
@@ -87,7 +88,11 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, float | bool]:
     """Separate commands, then one command, on the same scenes; whether their outputs agree."""
     scenes = write_scenes(tmp / "scenes", args.scenes, args.side)
     model = write_model(tmp / "unet.safetensors", args.width)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": python_path(ROOT),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
+    }
     common = ["-m", str(model), "--quiet", *(["--no-track"] if args.no_track else [])]
     (tmp / "separate").mkdir()
     (tmp / "batch").mkdir()

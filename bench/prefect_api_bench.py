@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.baseline import checkout
+from bench.baseline import checkout, python_path
 from bench.results import command_line, current_commit, load_text, table_head, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +94,11 @@ def _child(flows: int) -> None:
 def _env(code: Path, state: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_", "GIGASEG_PREFECT"))}
     env.update(
-        {"PYTHONPATH": str(code), "GIGASEG_STATE_DIR": str(state), "GIGASEG_PREFECT_IDLE_MINUTES": "0"}
+        {
+            "PYTHONPATH": python_path(code, env),
+            "GIGASEG_STATE_DIR": str(state),
+            "GIGASEG_PREFECT_IDLE_MINUTES": "0",
+        }
     )
     return env
 
