@@ -58,6 +58,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.devices import device_option
 from bench.peers.fixtures import bench_cases, side_of
 from bench.peers.measure import Measured
 from bench.peers.report import RunInfo, headline, results_section, table
@@ -112,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--device",
         default="cpu",
+        type=device_option,
         help="cpu or cuda[:N]; CUDA runs are recorded in their own section (see bench/gpu_check.sh)",
     )
     p.add_argument("--amp", action="store_true", help="also AMP rows (CUDA only)")
@@ -174,13 +176,6 @@ def main(argv: list[str] | None = None) -> int:
         return child_main(args.child)
     if args.repeat < 1:
         parser.error(f"--repeat must be ≥ 1, got {args.repeat}")
-    from pipeline.engine.device import select_device
-    from pipeline.errors import InputError
-
-    try:
-        select_device(args.device)
-    except InputError as e:
-        parser.error(str(e))
     sizes = [4, 16] if args.quick else _mpx_list(args.sizes)
     unet_sizes = [1] if args.quick else _mpx_list(args.unet_sizes)
     settings = settings_from(args)

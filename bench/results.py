@@ -88,13 +88,3 @@ def current_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+" if dirty else "")
-
-
-def device_text(device: str) -> str:
-    """``cpu``, or the CUDA device's name and memory (what a GPU row ran on)."""
-    if not device.startswith("cuda"):
-        return device
-    import torch
-
-    props = torch.cuda.get_device_properties(torch.device(device))
-    return f"{device}: {props.name}, {props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}"

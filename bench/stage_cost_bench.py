@@ -45,8 +45,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench.baseline import checkout, python_path
+from bench.devices import device_option, device_text
 from bench.peers.fixtures import bench_cases, make_checkpoint, side_of, write_scene
-from bench.results import command_line, current_commit, device_text, load_text, table_head, write_section
+from bench.results import command_line, current_commit, load_text, table_head, write_section
 from pipeline.execution.heap_allocator import allocator_environment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         "interleaved, and print the ratios to it",
     )  # fmt: skip
     p.add_argument(
-        "--device", default="cpu",
+        "--device", default="cpu", type=device_option,
         help="cpu or cuda[:N] for gigaseg's runs (on CUDA the section is its own, with wall time per stage)",
     )  # fmt: skip
     p.add_argument("--child", nargs=4, metavar=("KIND", "SCENE", "CKPT", "OUT"), help=argparse.SUPPRESS)
@@ -259,13 +260,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         child(*args.child, device=args.device)
         return 0
-    from pipeline.engine.device import select_device
-    from pipeline.errors import InputError
-
-    try:
-        select_device(args.device)
-    except InputError as e:
-        p.error(str(e))
     load_start = os.getloadavg()[0]
     case = next(c for c in bench_cases([args.mpx], []) if c.arch == "conv1x1")
     side = side_of(args.mpx)

@@ -8,13 +8,14 @@ import os
 import platform
 from dataclasses import dataclass
 
+from bench.devices import device_text
 from bench.peers.fixtures import Case
 from bench.peers.measure import Measured, RowResult
 from bench.peers.monai_window import monai_version
 from bench.peers.nnunet import nnunet_version
 from bench.peers.rows import RAY_WORKERS, ROW_TEXT
 from bench.peers.seams import BAND, FRAME
-from bench.results import device_text, load_text, table_head
+from bench.results import load_text, table_head
 
 TABLE_HEAD = table_head(
     "scene", "row", "seconds", "Mpx/s", "peak RSS", "read (peers)", "mean abs Δp", "p99 abs Δp",
