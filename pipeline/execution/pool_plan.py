@@ -90,14 +90,16 @@ def plan_pool(
 
 
 def actors_held(hosts: Sequence[tuple[float, int | None]], num_cpus: float) -> int:
-    """How many actors reserving ``num_cpus`` each the nodes hold: (CPUs, at most so many actors or None).
+    """How many actors reserving ``num_cpus`` (> 0) each the nodes hold: (CPUs, at most this many actors).
+
+    The actor bound is None where only CPUs count.
 
     >>> actors_held([(2.0, None), (1.0, None)], 0.75), actors_held([(8.0, 2)], 1.0)
     (3, 2)
     """
     held = 0
     for cpus, slots in hosts:
-        fit = int(cpus / num_cpus + 1e-9) if num_cpus > 0 else (slots or 0)
+        fit = int(cpus / num_cpus + 1e-9)
         held += fit if slots is None else min(fit, slots)
     return held
 
