@@ -98,8 +98,15 @@ def test_docstring_examples_run_and_keep_the_variables_they_found(monkeypatch):
     """An example may configure what the code configures (GDAL's settings for an endpoint), but a
     variable the session had must be there after it, unchanged: later tests in the worker need it.
     What the examples added is removed at the end: derived from this test's unreachable endpoint, it
-    would send a later test's GDAL there."""
+    would send a later test's GDAL there. GDAL's settings an earlier test of the worker derived from
+    the session's endpoint are set aside first (and come back after): for the new endpoint the code
+    rightly replaces them."""
+    from pipeline.stores import object_storage_settings
+
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")  # as under the session's S3 server
+    for key in object_storage_settings._configured:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(object_storage_settings, "_configured", {})
     failed, changed = [], []
     session = set(os.environ)
     try:
