@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -239,15 +238,6 @@ MAX_BYTES = 56 * 2**20
 """What the kit may weigh: the device tool carries 64 MiB in all, the working tree (~3 MiB) included."""
 
 
-def canonical(name: str) -> str:
-    """A distribution's name as package indexes compare them (PEP 503).
-
-    >>> canonical("Google_CRC32C"), canonical("click.plugins")
-    ('google-crc32c', 'click-plugins')
-    """
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 OWN_PACKAGES = ("pipeline", "models", "flows", "bench")
 
 
@@ -339,12 +329,14 @@ def kit(modules: list[str]) -> dict[str, str]:
     Standard-library modules have no distribution; gigaseg's own code travels as the
     working tree; the image's packages are never carried (nor walked into).
     """
+    from packaging.utils import canonicalize_name
+
     owners = metadata.packages_distributions()
     todo = [dist for module in modules for dist in owners.get(module, [])]
     wanted: dict[str, str] = {}
     while todo:
         dist = todo.pop()
-        name = canonical(dist)
+        name = canonicalize_name(dist)
         if name in DEVICE_IMAGE or name in wanted or name == "gigaseg":
             continue
         wanted[name] = metadata.version(dist)
